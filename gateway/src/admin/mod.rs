@@ -1,0 +1,206 @@
+//! The admin listener: health and readiness probes, the cluster as the
+//! gateway sees it, plugin control, Prometheus metrics and a status page.
+//! It reads the same snapshots as the data path and never blocks it.
+
+mod metrics_export;
+mod status_page;
+
+pub use metrics_export::install_recorder;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::balance::health::now_ms;
+use crate::plugin::PluginControl;
+use crate::view::{Snapshot, ViewPublisher};
+
+/// What the admin API serves from.
+#[derive(Clone)]
+pub struct Admin {
+    pub views: ViewPublisher,
+    pub metrics: Option<PrometheusHandle>,
+    pub plugins: Option<Arc<dyn PluginControl>>,
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+impl Admin {
+    /// Serves admin requests on `listener` until `shutdown` resolves.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let admin = Arc::new(self);
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => continue,
+                },
+                () = &mut shutdown => return,
+            };
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(request).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    pub async fn handle(&self, request: Request<Incoming>) -> AdminResponse {
+        let snapshot = self.views.snapshot();
+        match (request.method(), request.uri().path()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") => {
+                if snapshot.ready() {
+                    text(StatusCode::OK, "ready\n")
+                } else if !snapshot.has_view {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "no cluster view yet\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no routable query-serving node\n",
+                    )
+                }
+            }
+            (&Method::GET, "/admin/nodes") => json_response(StatusCode::OK, &nodes_json(&snapshot)),
+            (&Method::GET, "/admin/leader") => {
+                json_response(StatusCode::OK, &leader_json(&snapshot))
+            }
+            (&Method::GET, "/admin/view") => json_response(StatusCode::OK, &view_json(&snapshot)),
+            (&Method::GET, "/admin/plugins") => match &self.plugins {
+                Some(p) => json_response(StatusCode::OK, &p.status()),
+                None => json_response(StatusCode::OK, &json!([])),
+            },
+            (&Method::POST, "/admin/plugins/reload") => match &self.plugins {
+                Some(p) => json_response(StatusCode::OK, &p.reload().await),
+                None => json_response(StatusCode::OK, &json!([])),
+            },
+            (&Method::GET, "/metrics") => match &self.metrics {
+                Some(handle) => {
+                    export_node_gauges(&snapshot);
+                    let mut response = text(StatusCode::OK, handle.render());
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    response
+                }
+                None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
+            },
+            (&Method::GET, "/" | "/status") => {
+                let plugins = self.plugins.as_ref().map(|p| p.status());
+                let mut response = text(
+                    StatusCode::OK,
+                    status_page::render(&snapshot, plugins.as_ref()),
+                );
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                response
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+/// `/admin/nodes`: every discovered node with its runtime state.
+pub fn nodes_json(snapshot: &Snapshot) -> serde_json::Value {
+    let now = now_ms();
+    let nodes: Vec<_> = snapshot
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let ejected = n.state.is_ejected(now);
+            json!({
+                "id": &*n.node.id,
+                "address": &*n.label,
+                "connect": n.node.addr.map(|a| a.to_string()),
+                "resolve_error": n.node.resolve_error.as_deref(),
+                "modes": n.node.modes.names(),
+                "enabled": n.node.enabled,
+                "healthy": n.node.routable() && !ejected,
+                "ejected": ejected,
+                "in_flight": n.state.in_flight(),
+                "requests": n.state.requests.load(Ordering::Relaxed),
+                "latency_ewma_ms": n.state.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                "is_leader": snapshot.leader == Some(i),
+            })
+        })
+        .collect();
+    json!(nodes)
+}
+
+/// `/admin/leader`: the leader, or why there is none.
+pub fn leader_json(snapshot: &Snapshot) -> serde_json::Value {
+    let info = &snapshot.view.leader;
+    let node = snapshot.leader.map(|i| &snapshot.nodes[i]);
+    json!({
+        "leader": node.map(|n| &*n.node.id),
+        "address": node.map(|n| &*n.label),
+        "participant": info.participant,
+        "znode": info.znode,
+        "reason": info.reason,
+        "stale": snapshot.view.stale,
+    })
+}
+
+fn view_json(snapshot: &Snapshot) -> serde_json::Value {
+    json!({
+        "version": snapshot.version,
+        "source": snapshot.view.source,
+        "stale": snapshot.view.stale,
+        "has_view": snapshot.has_view,
+        "ready": snapshot.ready(),
+        "published_at_ms": snapshot.published_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+    })
+}
+
+/// Gauges that describe the current snapshot, refreshed at scrape time so
+/// the data path does not pay for them.
+fn export_node_gauges(snapshot: &Snapshot) {
+    let now = now_ms();
+    for n in &snapshot.nodes {
+        metrics::gauge!("kgw_upstream_in_flight", "upstream" => n.label.clone())
+            .set(n.state.in_flight() as f64);
+        metrics::gauge!("kgw_upstream_ejected", "upstream" => n.label.clone())
+            .set(if n.state.is_ejected(now) { 1.0 } else { 0.0 });
+    }
+    metrics::gauge!("kgw_view_nodes").set(snapshot.nodes.len() as f64);
+    metrics::gauge!("kgw_view_query_nodes").set(snapshot.query_nodes.len() as f64);
+    metrics::gauge!("kgw_view_has_leader").set(if snapshot.leader.is_some() { 1.0 } else { 0.0 });
+    metrics::gauge!("kgw_view_stale").set(if snapshot.view.stale { 1.0 } else { 0.0 });
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
+    let mut response = text(status, value.to_string());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}

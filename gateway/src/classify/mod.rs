@@ -1,0 +1,159 @@
+//! Traffic classification: which of `query`, `job` or `other` a request is.
+//! Built-in rules come from Kylin's REST API (base `/kylin/api`); operator
+//! rules from config are evaluated first, in order, and the first match wins.
+
+mod pattern;
+
+pub use pattern::{PathPattern, PatternError};
+
+use http::Method;
+
+/// The traffic classes the router knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficClass {
+    /// Served by any healthy node whose mode serves queries.
+    Query,
+    /// Sent to the elected job-engine leader.
+    Job,
+    /// Everything else (auth, metadata reads, the web UI): any query node.
+    Other,
+}
+
+impl TrafficClass {
+    pub const ALL: [TrafficClass; 3] =
+        [TrafficClass::Query, TrafficClass::Job, TrafficClass::Other];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficClass::Query => "query",
+            TrafficClass::Job => "job",
+            TrafficClass::Other => "other",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TrafficClass> {
+        match text {
+            "query" => Some(TrafficClass::Query),
+            "job" => Some(TrafficClass::Job),
+            "other" => Some(TrafficClass::Other),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for TrafficClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One rule: methods (empty = any) and a path pattern give a class.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub methods: Vec<Method>,
+    pub path: PathPattern,
+    pub class: TrafficClass,
+}
+
+impl Rule {
+    fn matches(&self, method: &Method, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method)) && self.path.matches(path)
+    }
+}
+
+/// Classifies requests: operator rules first, then Kylin's built-in ones.
+#[derive(Clone, Debug)]
+pub struct Classifier {
+    rules: Vec<Rule>,
+}
+
+impl Classifier {
+    /// `operator_rules` take precedence over the built-in rules for Kylin's
+    /// REST API rooted at `api_base` (normally `/kylin/api`).
+    pub fn new(operator_rules: Vec<Rule>, api_base: &str) -> Classifier {
+        let mut rules = operator_rules;
+        rules.extend(builtin_rules(api_base));
+        Classifier { rules }
+    }
+
+    pub fn classify(&self, method: &Method, path: &str) -> TrafficClass {
+        self.rules
+            .iter()
+            .find(|rule| rule.matches(method, path))
+            .map_or(TrafficClass::Other, |rule| rule.class)
+    }
+}
+
+/// Kylin's job and query endpoints (see `../shared/kylin-zookeeper.md`).
+/// `{x}` matches one path segment, `**` the rest of the path.
+const BUILTIN: &[(&str, &str, TrafficClass)] = {
+    use TrafficClass::{Job, Query};
+    &[
+        // Cube builds and segment management: the job engine schedules them.
+        ("PUT", "/cubes/{cube}/build", Job),
+        ("PUT", "/cubes/{cube}/rebuild", Job),
+        ("PUT", "/cubes/{cube}/build2", Job),
+        ("PUT", "/cubes/{cube}/rebuild2", Job),
+        ("PUT", "/cubes/{cube}/automerge", Job),
+        ("PUT", "/cubes/{cube}/optimize", Job),
+        ("PUT", "/cubes/{cube}/optimize2", Job),
+        ("PUT", "/cubes/{cube}/refresh_lookup", Job),
+        ("PUT", "/cubes/{cube}/purge", Job),
+        ("PUT", "/cubes/{cube}/holes", Job),
+        ("PUT", "/cubes/{cube}/init_start_offsets", Job),
+        ("PUT", "/cubes/{cube}/enable", Job),
+        ("PUT", "/cubes/{cube}/disable", Job),
+        ("PUT", "/cubes/{cube}/clone", Job),
+        ("PUT", "/cubes/{cube}/recover_segment_optimize/{seg}", Job),
+        ("PUT", "/cubes/{cube}/segs/{seg}/refresh_lookup", Job),
+        ("DELETE", "/cubes/{cube}/segs/{seg}", Job),
+        ("DELETE", "/cubes/{cube}/segs2/{id}", Job),
+        ("DELETE", "/cubes/{cube}", Job),
+        // Job inspection and actions.
+        ("GET", "/jobs", Job),
+        ("GET", "/jobs/overview", Job),
+        ("GET", "/jobs/{id}", Job),
+        ("GET", "/jobs/{id}/steps/{step}/output", Job),
+        ("PUT", "/jobs/{id}/resume", Job),
+        ("PUT", "/jobs/{id}/resubmit", Job),
+        ("PUT", "/jobs/{id}/cancel", Job),
+        ("PUT", "/jobs/{id}/pause", Job),
+        ("PUT", "/jobs/{id}/steps/{step}/rollback", Job),
+        ("DELETE", "/jobs/{id}/drop", Job),
+        ("PUT", "/tables/{project}/{tables}/cardinality", Job),
+        // Queries.
+        ("POST", "/query", Query),
+        ("POST", "/query/prestate", Query),
+        ("GET", "/tables_and_columns", Query),
+        ("GET,POST,DELETE", "/saved_queries", Query),
+        ("GET,POST,DELETE", "/saved_queries/**", Query),
+        ("GET,POST", "/query/format/{fmt}", Query),
+        ("GET", "/query/runningQueries", Query),
+        ("PUT", "/query/{id}/stop", Query),
+        // KAP's asynchronous and sequence queries.
+        ("POST,DELETE", "/async_query", Query),
+        ("GET", "/async_query/{id}/status", Query),
+        ("GET", "/async_query/{id}/result", Query),
+        ("", "/sequence_sql/**", Query),
+    ]
+};
+
+fn builtin_rules(api_base: &str) -> Vec<Rule> {
+    let base = api_base.trim_end_matches('/');
+    BUILTIN
+        .iter()
+        .map(|&(methods, path, class)| Rule {
+            methods: methods
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(|m| Method::from_bytes(m.as_bytes()).expect("built-in method"))
+                .collect(),
+            path: PathPattern::parse(&format!("{base}{path}")).expect("built-in pattern"),
+            class,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+use super::*;
+
+fn classifier() -> Classifier {
+    Classifier::new(Vec::new(), "/kylin/api")
+}
+
+fn class_of(method: &str, path: &str) -> TrafficClass {
+    classifier().classify(&Method::from_bytes(method.as_bytes()).unwrap(), path)
+}
+
+#[test]
+fn every_job_path_is_job_with_and_without_trailing_slash() {
+    let jobs = [
+        "PUT /cubes/c1/build",
+        "PUT /cubes/c1/rebuild",
+        "PUT /cubes/c1/build2",
+        "PUT /cubes/c1/rebuild2",
+        "PUT /cubes/c1/automerge",
+        "PUT /cubes/c1/optimize",
+        "PUT /cubes/c1/optimize2",
+        "PUT /cubes/c1/refresh_lookup",
+        "PUT /cubes/c1/purge",
+        "PUT /cubes/c1/holes",
+        "PUT /cubes/c1/init_start_offsets",
+        "PUT /cubes/c1/enable",
+        "PUT /cubes/c1/disable",
+        "PUT /cubes/c1/clone",
+        "PUT /cubes/c1/recover_segment_optimize/s1",
+        "PUT /cubes/c1/segs/s1/refresh_lookup",
+        "DELETE /cubes/c1/segs/s1",
+        "DELETE /cubes/c1/segs2/7",
+        "DELETE /cubes/c1",
+        "GET /jobs",
+        "GET /jobs/overview",
+        "GET /jobs/abc-123",
+        "GET /jobs/abc/steps/abc-00/output",
+        "PUT /jobs/abc/resume",
+        "PUT /jobs/abc/resubmit",
+        "PUT /jobs/abc/cancel",
+        "PUT /jobs/abc/pause",
+        "PUT /jobs/abc/steps/abc-01/rollback",
+        "DELETE /jobs/abc/drop",
+        "PUT /tables/learn_kylin/DEFAULT.KYLIN_SALES/cardinality",
+    ];
+    for line in jobs {
+        let (method, path) = line.split_once(' ').unwrap();
+        for suffix in ["", "/"] {
+            let full = format!("/kylin/api{path}{suffix}");
+            assert_eq!(
+                class_of(method, &full),
+                TrafficClass::Job,
+                "{method} {full}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_query_path_is_query_with_and_without_trailing_slash() {
+    let queries = [
+        "POST /query",
+        "POST /query/prestate",
+        "GET /tables_and_columns",
+        "GET /saved_queries",
+        "POST /saved_queries",
+        "DELETE /saved_queries/q1",
+        "GET /query/format/csv",
+        "POST /query/format/csv",
+        "GET /query/runningQueries",
+        "PUT /query/q1/stop",
+        "POST /async_query",
+        "DELETE /async_query",
+        "GET /async_query/q1/status",
+        "GET /async_query/q1/result",
+        "POST /sequence_sql/execution",
+        "GET /sequence_sql/result/1",
+    ];
+    for line in queries {
+        let (method, path) = line.split_once(' ').unwrap();
+        for suffix in ["", "/"] {
+            let full = format!("/kylin/api{path}{suffix}");
+            assert_eq!(
+                class_of(method, &full),
+                TrafficClass::Query,
+                "{method} {full}"
+            );
+        }
+    }
+}
+
+#[test]
+fn reads_and_ui_are_other() {
+    for (method, path) in [
+        ("GET", "/kylin/api/cubes"),
+        ("GET", "/kylin/api/cubes/c1"),
+        ("POST", "/kylin/api/user/authentication"),
+        ("GET", "/kylin/"),
+        ("GET", "/kylin/index.html"),
+        ("GET", "/kylin/api/projects"),
+        // Right path, wrong method: a cube build is a PUT.
+        ("GET", "/kylin/api/cubes/c1/build"),
+        ("GET", "/kylin/api/query"),
+        // No base.
+        ("POST", "/query"),
+    ] {
+        assert_eq!(
+            class_of(method, path),
+            TrafficClass::Other,
+            "{method} {path}"
+        );
+    }
+}
+
+#[test]
+fn operator_rules_override_builtins_in_order() {
+    let rules = vec![
+        Rule {
+            methods: vec![Method::GET],
+            path: PathPattern::parse("/kylin/api/jobs/**").unwrap(),
+            class: TrafficClass::Other,
+        },
+        Rule {
+            methods: vec![],
+            path: PathPattern::parse("/kylin/api/jobs/{id}").unwrap(),
+            class: TrafficClass::Query,
+        },
+    ];
+    let classifier = Classifier::new(rules, "/kylin/api");
+    assert_eq!(
+        classifier.classify(&Method::GET, "/kylin/api/jobs/1"),
+        TrafficClass::Other
+    );
+    assert_eq!(
+        classifier.classify(&Method::GET, "/kylin/api/jobs"),
+        TrafficClass::Other
+    );
+    assert_eq!(
+        classifier.classify(&Method::PUT, "/kylin/api/jobs/1/cancel"),
+        TrafficClass::Job
+    );
+}
+
+#[test]
+fn patterns_reject_bad_shapes() {
+    assert_eq!(PathPattern::parse("kylin"), Err(PatternError::NotAbsolute));
+    assert_eq!(
+        PathPattern::parse("/a/**/b"),
+        Err(PatternError::RestNotLast)
+    );
+    assert!(matches!(
+        PathPattern::parse("/a/{b"),
+        Err(PatternError::Braces(_))
+    ));
+}
+
+#[test]
+fn one_segment_wildcards_need_a_nonempty_segment() {
+    let p = PathPattern::parse("/a/*/c").unwrap();
+    assert!(p.matches("/a/b/c"));
+    assert!(!p.matches("/a//c"));
+    assert!(!p.matches("/a/b/c/d"));
+    let rest = PathPattern::parse("/a/**").unwrap();
+    assert!(rest.matches("/a"));
+    assert!(rest.matches("/a/b/c"));
+    assert!(!rest.matches("/ab"));
+}

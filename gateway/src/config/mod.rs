@@ -1,0 +1,249 @@
+//! Configuration: one TOML file, parsed into [`raw`] structs that reject
+//! unknown keys, then validated once into the typed [`Config`]. Errors are a
+//! single line naming the key and the problem. This module never reads files;
+//! the binary does.
+
+pub mod kylin_properties;
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::balance::health::Ejection;
+use crate::classify::Rule;
+use crate::view::Modes;
+
+pub use validate::parse;
+
+/// A configuration problem: which key, and what is wrong with it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub listen: Listen,
+    pub tls: Option<TlsFiles>,
+    pub discovery: Discovery,
+    pub routing: Routing,
+    pub upstream: Upstream,
+    #[serde(serialize_with = "ser_ejection")]
+    pub health: Ejection,
+    #[serde(with = "ms")]
+    pub drain_timeout: Duration,
+    pub plugins: Vec<PluginSpec>,
+    pub plugin_runtime: PluginRuntime,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Listen {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Discovery {
+    Static(StaticDiscovery),
+    Zookeeper(ZookeeperSettings),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StaticDiscovery {
+    pub nodes: Vec<StaticNode>,
+    pub address_map: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StaticNode {
+    pub id: String,
+    /// `host:port` as a Kylin node would advertise it.
+    pub address: String,
+    #[serde(serialize_with = "ser_modes")]
+    pub modes: Modes,
+    pub leader: bool,
+    pub enabled: bool,
+}
+
+/// Which znode layout to read (see `../shared/kylin-zookeeper.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Layout {
+    /// Read both service names (`kylin` and `cluster_servers`).
+    #[serde(rename = "auto")]
+    Auto,
+    /// KAP 2.4: `service/kylin`, leader data is a bare IP.
+    #[serde(rename = "kap-2.4")]
+    Kap24,
+    /// Kylin 3.0.x: `service/kylin`.
+    #[serde(rename = "kylin-3.0")]
+    Kylin30,
+    /// Kylin 3.1.x: `service/cluster_servers`.
+    #[serde(rename = "kylin-3.1")]
+    Kylin31,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ZookeeperSettings {
+    /// Comma-separated `host:port` list, without chroot.
+    pub hosts: String,
+    /// Chroot from the connect string (`/some/root`), if any.
+    pub chroot: Option<String>,
+    /// Base path under the chroot, e.g. `/kylin/kylin_metadata`.
+    pub base_path: String,
+    pub layout: Layout,
+    #[serde(with = "ms")]
+    pub session_timeout: Duration,
+    #[serde(with = "ms")]
+    pub connect_timeout: Duration,
+    /// Digest credentials `user:pass` (Kylin's `kylin.env.zookeeper.zk-auth`
+    /// without the `digest:` scheme). Not printed.
+    #[serde(skip)]
+    pub digest_auth: Option<String>,
+    /// Mode for instances whose payload names no known mode.
+    #[serde(serialize_with = "ser_modes")]
+    pub default_mode: Modes,
+    /// Pins the leader's address (`host:port` or IP) when election data
+    /// cannot be mapped.
+    pub leader_address: Option<String>,
+    /// Advertised `host:port` (or host) → address to connect to.
+    pub address_map: BTreeMap<String, String>,
+    /// An operator's `kylin.properties` to take the connect string, metadata
+    /// prefix and auth from (applied by the binary, which reads files).
+    pub kylin_properties: Option<PathBuf>,
+    /// Whether `base_path` or `metadata_prefix` was set in the gateway's
+    /// config (then `kylin.properties` does not override it).
+    #[serde(skip)]
+    pub base_path_explicit: bool,
+}
+
+/// The request key for consistent hashing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    Header(http::HeaderName),
+    QueryParam(String),
+    Cookie(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalanceKind {
+    #[serde(rename = "p2c")]
+    PowerOfTwoChoices,
+    RoundRobin,
+    ConsistentHash,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Routing {
+    pub api_base: String,
+    pub balance: BalanceKind,
+    #[serde(serialize_with = "ser_hash_key")]
+    pub hash_key: Option<HashKey>,
+    pub load_factor: f64,
+    /// The upstream's session cookie (Kylin: `JSESSIONID`).
+    pub session_cookie: String,
+    /// The cookie the gateway sets to pin a session to its node.
+    pub affinity_cookie: String,
+    #[serde(with = "ms")]
+    pub job_hold: Duration,
+    pub job_hold_body_bytes: u64,
+    pub retry_after_s: u64,
+    #[serde(skip)]
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Upstream {
+    #[serde(with = "ms")]
+    pub connect_timeout: Duration,
+    #[serde(with = "ms")]
+    pub response_header_timeout: Duration,
+    pub retries: u32,
+    #[serde(with = "ms")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Use the built-in routing for the request.
+    Fallback,
+    /// Answer 503.
+    Reject,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub config: String,
+    pub on_error: OnError,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginRuntime {
+    #[serde(with = "ms")]
+    pub deadline: Duration,
+    pub memory_bytes: u64,
+    pub cache_dir: Option<PathBuf>,
+    pub watch_files: bool,
+}
+
+mod ms {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+fn ser_modes<S: serde::Serializer>(m: &Modes, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(m)
+}
+
+fn ser_hash_key<S: serde::Serializer>(k: &Option<HashKey>, s: S) -> Result<S::Ok, S::Error> {
+    match k {
+        None => s.serialize_none(),
+        Some(HashKey::Header(h)) => s.collect_str(&format_args!("header:{h}")),
+        Some(HashKey::QueryParam(q)) => s.collect_str(&format_args!("query:{q}")),
+        Some(HashKey::Cookie(c)) => s.collect_str(&format_args!("cookie:{c}")),
+    }
+}
+
+fn ser_ejection<S: serde::Serializer>(e: &Ejection, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("health", 3)?;
+    st.serialize_field("eject_after", &e.threshold)?;
+    st.serialize_field("eject_base_ms", &(e.base.as_millis() as u64))?;
+    st.serialize_field("eject_max_ms", &(e.max.as_millis() as u64))?;
+    st.end()
+}

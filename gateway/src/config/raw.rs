@@ -1,0 +1,141 @@
+//! The TOML file as written: serde structs that reject unknown keys. Every
+//! field is optional here; defaults and checks live in `super::validate`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listen: RawListen,
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub discovery: RawDiscovery,
+    #[serde(default)]
+    pub routing: RawRouting,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub health: RawHealth,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub plugins: Vec<RawPlugin>,
+    #[serde(default)]
+    pub plugin_runtime: RawPluginRuntime,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub http: Option<String>,
+    pub https: Option<String>,
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    pub kind: Option<String>,
+    // static
+    pub nodes: Option<Vec<RawStaticNode>>,
+    // zookeeper
+    pub connect: Option<String>,
+    pub metadata_prefix: Option<String>,
+    pub base_path: Option<String>,
+    pub layout: Option<String>,
+    pub session_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub auth: Option<String>,
+    pub kylin_properties: Option<String>,
+    pub default_mode: Option<String>,
+    pub leader_address: Option<String>,
+    // both
+    pub address_map: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStaticNode {
+    pub address: String,
+    pub id: Option<String>,
+    pub mode: Option<String>,
+    pub leader: Option<bool>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    pub api_base: Option<String>,
+    pub balance: Option<String>,
+    pub hash_key: Option<String>,
+    pub load_factor: Option<f64>,
+    pub session_cookie: Option<String>,
+    pub affinity_cookie: Option<String>,
+    pub job_hold_ms: Option<u64>,
+    pub job_hold_body_bytes: Option<u64>,
+    pub retry_after_s: Option<u64>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub path: String,
+    pub class: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub connect_timeout_ms: Option<u64>,
+    pub response_header_timeout_ms: Option<u64>,
+    pub retries: Option<u32>,
+    pub pool_idle_timeout_ms: Option<u64>,
+    pub pool_max_idle_per_host: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub eject_after: Option<u32>,
+    pub eject_base_ms: Option<u64>,
+    pub eject_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub drain_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    pub name: String,
+    pub path: String,
+    pub config: Option<String>,
+    pub on_error: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPluginRuntime {
+    pub deadline_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub cache_dir: Option<String>,
+    pub watch_files: Option<bool>,
+}

@@ -1,0 +1,147 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[listen]
+http = "127.0.0.1:7070"
+admin = "127.0.0.1:7071"
+[discovery]
+kind = "static"
+[[discovery.nodes]]
+address = "127.0.0.1:7081"
+mode = "all"          # all | job | query, or a comma list
+leader = true
+"#;
+
+fn error_of(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn minimal_static_shape_parses_with_defaults() {
+    let config = parse(MINIMAL).unwrap();
+    let Discovery::Static(d) = &config.discovery else {
+        panic!("static")
+    };
+    assert_eq!(d.nodes.len(), 1);
+    assert!(d.nodes[0].leader);
+    assert_eq!(d.nodes[0].modes, Modes::ALL);
+    assert_eq!(config.routing.balance, BalanceKind::PowerOfTwoChoices);
+    assert_eq!(config.routing.job_hold, Duration::from_secs(15));
+    assert_eq!(config.routing.session_cookie, "JSESSIONID");
+    assert_eq!(config.upstream.retries, 2);
+}
+
+#[test]
+fn errors_name_the_key_and_the_problem_in_one_line() {
+    let cases = [
+        ("[listen]\nhttpx = \"x\"\n", "listen.httpx: unknown field"),
+        (
+            "[listen]\nhttp = \"nope\"\n",
+            "listen.http: 'nope' is not an IP:port address",
+        ),
+        (
+            "[[discovery.nodes]]\naddress = \"a:1\"\nmode = \"bogus\"\n",
+            "discovery.nodes[0].mode: unknown mode 'bogus'",
+        ),
+        (
+            "[[discovery.nodes]]\naddress = \"a:1\"\nmode = \"query\"\nleader = true\n",
+            "discovery.nodes[0].leader: a query-only node cannot lead",
+        ),
+        (
+            "[[discovery.nodes]]\naddress = \"a\"\n",
+            "discovery.nodes[0].address: 'a' is not host:port",
+        ),
+        (
+            "[discovery]\nkind = \"etcd\"\n",
+            "discovery.kind: unknown kind 'etcd'",
+        ),
+        (
+            "[discovery]\nkind = \"zookeeper\"\n",
+            "discovery.connect: zookeeper discovery needs",
+        ),
+        (
+            "[discovery]\nkind = \"zookeeper\"\nconnect = \"h:2181\"\nlayout = \"kylin-9\"\n",
+            "discovery.layout: unknown layout 'kylin-9'",
+        ),
+        (
+            "[routing]\njob_hold_ms = \"x\"\n",
+            "routing.job_hold_ms: invalid type",
+        ),
+        (
+            "[routing]\nbalance = \"consistent-hash\"\n",
+            "routing.hash_key: consistent-hash needs a key",
+        ),
+        (
+            "[routing]\nhash_key = \"body:x\"\n",
+            "routing.hash_key: 'body:x' is not",
+        ),
+        (
+            "[[routing.rules]]\npath = \"/a\"\nclass = \"batch\"\n",
+            "routing.rules[0].class: unknown class 'batch'",
+        ),
+        (
+            "[[routing.rules]]\npath = \"a\"\nclass = \"job\"\n",
+            "routing.rules[0].path: a path pattern must start",
+        ),
+        ("[listen\n", "(syntax): "),
+        (
+            "[[plugins]]\nname = \"a\"\npath = \"a.wasm\"\non_error = \"explode\"\n",
+            "plugins[0].on_error: unknown value 'explode'",
+        ),
+    ];
+    for (text, expected) in cases {
+        // Sections other than discovery get a valid node list, so the error
+        // is about the key under test.
+        let text = if text.contains("discovery") {
+            text.to_string()
+        } else {
+            format!("{text}\n[[discovery.nodes]]\naddress = \"a:1\"\n")
+        };
+        let message = error_of(&text);
+        assert!(
+            message.starts_with(expected),
+            "for {text:?} got {message:?}"
+        );
+        assert!(!message.contains('\n'), "one line: {message:?}");
+    }
+}
+
+#[test]
+fn zookeeper_settings_from_connect_string_and_prefix() {
+    let config = parse(
+        "[discovery]\nkind = \"zookeeper\"\nconnect = \"127.0.0.1:2181,127.0.0.1:2182/some/root\"\nmetadata_prefix = \"kylin_metadata@hbase\"\n",
+    )
+    .unwrap();
+    let Discovery::Zookeeper(z) = config.discovery else {
+        panic!("zookeeper")
+    };
+    assert_eq!(z.hosts, "127.0.0.1:2181,127.0.0.1:2182");
+    assert_eq!(z.chroot.as_deref(), Some("/some/root"));
+    assert_eq!(z.base_path, "/kylin/kylin_metadata");
+    assert_eq!(z.layout, Layout::Auto);
+}
+
+#[test]
+fn kylin_properties_fill_connect_base_path_and_auth() {
+    let props = kylin_properties::parse(
+        "# comment\nkylin.env.zookeeper-connect-string=zk1:2181,zk2:2181/kroot\nkylin.metadata.url = prod_meta@hbase\n\
+         kylin.env.zookeeper.zk-auth=digest:kylin:secret\nkylin.long=a\\\n  b\n",
+    );
+    assert_eq!(props["kylin.long"], "ab");
+    let config =
+        parse("[discovery]\nkind = \"zookeeper\"\nkylin_properties = \"/etc/kylin.properties\"\n")
+            .unwrap();
+    let Discovery::Zookeeper(mut z) = config.discovery else {
+        panic!("zookeeper")
+    };
+    kylin_properties::apply(&mut z, &props).unwrap();
+    assert_eq!(z.hosts, "zk1:2181,zk2:2181");
+    assert_eq!(z.chroot.as_deref(), Some("/kroot"));
+    assert_eq!(z.base_path, "/kylin/prod_meta");
+    assert_eq!(z.digest_auth.as_deref(), Some("kylin:secret"));
+    assert_eq!(
+        kylin_properties::metadata_prefix("hdfs:///a/b/kap_meta@hdfs"),
+        "kap_meta"
+    );
+    assert_eq!(kylin_properties::metadata_prefix(""), "kylin_metadata");
+}

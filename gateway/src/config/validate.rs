@@ -1,0 +1,476 @@
+//! Raw → typed: defaults, range checks and cross-field checks, each failing
+//! with the dotted key it concerns.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+
+use super::raw::*;
+use super::*;
+use crate::classify::{PathPattern, TrafficClass};
+
+/// Parses and validates a TOML document.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let raw = parse_raw(text)?;
+    validate(raw)
+}
+
+fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| toml_error(text, &e))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let mut problem = inner.message().trim().to_string();
+        if let Some(line) = inner.span().map(|s| line_of(text, s.start)) {
+            problem.push_str(&format!(" (line {line})"));
+        }
+        ConfigError::new(if key == "." { "(document)".into() } else { key }, problem)
+    })
+}
+
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+    ConfigError::new("(syntax)", format!("{} (line {line})", e.message().trim()))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(key, format!("'{value}' is not an IP:port address")))
+}
+
+fn ms(key: &str, value: Option<u64>, default: u64, min: u64) -> Result<Duration, ConfigError> {
+    let v = value.unwrap_or(default);
+    if v < min {
+        return Err(ConfigError::new(
+            key,
+            format!("must be at least {min} ms, got {v}"),
+        ));
+    }
+    Ok(Duration::from_millis(v))
+}
+
+fn modes(key: &str, value: Option<&str>) -> Result<Modes, ConfigError> {
+    match value {
+        None => Ok(Modes::ALL),
+        Some(text) => Modes::parse(text).ok_or_else(|| {
+            ConfigError::new(
+                key,
+                format!("unknown mode '{text}' (expected all, job, query or a comma list)"),
+            )
+        }),
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let listen = Listen {
+        http: match raw.listen.http.as_deref() {
+            Some(v) => Some(addr("listen.http", v)?),
+            None if raw.listen.https.is_none() => Some(addr("listen.http", "127.0.0.1:7070")?),
+            None => None,
+        },
+        https: raw
+            .listen
+            .https
+            .as_deref()
+            .map(|v| addr("listen.https", v))
+            .transpose()?,
+        admin: addr(
+            "listen.admin",
+            raw.listen.admin.as_deref().unwrap_or("127.0.0.1:7071"),
+        )?,
+    };
+    let tls = raw.tls.map(|t| TlsFiles {
+        cert: t.cert.into(),
+        key: t.key.into(),
+    });
+    if listen.https.is_some() && tls.is_none() {
+        return Err(ConfigError::new(
+            "tls",
+            "listen.https is set but [tls] cert and key are missing",
+        ));
+    }
+    Ok(Config {
+        listen,
+        tls,
+        discovery: discovery(raw.discovery)?,
+        routing: routing(raw.routing)?,
+        upstream: upstream(raw.upstream)?,
+        health: Ejection {
+            threshold: match raw.health.eject_after {
+                Some(0) => {
+                    return Err(ConfigError::new("health.eject_after", "must be at least 1"));
+                }
+                v => v.unwrap_or(3),
+            },
+            base: ms("health.eject_base_ms", raw.health.eject_base_ms, 5_000, 1)?,
+            max: ms("health.eject_max_ms", raw.health.eject_max_ms, 300_000, 1)?,
+        },
+        drain_timeout: ms(
+            "shutdown.drain_timeout_ms",
+            raw.shutdown.drain_timeout_ms,
+            30_000,
+            0,
+        )?,
+        plugins: plugins(raw.plugins)?,
+        plugin_runtime: PluginRuntime {
+            deadline: ms(
+                "plugin_runtime.deadline_ms",
+                raw.plugin_runtime.deadline_ms,
+                2,
+                1,
+            )?,
+            memory_bytes: match raw.plugin_runtime.memory_mb {
+                Some(0) => {
+                    return Err(ConfigError::new(
+                        "plugin_runtime.memory_mb",
+                        "must be at least 1",
+                    ));
+                }
+                v => v.unwrap_or(16) << 20,
+            },
+            cache_dir: raw.plugin_runtime.cache_dir.map(Into::into),
+            watch_files: raw.plugin_runtime.watch_files.unwrap_or(true),
+        },
+    })
+}
+
+fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
+    let address_map = raw.address_map.clone().unwrap_or_default();
+    match raw.kind.as_deref().unwrap_or("static") {
+        "static" => {
+            for (key, set) in [
+                ("connect", raw.connect.is_some()),
+                ("metadata_prefix", raw.metadata_prefix.is_some()),
+                ("base_path", raw.base_path.is_some()),
+                ("layout", raw.layout.is_some()),
+                ("kylin_properties", raw.kylin_properties.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::new(
+                        format!("discovery.{key}"),
+                        "only valid with kind = \"zookeeper\"",
+                    ));
+                }
+            }
+            let raw_nodes = raw.nodes.unwrap_or_default();
+            if raw_nodes.is_empty() {
+                return Err(ConfigError::new(
+                    "discovery.nodes",
+                    "static discovery needs at least one node",
+                ));
+            }
+            let mut nodes = Vec::with_capacity(raw_nodes.len());
+            for (i, n) in raw_nodes.into_iter().enumerate() {
+                let key = format!("discovery.nodes[{i}]");
+                if crate::discovery::split_host_port(&n.address).is_none() {
+                    return Err(ConfigError::new(
+                        format!("{key}.address"),
+                        format!("'{}' is not host:port", n.address),
+                    ));
+                }
+                let modes = modes(&format!("{key}.mode"), n.mode.as_deref())?;
+                let leader = n.leader.unwrap_or(false);
+                if leader && !modes.job {
+                    return Err(ConfigError::new(
+                        format!("{key}.leader"),
+                        "a query-only node cannot lead the job engine",
+                    ));
+                }
+                nodes.push(StaticNode {
+                    id: n.id.unwrap_or_else(|| n.address.clone()),
+                    address: n.address,
+                    modes,
+                    leader,
+                    enabled: n.enabled.unwrap_or(true),
+                });
+            }
+            if nodes.iter().filter(|n| n.leader).count() > 1 {
+                return Err(ConfigError::new(
+                    "discovery.nodes",
+                    "more than one node has leader = true",
+                ));
+            }
+            Ok(Discovery::Static(StaticDiscovery { nodes, address_map }))
+        }
+        "zookeeper" => {
+            if raw.nodes.is_some() {
+                return Err(ConfigError::new(
+                    "discovery.nodes",
+                    "only valid with kind = \"static\"",
+                ));
+            }
+            let connect = raw.connect.clone().unwrap_or_default();
+            if connect.trim().is_empty() && raw.kylin_properties.is_none() {
+                return Err(ConfigError::new(
+                    "discovery.connect",
+                    "zookeeper discovery needs a connect string (or discovery.kylin_properties)",
+                ));
+            }
+            let (hosts, chroot) = kylin_properties::split_connect(&connect)
+                .map_err(|p| ConfigError::new("discovery.connect", p))?;
+            let base_path = match (&raw.base_path, &raw.metadata_prefix) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::new(
+                        "discovery.base_path",
+                        "set base_path or metadata_prefix, not both",
+                    ));
+                }
+                (Some(path), None) => {
+                    if !path.starts_with('/') || (path.len() > 1 && path.ends_with('/')) {
+                        return Err(ConfigError::new(
+                            "discovery.base_path",
+                            format!("'{path}' must start with '/' and not end with one"),
+                        ));
+                    }
+                    path.clone()
+                }
+                (None, prefix) => format!(
+                    "/kylin/{}",
+                    kylin_properties::metadata_prefix(
+                        prefix.as_deref().unwrap_or("kylin_metadata")
+                    )
+                ),
+            };
+            let layout = match raw.layout.as_deref().unwrap_or("auto") {
+                "auto" => Layout::Auto,
+                "kap-2.4" => Layout::Kap24,
+                "kylin-3.0" => Layout::Kylin30,
+                "kylin-3.1" => Layout::Kylin31,
+                other => {
+                    return Err(ConfigError::new(
+                        "discovery.layout",
+                        format!(
+                            "unknown layout '{other}' (expected auto, kap-2.4, kylin-3.0 or kylin-3.1)"
+                        ),
+                    ));
+                }
+            };
+            let digest_auth = match raw.auth.as_deref() {
+                None => None,
+                Some(a) => Some(
+                    a.strip_prefix("digest:")
+                        .filter(|c| c.contains(':'))
+                        .ok_or_else(|| {
+                            ConfigError::new("discovery.auth", "expected digest:user:password")
+                        })?
+                        .to_string(),
+                ),
+            };
+            Ok(Discovery::Zookeeper(ZookeeperSettings {
+                hosts,
+                chroot,
+                base_path,
+                layout,
+                session_timeout: ms(
+                    "discovery.session_timeout_ms",
+                    raw.session_timeout_ms,
+                    10_000,
+                    1_000,
+                )?,
+                connect_timeout: ms(
+                    "discovery.connect_timeout_ms",
+                    raw.connect_timeout_ms,
+                    5_000,
+                    100,
+                )?,
+                digest_auth,
+                default_mode: modes("discovery.default_mode", raw.default_mode.as_deref())?,
+                leader_address: raw.leader_address.clone(),
+                address_map,
+                kylin_properties: raw.kylin_properties.clone().map(Into::into),
+                base_path_explicit: raw.base_path.is_some() || raw.metadata_prefix.is_some(),
+            }))
+        }
+        other => Err(ConfigError::new(
+            "discovery.kind",
+            format!("unknown kind '{other}' (expected static or zookeeper)"),
+        )),
+    }
+}
+
+fn routing(raw: RawRouting) -> Result<Routing, ConfigError> {
+    let api_base = raw.api_base.unwrap_or_else(|| "/kylin/api".into());
+    if !api_base.starts_with('/') {
+        return Err(ConfigError::new("routing.api_base", "must start with '/'"));
+    }
+    let balance = match raw.balance.as_deref().unwrap_or("p2c") {
+        "p2c" | "power-of-two-choices" => BalanceKind::PowerOfTwoChoices,
+        "round-robin" => BalanceKind::RoundRobin,
+        "consistent-hash" => BalanceKind::ConsistentHash,
+        other => {
+            return Err(ConfigError::new(
+                "routing.balance",
+                format!(
+                    "unknown balancer '{other}' (expected p2c, round-robin or consistent-hash)"
+                ),
+            ));
+        }
+    };
+    let hash_key = raw.hash_key.as_deref().map(parse_hash_key).transpose()?;
+    if balance == BalanceKind::ConsistentHash && hash_key.is_none() {
+        return Err(ConfigError::new(
+            "routing.hash_key",
+            "consistent-hash needs a key: header:NAME, query:NAME or cookie:NAME",
+        ));
+    }
+    let load_factor = raw.load_factor.unwrap_or(1.25);
+    if !(load_factor >= 1.0 && load_factor.is_finite()) {
+        return Err(ConfigError::new(
+            "routing.load_factor",
+            "must be a number >= 1.0",
+        ));
+    }
+    let mut rules = Vec::with_capacity(raw.rules.len());
+    for (i, r) in raw.rules.into_iter().enumerate() {
+        let key = format!("routing.rules[{i}]");
+        let class = TrafficClass::parse(&r.class).ok_or_else(|| {
+            ConfigError::new(
+                format!("{key}.class"),
+                format!("unknown class '{}' (expected query, job or other)", r.class),
+            )
+        })?;
+        let path = PathPattern::parse(&r.path)
+            .map_err(|e| ConfigError::new(format!("{key}.path"), e.to_string()))?;
+        let methods = r
+            .methods
+            .iter()
+            .map(|m| {
+                Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    ConfigError::new(
+                        format!("{key}.methods"),
+                        format!("'{m}' is not an HTTP method"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        rules.push(Rule {
+            methods,
+            path,
+            class,
+        });
+    }
+    let cookie = |key: &str, value: Option<String>, default: &str| -> Result<String, ConfigError> {
+        let v = value.unwrap_or_else(|| default.to_string());
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+        {
+            return Err(ConfigError::new(
+                key,
+                format!("'{v}' is not a valid cookie name"),
+            ));
+        }
+        Ok(v)
+    };
+    Ok(Routing {
+        api_base,
+        balance,
+        hash_key,
+        load_factor,
+        session_cookie: cookie("routing.session_cookie", raw.session_cookie, "JSESSIONID")?,
+        affinity_cookie: cookie(
+            "routing.affinity_cookie",
+            raw.affinity_cookie,
+            "KYLIN_GW_NODE",
+        )?,
+        job_hold: ms("routing.job_hold_ms", raw.job_hold_ms, 15_000, 0)?,
+        job_hold_body_bytes: raw.job_hold_body_bytes.unwrap_or(1 << 20),
+        retry_after_s: raw.retry_after_s.unwrap_or(5).max(1),
+        rules,
+    })
+}
+
+fn parse_hash_key(text: &str) -> Result<HashKey, ConfigError> {
+    let err = || {
+        ConfigError::new(
+            "routing.hash_key",
+            format!("'{text}' is not header:NAME, query:NAME or cookie:NAME"),
+        )
+    };
+    let (kind, name) = text.split_once(':').ok_or_else(err)?;
+    if name.is_empty() {
+        return Err(err());
+    }
+    match kind {
+        "header" => Ok(HashKey::Header(
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| err())?,
+        )),
+        "query" => Ok(HashKey::QueryParam(name.to_string())),
+        "cookie" => Ok(HashKey::Cookie(name.to_string())),
+        _ => Err(err()),
+    }
+}
+
+fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
+    Ok(Upstream {
+        connect_timeout: ms(
+            "upstream.connect_timeout_ms",
+            raw.connect_timeout_ms,
+            1_000,
+            1,
+        )?,
+        // Kylin queries can run for minutes; the default follows Kylin's own
+        // query timeout ceiling rather than a web default.
+        response_header_timeout: ms(
+            "upstream.response_header_timeout_ms",
+            raw.response_header_timeout_ms,
+            300_000,
+            1,
+        )?,
+        retries: raw.retries.unwrap_or(2),
+        pool_idle_timeout: ms(
+            "upstream.pool_idle_timeout_ms",
+            raw.pool_idle_timeout_ms,
+            90_000,
+            0,
+        )?,
+        pool_max_idle_per_host: raw.pool_max_idle_per_host.unwrap_or(64),
+    })
+}
+
+fn plugins(raw: Vec<RawPlugin>) -> Result<Vec<PluginSpec>, ConfigError> {
+    let mut seen = BTreeMap::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let key = format!("plugins[{i}]");
+            if p.name.is_empty() {
+                return Err(ConfigError::new(format!("{key}.name"), "must not be empty"));
+            }
+            if seen.insert(p.name.clone(), i).is_some() {
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    format!("duplicate plugin name '{}'", p.name),
+                ));
+            }
+            let on_error = match p.on_error.as_deref().unwrap_or("fallback") {
+                "fallback" => OnError::Fallback,
+                "reject" => OnError::Reject,
+                other => {
+                    return Err(ConfigError::new(
+                        format!("{key}.on_error"),
+                        format!("unknown value '{other}' (expected fallback or reject)"),
+                    ));
+                }
+            };
+            Ok(PluginSpec {
+                name: p.name,
+                path: p.path.into(),
+                config: p.config.unwrap_or_default(),
+                on_error,
+            })
+        })
+        .collect()
+}

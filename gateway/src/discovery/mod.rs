@@ -1,0 +1,42 @@
+//! Discovery providers: where the cluster view comes from. A provider runs
+//! as a task and pushes whole [`ClusterView`]s to the [`ViewPublisher`]; it
+//! never touches the data path. `static` lists nodes in config; `zookeeper`
+//! follows Curator's service discovery and leader election.
+
+pub mod resolve;
+mod static_nodes;
+pub mod zookeeper;
+
+pub use resolve::Resolver;
+pub use static_nodes::static_view;
+
+use crate::config::Discovery;
+use crate::view::{ClusterView, ViewPublisher};
+
+/// Runs the configured provider until the process exits.
+pub async fn run(config: Discovery, publisher: ViewPublisher) {
+    match config {
+        Discovery::Static(settings) => {
+            let resolver = Resolver::new(settings.address_map.clone());
+            let view = static_view(&settings, &resolver).await;
+            publisher.publish(view);
+        }
+        Discovery::Zookeeper(settings) => zookeeper::run(settings, publisher).await,
+    }
+}
+
+/// Splits `host:port` (or `[v6]:port`) into host and port.
+pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(':') && !address.starts_with('[') {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}
+
+/// A provider's view before publishing; kept for symmetry with tests.
+pub type View = ClusterView;

@@ -1,0 +1,17 @@
+//! kylin-gateway: the front door of an Apache Kylin / KAP cluster.
+//!
+//! Data flows one way: [`discovery`] → [`view`] snapshot → router
+//! ([`classify`], [`plugin`], [`balance`]) → upstream ([`proxy`]).
+//! [`admin`] and metrics observe; [`config`] and [`tls`] set things up.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod balance;
+pub mod classify;
+pub mod config;
+pub mod discovery;
+pub mod plugin;
+pub mod proxy;
+pub mod tls;
+pub mod view;

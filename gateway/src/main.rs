@@ -1,0 +1,190 @@
+//! `kylin-gateway`: wiring only. Reads files, builds the pieces from the
+//! library, runs them until SIGTERM/SIGINT.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kylin_gateway::admin::{self, Admin};
+use kylin_gateway::config::{self, Config, Discovery};
+use kylin_gateway::proxy::{Proxy, server};
+use kylin_gateway::view::ViewPublisher;
+use kylin_gateway::{discovery, tls};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "kylin-gateway",
+    version,
+    about = "The front door of an Apache Kylin / KAP cluster"
+)]
+struct Cli {
+    /// The gateway's TOML config.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// An operator's kylin.properties to take ZooKeeper settings from.
+    #[arg(long, value_name = "FILE")]
+    kylin_properties: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validates a config file and prints the effective config.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => {
+            match load_config(&file, cli.kylin_properties.as_deref()) {
+                Ok(config) => {
+                    println!(
+                        "{}",
+                        toml::to_string_pretty(&config).unwrap_or_else(|e| e.to_string())
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => config_failure(&error),
+            }
+        }
+        None => {
+            let Some(file) = cli.config else {
+                eprintln!("kylin-gateway: --config FILE is required (see --help)");
+                return ExitCode::from(2);
+            };
+            let config = match load_config(&file, cli.kylin_properties.as_deref()) {
+                Ok(config) => config,
+                Err(error) => return config_failure(&error),
+            };
+            init_tracing();
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    eprintln!("kylin-gateway: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn config_failure(error: &anyhow::Error) -> ExitCode {
+    eprintln!("kylin-gateway: config: {error:#}");
+    ExitCode::from(2)
+}
+
+/// Reads and validates the config, applying `kylin.properties` if named on
+/// the command line or in the config.
+fn load_config(file: &Path, kylin_properties: Option<&Path>) -> anyhow::Result<Config> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut config = config::parse(&text)?;
+    if let Discovery::Zookeeper(settings) = &mut config.discovery {
+        let path = kylin_properties
+            .map(Path::to_path_buf)
+            .or_else(|| settings.kylin_properties.clone());
+        if let Some(path) = path {
+            let props = std::fs::read_to_string(&path).with_context(|| {
+                format!("discovery.kylin_properties: cannot read {}", path.display())
+            })?;
+            config::kylin_properties::apply(settings, &config::kylin_properties::parse(&props))
+                .map_err(|problem| anyhow::anyhow!("discovery.kylin_properties: {problem}"))?;
+        }
+        if settings.hosts.is_empty() {
+            anyhow::bail!("discovery.connect: no ZooKeeper connect string");
+        }
+    }
+    Ok(config)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .init();
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = admin::install_recorder();
+    let views = ViewPublisher::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let proxy = Arc::new(Proxy::new(&config, views.clone(), None));
+    let admin_listener = TcpListener::bind(config.listen.admin)
+        .await
+        .with_context(|| format!("listen.admin: cannot bind {}", config.listen.admin))?;
+    let admin = Admin {
+        views: views.clone(),
+        metrics,
+        plugins: None,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(admin.serve(admin_listener, stopped()));
+    tokio::spawn(discovery::run(config.discovery.clone(), views.clone()));
+
+    if let Some(address) = config.listen.http {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listen.http: cannot bind {address}"))?;
+        tracing::info!(%address, "serving HTTP");
+        tasks.spawn(server::serve(
+            listener,
+            proxy.clone(),
+            None,
+            stopped(),
+            config.drain_timeout,
+        ));
+    }
+    if let (Some(address), Some(files)) = (config.listen.https, &config.tls) {
+        let cert = std::fs::read(&files.cert)
+            .with_context(|| format!("tls.cert: cannot read {}", files.cert.display()))?;
+        let key = std::fs::read(&files.key)
+            .with_context(|| format!("tls.key: cannot read {}", files.key.display()))?;
+        let acceptor = tls::acceptor(&cert, &key)?;
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listen.https: cannot bind {address}"))?;
+        tracing::info!(%address, "serving HTTPS");
+        tasks.spawn(server::serve(
+            listener,
+            proxy.clone(),
+            Some(acceptor),
+            stopped(),
+            config.drain_timeout,
+        ));
+    }
+    tracing::info!(admin = %config.listen.admin, "kylin-gateway started");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,87 @@
+//! Answers the gateway gives itself, and why. Each error knows its status
+//! and whether the client may retry.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ResponseBody;
+use crate::classify::TrafficClass;
+
+/// Why the gateway answered instead of an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no healthy node serves {0} traffic")]
+    NoUpstream(TrafficClass),
+    #[error("no job-engine leader is elected")]
+    NoLeader,
+    #[error("every node tried refused or could not be reached")]
+    ConnectFailed,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("the upstream failed: {0}")]
+    Upstream(String),
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
+    #[error("{message}")]
+    Rejected { status: StatusCode, message: String },
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoUpstream(_) | GatewayError::NoLeader | GatewayError::ConnectFailed => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Rejected { status, .. } => *status,
+        }
+    }
+
+    /// Whether the same request may succeed later (then `Retry-After` is set).
+    pub fn retryable(&self) -> bool {
+        self.status() == StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    /// A JSON answer: `{"error": ..., "class": ...}`.
+    pub fn into_response(self, class: TrafficClass, retry_after_s: u64) -> Response<ResponseBody> {
+        let status = self.status();
+        let body = serde_json::json!({ "error": self.to_string(), "class": class.as_str() });
+        let mut response = Response::new(ResponseBody::full(body.to_string()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.retryable() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_retry_after() {
+        let cases = [
+            (GatewayError::NoUpstream(TrafficClass::Query), 503, true),
+            (GatewayError::NoLeader, 503, true),
+            (GatewayError::ConnectFailed, 503, true),
+            (GatewayError::UpstreamTimeout, 504, false),
+            (GatewayError::Upstream("reset".into()), 502, false),
+            (GatewayError::ClientBody("eof".into()), 400, false),
+        ];
+        for (error, status, retry) in cases {
+            let response = error.into_response(TrafficClass::Job, 7);
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(response.headers().contains_key(header::RETRY_AFTER), retry);
+            if retry {
+                assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Publishing views: discovery pushes a [`ClusterView`], the publisher turns it
+//! into a routing [`Snapshot`] and swaps it in atomically.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use super::{ClusterView, Node, NodeState};
+use crate::balance::HashRing;
+
+/// One node of a snapshot with the state the data path updates.
+#[derive(Debug)]
+pub struct RoutableNode {
+    pub node: Node,
+    pub state: Arc<NodeState>,
+    /// `host:port` as advertised: the `upstream` label in metrics and logs.
+    pub label: Arc<str>,
+    /// Opaque value of the gateway's affinity cookie for this node.
+    pub affinity_tag: Arc<str>,
+    /// `ip:port` to put in the upstream request URI, once resolved.
+    pub authority: Option<http::uri::Authority>,
+}
+
+/// An immutable routing table derived from one [`ClusterView`].
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every publish (including stale-flag changes).
+    pub version: u64,
+    pub view: Arc<ClusterView>,
+    /// Same order as `view.nodes`.
+    pub nodes: Vec<RoutableNode>,
+    /// Indices into `nodes` of routable nodes that serve queries.
+    pub query_nodes: Vec<usize>,
+    /// Index into `nodes` of the routable job-engine leader.
+    pub leader: Option<usize>,
+    /// Consistent-hash ring over `query_nodes`.
+    pub ring: HashRing,
+    /// False until a provider published its first view.
+    pub has_view: bool,
+    pub published_at: SystemTime,
+}
+
+impl Snapshot {
+    fn empty() -> Snapshot {
+        Snapshot {
+            version: 0,
+            view: Arc::new(ClusterView::default()),
+            nodes: Vec::new(),
+            query_nodes: Vec::new(),
+            leader: None,
+            ring: HashRing::build(&[], &[]),
+            has_view: false,
+            published_at: SystemTime::now(),
+        }
+    }
+
+    /// Ready to serve: at least one routable node serves queries.
+    pub fn ready(&self) -> bool {
+        !self.query_nodes.is_empty()
+    }
+
+    /// Finds a node by id.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| &*n.node.id == id)
+    }
+}
+
+/// Receives a notification whenever a new snapshot is published.
+pub type ViewWatch = watch::Receiver<u64>;
+
+/// Where discovery providers publish. Cheap to clone.
+#[derive(Clone)]
+pub struct ViewPublisher {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    current: ArcSwap<Snapshot>,
+    /// Node state by id; touched only when publishing, never per request.
+    states: Mutex<HashMap<Arc<str>, Arc<NodeState>>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for ViewPublisher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ViewPublisher {
+    pub fn new() -> ViewPublisher {
+        let (changed, _) = watch::channel(0);
+        ViewPublisher {
+            inner: Arc::new(Shared {
+                current: ArcSwap::from_pointee(Snapshot::empty()),
+                states: Mutex::new(HashMap::new()),
+                changed,
+            }),
+        }
+    }
+
+    /// The current snapshot: one atomic load, no lock.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.current.load_full()
+    }
+
+    /// Subscribes to publish notifications (the value is the version).
+    pub fn watch(&self) -> ViewWatch {
+        self.inner.changed.subscribe()
+    }
+
+    /// Replaces the view. Node state is carried over by node id; state of
+    /// nodes that left is dropped.
+    pub fn publish(&self, view: ClusterView) {
+        let mut states = self.inner.states.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.inner.current.load();
+        let nodes: Vec<RoutableNode> = view
+            .nodes
+            .iter()
+            .map(|node| {
+                let state = states
+                    .entry(node.id.clone())
+                    .or_insert_with(|| Arc::new(NodeState::default()))
+                    .clone();
+                RoutableNode {
+                    authority: node
+                        .addr
+                        .and_then(|a| http::uri::Authority::try_from(a.to_string()).ok()),
+                    label: node.advertised().into(),
+                    affinity_tag: affinity_tag(&node.id).into(),
+                    node: node.clone(),
+                    state,
+                }
+            })
+            .collect();
+        states.retain(|id, _| view.nodes.iter().any(|n| &n.id == id));
+        let query_nodes: Vec<usize> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.node.routable() && n.node.modes.query)
+            .map(|(i, _)| i)
+            .collect();
+        let leader = view
+            .leader
+            .node_id
+            .as_deref()
+            .and_then(|id| nodes.iter().position(|n| &*n.node.id == id))
+            .filter(|&i| nodes[i].node.routable());
+        let ring_ids: Vec<&str> = query_nodes.iter().map(|&i| &*nodes[i].node.id).collect();
+        let ring = HashRing::build(&ring_ids, &query_nodes);
+        let version = previous.version + 1;
+        let snapshot = Snapshot {
+            version,
+            view: Arc::new(view),
+            nodes,
+            query_nodes,
+            leader,
+            ring,
+            has_view: true,
+            published_at: SystemTime::now(),
+        };
+        self.inner.current.store(Arc::new(snapshot));
+        drop(states);
+        metrics::counter!("kgw_view_updates_total").increment(1);
+        self.inner.changed.send_replace(version);
+    }
+
+    /// Marks the current view stale (source lost) or fresh again, keeping
+    /// its nodes.
+    pub fn set_stale(&self, stale: bool) {
+        let current = self.snapshot();
+        if current.view.stale == stale || !current.has_view {
+            return;
+        }
+        let mut view = (*current.view).clone();
+        view.stale = stale;
+        self.publish(view);
+    }
+
+    /// Waits until `accept` holds for a published snapshot, or `deadline`
+    /// passes. Returns the snapshot that satisfied it.
+    pub async fn wait_for(
+        &self,
+        deadline: Instant,
+        mut accept: impl FnMut(&Snapshot) -> bool,
+    ) -> Option<Arc<Snapshot>> {
+        let mut watch = self.watch();
+        loop {
+            let snapshot = self.snapshot();
+            if accept(&snapshot) {
+                return Some(snapshot);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left == Duration::ZERO {
+                return None;
+            }
+            match tokio::time::timeout(left, watch.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// The affinity cookie value for a node: a short hash of its id, so the
+/// cookie does not leak internal addresses.
+pub fn affinity_tag(id: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(id.as_bytes()))
+}

@@ -1,0 +1,5 @@
+//! Test support for kylin-gateway's end-to-end tests: spawning real
+//! processes on loopback and cleaning them up, waiting on readiness instead
+//! of sleeping, and small HTTP helpers.
+
+pub mod support;

@@ -1,0 +1,124 @@
+//! In-process HTTP backends that stand in for Kylin nodes where ZooKeeper is
+//! not involved: each answers with JSON naming itself and echoing what it
+//! received (method, path, query, headers, body length).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running backend; stops when dropped.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Backend {
+    /// Starts a backend on `127.0.0.1:0` (or `port`).
+    pub async fn start(name: &str, port: u16) -> Backend {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let name_owned = name.to_string();
+        let hits_task = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let name = name_owned.clone();
+                let hits = hits_task.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let name = name.clone();
+                        let hits = hits.clone();
+                        async move { Ok::<_, Infallible>(answer(&name, &hits, request).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            addr,
+            hits,
+            task,
+        }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting (the port then refuses connections).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(
+    name: &str,
+    hits: &AtomicU64,
+    request: http::Request<Incoming>,
+) -> http::Response<Full<Bytes>> {
+    hits.fetch_add(1, Ordering::Relaxed);
+    let (parts, body) = request.into_parts();
+    // Count the body without keeping it: streams of any size.
+    let mut body = body;
+    let mut length = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => length += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => break,
+        }
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+        .collect();
+    let reply = serde_json::json!({
+        "node": name,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body_len": length,
+    });
+    let mut response = http::Response::new(Full::new(Bytes::from(reply.to_string())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if parts.uri.path().ends_with("/user/authentication") {
+        response.headers_mut().insert(
+            http::header::SET_COOKIE,
+            http::HeaderValue::from_str(&format!(
+                "JSESSIONID={name}-session; Path=/kylin; HttpOnly"
+            ))
+            .unwrap(),
+        );
+    }
+    response
+}

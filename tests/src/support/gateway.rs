@@ -1,0 +1,84 @@
+//! Running the real `kylin-gateway` binary with a config written to a temp
+//! file, ready once its admin `/healthz` answers.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use super::process::{ChildGuard, free_port, target_bin};
+
+/// A running gateway process.
+pub struct Gateway {
+    pub process: ChildGuard,
+    pub http_port: u16,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway with `[listen]` filled in (free ports) and the
+    /// given TOML for everything else. Waits for `/healthz`.
+    pub fn start(rest_of_config: &str) -> Gateway {
+        let http_port = free_port();
+        let admin_port = free_port();
+        let dir = TempDir::new("kgw");
+        let config = format!(
+            "[listen]\nhttp = \"127.0.0.1:{http_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n\n{rest_of_config}"
+        );
+        let config_path = dir.path.join("gateway.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let process = ChildGuard::spawn(
+            "kylin-gateway",
+            Command::new(target_bin("kylin-gateway"))
+                .arg("--config")
+                .arg(&config_path)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("KGW_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                ),
+        )
+        .expect("spawn kylin-gateway");
+        let gateway = Gateway {
+            process,
+            http_port,
+            admin_port,
+            config_path,
+            _dir: dir,
+        };
+        super::eventually("gateway /healthz", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()
+        });
+        gateway
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

@@ -1,0 +1,11 @@
+//! Shared helpers: process guards, readiness polling, the gateway binary,
+//! HTTP clients and backends.
+
+pub mod backend;
+pub mod eventually;
+pub mod gateway;
+pub mod http;
+pub mod process;
+
+pub use eventually::{eventually, eventually_async};
+pub use process::{ChildGuard, free_port, target_bin};
