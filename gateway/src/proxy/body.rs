@@ -130,7 +130,7 @@ impl BodySlot {
             slot: self.slot.clone(),
             taken: None,
             end_stream: self.end_stream,
-            size_hint: self.size_hint.clone(),
+            size_hint: self.size_hint,
         }
     }
 
@@ -178,7 +178,7 @@ impl Body for Recoverable {
     fn size_hint(&self) -> SizeHint {
         match &self.taken {
             Some(body) => body.size_hint(),
-            None => self.size_hint.clone(),
+            None => self.size_hint,
         }
     }
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every check and test, after setting the machine up (scripts/setup.sh).
+# This is the README's test command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+echo "== format and lints"
+cargo fmt --all -- --check
+(cd plugins && cargo fmt --all -- --check)
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+(cd plugins && cargo clippy --target wasm32-wasip2 --quiet -- -D warnings)
+
+echo "== build"
+cargo build --workspace --bins --quiet
+
+echo "== tests"
+cargo test --workspace
