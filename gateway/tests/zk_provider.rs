@@ -426,3 +426,92 @@ async fn waits_for_zookeeper_then_survives_restart_and_expiry() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chroot_digest_auth_and_hostnames() {
+    let zk = ZooKeeper::start();
+    let writer = Client::connector()
+        .with_auth("digest", b"kylin:secret")
+        .connect(&zk.connect_string())
+        .await
+        .unwrap();
+    // Everything under a chroot; the service directory readable only by
+    // the `kylin` digest user (Kylin's kylin.env.zookeeper.zk-auth).
+    let services = format!("/chrooted{BASE}/service/cluster_servers");
+    create(
+        &writer,
+        &format!("{services}/placeholder"),
+        b"",
+        CreateMode::Persistent,
+    )
+    .await;
+    writer
+        .delete(&format!("{services}/placeholder"), None)
+        .await
+        .unwrap();
+    writer.delete(&services, None).await.unwrap();
+    writer
+        .create(
+            &services,
+            &[],
+            &CreateMode::Container.with_acls(Acls::creator_all()),
+        )
+        .await
+        .unwrap();
+    let register = |id: &'static str, host: &'static str, port: u16| {
+        let json = format!(
+            r#"{{"name":"cluster_servers","id":"{id}","address":"{host}","port":{port},"payload":{{"description":"all"}},"enabled":true}}"#
+        );
+        let path = format!("{services}/{id}");
+        let writer = &writer;
+        async move {
+            writer
+                .create(
+                    &path,
+                    json.as_bytes(),
+                    &CreateMode::Ephemeral.with_acls(Acls::creator_all()),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    register("n1", "localhost", 7070).await;
+    register("n2", "kylin-node-2.invalid", 7071).await;
+    register("n3", "no-such-host.invalid", 7072).await;
+
+    let mut with_auth = settings(&zk.connect_string(), Layout::Kylin31);
+    with_auth.chroot = Some("/chrooted".into());
+    with_auth.digest_auth = Some("kylin:secret".into());
+    with_auth
+        .address_map
+        .insert("kylin-node-2.invalid".into(), "127.0.0.2".into());
+    let mut without_auth = with_auth.clone();
+    without_auth.digest_auth = None;
+    let views = follow(with_auth);
+    let denied = follow(without_auth);
+
+    let resolved = wait_for(&views, "all three, resolution settled", |s| {
+        ids(s) == ["n1", "n2", "n3"]
+            && s.view.nodes[2]
+                .resolve_error
+                .as_deref()
+                .is_some_and(|e| !e.starts_with("resolving"))
+    })
+    .await;
+    let nodes = &resolved.view.nodes;
+    assert!(
+        nodes[0].addr.is_some_and(|a| a.ip().is_loopback()),
+        "{:?}",
+        nodes[0]
+    );
+    assert_eq!(nodes[1].addr, Some("127.0.0.2:7071".parse().unwrap()));
+    assert_eq!(nodes[2].addr, None, "unresolvable: kept, not routed");
+    assert_eq!(resolved.query_nodes.len(), 2);
+
+    let seen = wait_for(&denied, "a view without credentials", |s| s.has_view).await;
+    assert!(
+        seen.view.nodes.is_empty(),
+        "ACLs must hide the nodes: {:?}",
+        seen.view.nodes
+    );
+}

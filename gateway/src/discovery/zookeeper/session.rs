@@ -30,7 +30,7 @@ use crate::view::{LeaderInfo, Node, ViewPublisher};
 /// as unresolved (they are republished when the lookup finishes).
 const RESOLVE_WAIT: Duration = Duration::from_millis(200);
 /// Retry interval for reads that failed while connected (e.g. `NoAuth`).
-const READ_RETRY: Duration = Duration::from_secs(1);
+const READ_RETRY: Duration = Duration::from_secs(2);
 /// How long a failed DNS lookup is trusted before it is retried.
 const RESOLVE_RETRY: Duration = Duration::from_secs(30);
 
@@ -122,6 +122,7 @@ impl Follower {
         let mut watches = Watches::default();
         let mut dirty = self.everything();
         let mut failed: BTreeSet<Key> = BTreeSet::new();
+        let mut retry_at: Option<tokio::time::Instant> = None;
         let mut resolve_retry = tokio::time::interval(RESOLVE_RETRY);
         resolve_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.connected = true;
@@ -138,6 +139,11 @@ impl Follower {
                 }
                 self.refresh().await;
                 self.publisher.set_stale(false);
+            }
+            if failed.is_empty() {
+                retry_at = None;
+            } else if retry_at.is_none() {
+                retry_at = Some(tokio::time::Instant::now() + READ_RETRY);
             }
             tokio::select! {
                 Some((key, event)) = watches.pending.next() => {
@@ -178,7 +184,10 @@ impl Follower {
                     self.known.resolved(key, result);
                     self.publish_if_changed();
                 }
-                _ = tokio::time::sleep(READ_RETRY), if !failed.is_empty() => {
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if retry_at.is_some() =>
+                {
+                    retry_at = None;
                     dirty.append(&mut failed);
                 }
                 _ = resolve_retry.tick() => {
@@ -422,10 +431,20 @@ async fn read_data(
 }
 
 /// Parks a failed read for a retry, or ends the session on terminal errors.
+/// A missing permission (`NoAuth`: ACLs without `discovery.auth`) is worth a
+/// warning; connection losses are not (the session state says it all).
 fn park(error: Error, key: Key, failed: &mut BTreeSet<Key>) -> Result<(), Error> {
     match error {
         Error::SessionExpired | Error::AuthFailed | Error::ClientClosed | Error::SessionMoved => {
             Err(error)
+        }
+        Error::NoAuth => {
+            tracing::warn!(
+                ?key,
+                "ZooKeeper denies reading it (check discovery.auth); will retry"
+            );
+            failed.insert(key);
+            Ok(())
         }
         error => {
             tracing::debug!(?key, %error, "ZooKeeper read failed; will retry");
