@@ -22,10 +22,13 @@
 //!   gives up on after the session timeout without a server) cannot be
 //!   reused: a new client is connected and everything re-read; parsed
 //!   instances are kept by `mzxid`, so only their watches are re-armed.
-//! * **Leadership can move before membership does.** A Curator leader whose
-//!   connection is SUSPENDED gives up at once and the next candidate leads,
-//!   while the old node's instance znode lives until its session expires.
-//!   The leader is always the lowest lock znode, whatever the instances say.
+//! * **A suspended leader still looks like one.** A Curator leader whose
+//!   connection is SUSPENDED stops leading at once, but its lock znode lives
+//!   until it reconnects (then releases and requeues) or its session
+//!   expires; meanwhile the gateway still names it. Kylin accepts job calls
+//!   on any node (the active job engine picks them up from metadata), so
+//!   this costs latency, not correctness. The leader is always the lowest
+//!   lock znode, whatever the instances say.
 //! * **SIGKILLed nodes linger** until their session expires (Kylin asks for
 //!   60–120 s, capped by the server at 20 × tickTime): the gateway's passive
 //!   health ejects them from routing meanwhile; discovery cannot know.
