@@ -92,9 +92,17 @@ pub async fn run(settings: ZookeeperSettings, publisher: ViewPublisher) {
         );
         metrics::counter!(SESSIONS_METRIC).increment(1);
         attempt = 0;
-        backoff = BACKOFF_MIN;
+        let began = std::time::Instant::now();
         let end = follower.follow(&client).await;
         follower.lost();
+        // A session that ends at once (a server that keeps expiring us)
+        // must not turn into a reconnect storm.
+        if began.elapsed() < BACKOFF_MAX {
+            tokio::time::sleep(jittered(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        } else {
+            backoff = BACKOFF_MIN;
+        }
         match end {
             SessionEnd::Expired => {
                 tracing::warn!("ZooKeeper session expired; starting a new one");
