@@ -20,8 +20,10 @@
 //!   ([ZOOKEEPER-43]); directories are re-listed anyway.
 //! * **Expiry needs a new client.** An expired session (or one the client
 //!   gives up on after the session timeout without a server) cannot be
-//!   reused: a new client is connected and everything re-read; parsed
-//!   instances are kept by `mzxid`, so only their watches are re-armed.
+//!   reused: a new client is connected and everything re-read and
+//!   re-watched (the last view serves, stale, meanwhile); instance data is
+//!   re-parsed only where its `mzxid` changed, so a malformed znode is not
+//!   warned about twice.
 //! * **A suspended leader still looks like one.** A Curator leader whose
 //!   connection is SUSPENDED stops leading at once, but its lock znode lives
 //!   until it reconnects (then releases and requeues) or its session
