@@ -110,7 +110,7 @@ pub enum Layout {
     Kylin31,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct ZookeeperSettings {
     /// Comma-separated `host:port` list, without chroot.
     pub hosts: String,
@@ -142,6 +142,28 @@ pub struct ZookeeperSettings {
     /// config (then `kylin.properties` does not override it).
     #[serde(skip)]
     pub base_path_explicit: bool,
+}
+
+/// Hand-written so the digest credentials never reach a log line.
+impl std::fmt::Debug for ZookeeperSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZookeeperSettings")
+            .field("hosts", &self.hosts)
+            .field("chroot", &self.chroot)
+            .field("base_path", &self.base_path)
+            .field("layout", &self.layout)
+            .field("session_timeout", &self.session_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field(
+                "digest_auth",
+                &self.digest_auth.as_ref().map(|_| "<redacted>"),
+            )
+            .field("default_mode", &self.default_mode)
+            .field("leader_address", &self.leader_address)
+            .field("address_map", &self.address_map)
+            .field("kylin_properties", &self.kylin_properties)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The request key for consistent hashing.

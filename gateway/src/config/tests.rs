@@ -139,6 +139,10 @@ fn kylin_properties_fill_connect_base_path_and_auth() {
     assert_eq!(z.chroot.as_deref(), Some("/kroot"));
     assert_eq!(z.base_path, "/kylin/prod_meta");
     assert_eq!(z.digest_auth.as_deref(), Some("kylin:secret"));
+    assert!(
+        !format!("{z:?}").contains("secret"),
+        "credentials must not reach logs"
+    );
     assert_eq!(
         kylin_properties::metadata_prefix("hdfs:///a/b/kap_meta@hdfs"),
         "kap_meta"
