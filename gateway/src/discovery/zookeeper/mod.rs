@@ -1,12 +1,143 @@
-//! The `zookeeper` provider: Curator service discovery and LeaderSelector
-//! election as Kylin writes them. (Being built: see the ZooKeeper issue.)
+//! The `zookeeper` provider: follows Curator service discovery and
+//! `LeaderSelector` election exactly as Kylin and KAP write them (layouts,
+//! JSON and election names in `../shared/kylin-zookeeper.md`), with one-shot
+//! watches only, so ZooKeeper 3.4 ensembles work too. [`paths`] maps a
+//! layout to znode paths, [`instance`] parses instance JSON, [`election`]
+//! picks and maps the leader, [`state`] holds what is known and builds the
+//! view, [`session`] reads and watches within one session; this module owns
+//! the connection life.
+//!
+//! # Notable behaviors
+//! * **Container parents.** `service/<name>` and `job_engine/leader` are
+//!   Curator CONTAINER znodes: absent before the first registration and
+//!   deleted by the server about a minute after the last child leaves. A
+//!   missing directory is an empty one with an exists-watch on it; a children
+//!   watch that fires because the directory was deleted re-arms as an
+//!   exists-watch ([ZOOKEEPER-2163] containers).
+//! * **Disconnected is not expired.** While disconnected the last view keeps
+//!   serving, marked stale; the client re-registers its watches on reconnect
+//!   and the server fires those whose znodes changed meanwhile
+//!   ([ZOOKEEPER-43]); directories are re-listed anyway.
+//! * **Expiry needs a new client.** An expired session (or one the client
+//!   gives up on after the session timeout without a server) cannot be
+//!   reused: a new client is connected and everything re-read; parsed
+//!   instances are kept by `mzxid`, so only their watches are re-armed.
+//! * **Leadership can move before membership does.** A Curator leader whose
+//!   connection is SUSPENDED gives up at once and the next candidate leads,
+//!   while the old node's instance znode lives until its session expires.
+//!   The leader is always the lowest lock znode, whatever the instances say.
+//! * **SIGKILLed nodes linger** until their session expires (Kylin asks for
+//!   60–120 s, capped by the server at 20 × tickTime): the gateway's passive
+//!   health ejects them from routing meanwhile; discovery cannot know.
+//!
+//! [ZOOKEEPER-2163]: https://issues.apache.org/jira/browse/ZOOKEEPER-2163
+//! [ZOOKEEPER-43]: https://issues.apache.org/jira/browse/ZOOKEEPER-43
+
+pub mod election;
+pub mod instance;
+pub mod paths;
+mod session;
+mod state;
+
+use std::time::Duration;
+
+use zookeeper_client::Client;
 
 use crate::config::ZookeeperSettings;
 use crate::view::ViewPublisher;
+use session::{Follower, SessionEnd};
 
-/// Follows ZooKeeper until the process exits.
+pub use state::MALFORMED_METRIC;
+
+/// Gauge: 1 while a ZooKeeper session is connected, else 0.
+pub const CONNECTED_METRIC: &str = "kgw_zookeeper_connected";
+/// Counter: ZooKeeper sessions established.
+pub const SESSIONS_METRIC: &str = "kgw_zookeeper_sessions_total";
+
+/// First and last delay between connection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Follows ZooKeeper until the process exits. Until the first session is
+/// established nothing is published, so `/readyz` stays false.
 pub async fn run(settings: ZookeeperSettings, publisher: ViewPublisher) {
-    let _ = (settings, publisher);
-    tracing::error!("zookeeper discovery is not built yet");
-    std::future::pending::<()>().await
+    metrics::gauge!(CONNECTED_METRIC).set(0.0);
+    let mut follower = Follower::new(settings, publisher);
+    let mut backoff = BACKOFF_MIN;
+    let mut attempt: u32 = 0;
+    loop {
+        let client = match connect(follower.settings()).await {
+            Ok(client) => client,
+            Err(problem) => {
+                attempt += 1;
+                let delay = jittered(backoff);
+                tracing::warn!(
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot connect to ZooKeeper {}: {problem}",
+                    connect_string(follower.settings())
+                );
+                tokio::time::sleep(delay).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        tracing::info!(
+            session = %client.session_id(),
+            timeout_ms = client.session_timeout().as_millis() as u64,
+            "ZooKeeper session established"
+        );
+        metrics::counter!(SESSIONS_METRIC).increment(1);
+        attempt = 0;
+        backoff = BACKOFF_MIN;
+        let end = follower.follow(&client).await;
+        follower.lost();
+        match end {
+            SessionEnd::Expired => {
+                tracing::warn!("ZooKeeper session expired; starting a new one");
+            }
+            SessionEnd::Closed => tracing::warn!("ZooKeeper session closed; starting a new one"),
+            SessionEnd::AuthFailed => {
+                tracing::error!("ZooKeeper rejected discovery.auth; retrying");
+                tokio::time::sleep(BACKOFF_MAX).await;
+            }
+        }
+    }
 }
+
+/// The connect string with chroot, as the client parses it.
+fn connect_string(settings: &ZookeeperSettings) -> String {
+    format!(
+        "{}{}",
+        settings.hosts,
+        settings.chroot.as_deref().unwrap_or("")
+    )
+}
+
+/// One connection attempt: every server once, bounded by `connect_timeout`.
+async fn connect(settings: &ZookeeperSettings) -> Result<Client, String> {
+    let mut connector = Client::connector()
+        .with_session_timeout(settings.session_timeout)
+        .with_fail_eagerly();
+    if let Some(credentials) = &settings.digest_auth {
+        connector = connector.with_auth("digest", credentials.as_bytes());
+    }
+    let cluster = connect_string(settings);
+    match tokio::time::timeout(settings.connect_timeout, connector.connect(&cluster)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no session within {} ms",
+            settings.connect_timeout.as_millis()
+        )),
+    }
+}
+
+/// `delay` plus up to a quarter more, so gateways do not reconnect in step.
+fn jittered(delay: Duration) -> Duration {
+    let spread = delay.as_millis() as u64 / 4;
+    delay + Duration::from_millis(fastrand::u64(0..=spread))
+}
+
+#[cfg(test)]
+mod tests;
