@@ -65,13 +65,19 @@ pub struct SimOptions {
     /// The instance id (a random UUID by default).
     #[arg(long)]
     pub id: Option<String>,
+    /// After deregistering on SIGTERM, keep answering HTTP this long (a
+    /// clean stop: requests routed before the gateway saw the change
+    /// still complete).
+    #[arg(long, default_value_t = 200)]
+    pub drain_ms: u64,
     /// Digest credentials `user:password` (`kylin.env.zookeeper.zk-auth`).
     #[arg(long)]
     pub auth: Option<String>,
 }
 
 /// Runs the node until SIGTERM or SIGINT; prints `READY <port>` on stdout
-/// once HTTP is up and the instance is registered.
+/// once HTTP is up and the instance is registered. On SIGTERM it
+/// deregisters, drains HTTP for `--drain-ms`, and exits 0.
 pub async fn run(options: SimOptions) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", options.port)).await?;
     let port = listener.local_addr()?.port();
@@ -129,5 +135,6 @@ pub async fn run(options: SimOptions) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => session::log(&identity, "SIGINT: leaving"),
     }
     session::leave(&owned, &identity).await;
+    tokio::time::sleep(Duration::from_millis(options.drain_ms)).await;
     Ok(())
 }

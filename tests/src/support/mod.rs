@@ -2,6 +2,7 @@
 //! HTTP clients and backends.
 
 pub mod backend;
+pub mod cluster;
 pub mod curator;
 pub mod eventually;
 pub mod gateway;

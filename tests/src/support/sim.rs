@@ -182,6 +182,11 @@ impl SimNode {
         (sent, status)
     }
 
+    /// Sends SIGTERM without waiting for the exit.
+    pub fn process_signal_term(&self) {
+        self.process.signal("TERM");
+    }
+
     /// SIGKILL: the znodes stay until the session expires.
     pub fn kill(&mut self) -> Instant {
         let sent = Instant::now();
