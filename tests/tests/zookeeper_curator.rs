@@ -21,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn gateway_routes_to_curator_nodes_and_jobs_to_curators_leader() {
     let server = ZkServer::start();
     let zk = server.connect_string();
-    let mut candidates = vec![
+    let mut candidates = [
         CuratorNode::start(&zk, BASE, "curator-1", "all"),
         CuratorNode::start(&zk, BASE, "curator-2", "all"),
     ];
