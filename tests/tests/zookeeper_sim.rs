@@ -380,3 +380,38 @@ async fn kylin_parents_are_containers_and_kap_parents_persist() {
         1
     );
 }
+
+/// Curator's default: a leader whose connection is SUSPENDED gives up at
+/// once; on reconnect it releases its old lock node and requeues behind
+/// the others, so leadership moves although no session expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_leader_gives_up_and_requeues_behind_the_others() {
+    let mut server = ZkServer::start();
+    let first = SimNode::start(&server.connect_string(), &SimConfig::new("first", "all"));
+    first.wait_leading(Duration::from_secs(10));
+    let second = SimNode::start(&server.connect_string(), &SimConfig::new("second", "all"));
+    eventually("second campaigns", Duration::from_secs(10), || {
+        second.logged_since(second.ready_at - Duration::from_secs(5), "candidate ")
+    });
+    let since = std::time::Instant::now();
+    server.restart();
+    eventually(
+        "first gives up on suspension",
+        Duration::from_secs(10),
+        || first.logged_since(since, ": NOT LEADER (Disconnected)"),
+    );
+    second.wait_leading(Duration::from_secs(15));
+    eventually(
+        "first requeued as a candidate",
+        Duration::from_secs(10),
+        || first.logged_since(since, "candidate "),
+    );
+    assert!(!first.says_leader());
+    let zk = zookeeper::client(&server.connect_string()).await;
+    assert_eq!(
+        children(&zk, &format!("{BASE}/job_engine/leader"))
+            .await
+            .len(),
+        2
+    );
+}
