@@ -20,12 +20,17 @@
 //!   ([ZOOKEEPER-43]); directories are re-listed anyway.
 //! * **Expiry needs a new client.** An expired session (or one the client
 //!   gives up on after the session timeout without a server) cannot be
-//!   reused: a new client is connected and everything re-read; parsed
-//!   instances are kept by `mzxid`, so only their watches are re-armed.
-//! * **Leadership can move before membership does.** A Curator leader whose
-//!   connection is SUSPENDED gives up at once and the next candidate leads,
-//!   while the old node's instance znode lives until its session expires.
-//!   The leader is always the lowest lock znode, whatever the instances say.
+//!   reused: a new client is connected and everything re-read and
+//!   re-watched (the last view serves, stale, meanwhile); instance data is
+//!   re-parsed only where its `mzxid` changed, so a malformed znode is not
+//!   warned about twice.
+//! * **A suspended leader still looks like one.** A Curator leader whose
+//!   connection is SUSPENDED stops leading at once, but its lock znode lives
+//!   until it reconnects (then releases and requeues) or its session
+//!   expires; meanwhile the gateway still names it. Kylin accepts job calls
+//!   on any node (the active job engine picks them up from metadata), so
+//!   this costs latency, not correctness. The leader is always the lowest
+//!   lock znode, whatever the instances say.
 //! * **SIGKILLed nodes linger** until their session expires (Kylin asks for
 //!   60–120 s, capped by the server at 20 × tickTime): the gateway's passive
 //!   health ejects them from routing meanwhile; discovery cannot know.
@@ -89,9 +94,17 @@ pub async fn run(settings: ZookeeperSettings, publisher: ViewPublisher) {
         );
         metrics::counter!(SESSIONS_METRIC).increment(1);
         attempt = 0;
-        backoff = BACKOFF_MIN;
+        let began = std::time::Instant::now();
         let end = follower.follow(&client).await;
         follower.lost();
+        // A session that ends at once (a server that keeps expiring us)
+        // must not turn into a reconnect storm.
+        if began.elapsed() < BACKOFF_MAX {
+            tokio::time::sleep(jittered(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        } else {
+            backoff = BACKOFF_MIN;
+        }
         match end {
             SessionEnd::Expired => {
                 tracing::warn!("ZooKeeper session expired; starting a new one");

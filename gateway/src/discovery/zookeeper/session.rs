@@ -33,6 +33,8 @@ const RESOLVE_WAIT: Duration = Duration::from_millis(200);
 const READ_RETRY: Duration = Duration::from_secs(2);
 /// How long a failed DNS lookup is trusted before it is retried.
 const RESOLVE_RETRY: Duration = Duration::from_secs(30);
+/// How long a successful DNS lookup is used before it is refreshed.
+const RESOLVE_REFRESH: Duration = Duration::from_secs(300);
 
 /// What a watch or a read is about.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,6 +193,9 @@ impl Follower {
                     dirty.append(&mut failed);
                 }
                 _ = resolve_retry.tick() => {
+                    for key in self.known.due_for_refresh(RESOLVE_REFRESH) {
+                        self.spawn_lookup(key);
+                    }
                     if self.known.forget_failures(RESOLVE_RETRY) {
                         self.refresh().await;
                     }
@@ -318,12 +323,7 @@ impl Follower {
                 continue;
             }
             self.known.mark_pending(key.clone());
-            let resolver = self.resolver.clone();
-            let tx = self.resolved_tx.clone();
-            tokio::spawn(async move {
-                let result = resolver.resolve(&key.0, key.1).await;
-                let _ = tx.send((key, result));
-            });
+            self.spawn_lookup(key);
         }
         let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
         while self.known.is_pending() {
@@ -333,6 +333,17 @@ impl Follower {
             }
         }
         self.publish_if_changed();
+    }
+
+    /// Looks `key` up off the event loop; the answer arrives on
+    /// `resolved_rx`.
+    fn spawn_lookup(&self, key: HostKey) {
+        let resolver = self.resolver.clone();
+        let tx = self.resolved_tx.clone();
+        tokio::spawn(async move {
+            let result = resolver.resolve(&key.0, key.1).await;
+            let _ = tx.send((key, result));
+        });
     }
 
     /// Publishes the view if nodes or leader changed since the last publish.
@@ -352,13 +363,17 @@ impl Follower {
             .is_none_or(|(_, l)| *l != view.leader);
         if leader_changed {
             let leader = &view.leader;
-            tracing::info!(
-                node = leader.node_id.as_deref().unwrap_or("-"),
-                participant = leader.participant.as_deref().unwrap_or("-"),
-                znode = leader.znode.as_deref().unwrap_or("-"),
-                reason = leader.reason.as_deref().unwrap_or(""),
-                "job-engine leader"
-            );
+            let node = leader.node_id.as_deref().unwrap_or("-");
+            let participant = leader.participant.as_deref().unwrap_or("-");
+            let znode = leader.znode.as_deref().unwrap_or("-");
+            let reason = leader.reason.as_deref().unwrap_or("");
+            // A mapped leader with a note was ambiguous, session-mapped or
+            // pinned: worth an operator's attention.
+            if leader.node_id.is_some() && leader.reason.is_some() {
+                tracing::warn!(node, participant, znode, reason, "job-engine leader");
+            } else {
+                tracing::info!(node, participant, znode, reason, "job-engine leader");
+            }
         }
         tracing::debug!(nodes = view.nodes.len(), "publishing ZooKeeper view");
         self.published = Some(current);

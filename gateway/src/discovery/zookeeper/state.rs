@@ -32,7 +32,8 @@ struct Znode {
 #[derive(Clone, Debug)]
 enum Resolution {
     Pending,
-    Resolved(SocketAddr),
+    /// Resolved, and when it was last looked up.
+    Resolved(SocketAddr, Instant),
     Failed(Arc<str>, Instant),
 }
 
@@ -149,9 +150,14 @@ impl Known {
 
     /// Records a resolution. Keeps the cache from growing without bound
     /// while keeping hosts that come and go (a restarting node) cached.
+    /// A failed refresh keeps the address already known: DNS flapping must
+    /// not take a working node out of routing.
     pub fn resolved(&mut self, key: HostKey, result: Result<SocketAddr, String>) {
+        if result.is_err() && matches!(self.hosts.get(&key), Some(Resolution::Resolved(..))) {
+            return;
+        }
         let resolution = match result {
-            Ok(addr) => Resolution::Resolved(addr),
+            Ok(addr) => Resolution::Resolved(addr, Instant::now()),
             Err(e) => Resolution::Failed(e.into(), Instant::now()),
         };
         self.hosts.insert(key, resolution);
@@ -173,6 +179,22 @@ impl Known {
             _ => true,
         });
         self.hosts.len() != before
+    }
+
+    /// Resolved hosts looked up longer than `age` ago, to look up again in
+    /// the background (their current address stays in use meanwhile: a node
+    /// that moved to another IP is followed without a gap).
+    pub fn due_for_refresh(&mut self, age: Duration) -> Vec<HostKey> {
+        let mut due = Vec::new();
+        for (key, resolution) in &mut self.hosts {
+            if let Resolution::Resolved(_, at) = resolution
+                && at.elapsed() >= age
+            {
+                *at = Instant::now();
+                due.push(key.clone());
+            }
+        }
+        due
     }
 
     /// Instances in a deterministic order (by path), each with its owner
@@ -221,7 +243,7 @@ impl Known {
     fn node(&self, instance: &Instance) -> Node {
         let key = (instance.host.clone(), instance.port);
         let (addr, resolve_error) = match self.hosts.get(&key) {
-            Some(Resolution::Resolved(addr)) => (Some(*addr), None),
+            Some(Resolution::Resolved(addr, _)) => (Some(*addr), None),
             Some(Resolution::Failed(error, _)) => (None, Some(error.clone())),
             Some(Resolution::Pending) | None => {
                 (None, Some(format!("resolving '{}'", instance.host).into()))

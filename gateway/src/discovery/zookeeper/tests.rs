@@ -486,6 +486,10 @@ fn known_builds_sorted_view_skipping_malformed_and_duplicates() {
     );
     assert_eq!(view.nodes[1].addr, Some("127.0.0.9:9".parse().unwrap()));
     assert!(known.unresolved().is_empty());
+    // A failed refresh keeps the known address.
+    known.resolved(("elsewhere".into(), 9), Err("DNS down".into()));
+    let view = known.build_view(None, "/e", false);
+    assert_eq!(view.nodes[1].addr, Some("127.0.0.9:9".parse().unwrap()));
     // A removed child leaves the view; the duplicate takes over.
     known.set_children(dir, Some(vec!["m".into()]));
     known.set_children(other, None);
@@ -538,4 +542,34 @@ fn known_maps_leader_with_sessions() {
     let view = known.build_view(None, "/e", false);
     assert_eq!(view.leader.node_id.as_deref(), Some("b"));
     assert_eq!(view.leader_node().map(|n| n.port), Some(7071));
+}
+
+#[test]
+fn malformed_znode_counted_once_per_version() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let count = || {
+        handle
+            .render()
+            .lines()
+            .find(|l| l.starts_with(super::MALFORMED_METRIC))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    metrics::with_local_recorder(&recorder, || {
+        let mut known = Known::new(Modes::ALL);
+        let path = "/k/service/kylin/bad";
+        known.set_children("/k/service/kylin", Some(vec!["bad".into()]));
+        known.store_instance(path, b"{", 1, 1);
+        known.store_instance(path, b"{", 1, 1);
+        assert_eq!(count(), 1, "a re-read of the same version is not counted");
+        known.store_instance(path, b"[]", 2, 1);
+        assert_eq!(count(), 2, "a new malformed version is");
+        // Leaving forgets the path: a znode of the same name that appears
+        // later is warned about afresh.
+        known.set_children("/k/service/kylin", Some(vec![]));
+        known.set_children("/k/service/kylin", Some(vec!["bad".into()]));
+        known.store_instance(path, b"[]", 2, 1);
+        assert_eq!(count(), 3);
+    });
 }
