@@ -227,7 +227,7 @@ async fn gateway_session_expiry_is_followed_by_a_full_reread() {
     let sessions_before = metric(&c, &gateway, "kgw_zookeeper_sessions_total").await;
 
     gateway.process.signal("STOP");
-    let resume = scopeguard_cont(gateway.clone());
+    let resume = ContinueOnDrop(gateway.clone());
     leaves.terminate();
     let joins = SimNode::start(&zk, &SimConfig::new("joins", "query"));
     // Longer than the 4 s session the server granted.
@@ -261,8 +261,4 @@ impl Drop for ContinueOnDrop {
     fn drop(&mut self) {
         self.0.process.signal("CONT");
     }
-}
-
-fn scopeguard_cont(gateway: Arc<kylin_gateway_tests::support::gateway::Gateway>) -> ContinueOnDrop {
-    ContinueOnDrop(gateway)
 }

@@ -86,6 +86,7 @@ pub async fn run(
         };
         if let Err(err) = session.register().await {
             log(&identity, &format!("registration failed: {err}"));
+            tokio::time::sleep(backoff).await;
             continue;
         }
         if let Some(registered) = registered.take() {
