@@ -358,3 +358,35 @@ async fn malformed_znodes_are_skipped_and_counted() {
     }
     assert_eq!(leader_address(&c, &gateway).await, Some(good.addr()));
 }
+
+/// A chroot on the connect string (`host:port/some/root`), as operators
+/// write `kylin.env.zookeeper-connect-string`: nodes and gateway meet
+/// under it, and nothing is written outside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_string_chroot_is_honoured_by_nodes_and_gateway() {
+    let server = ZkServer::start();
+    let zk = zookeeper::client(&server.connect_string()).await;
+    zk.mkdir(
+        "/ops/kylin-prod",
+        &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+    )
+    .await
+    .unwrap();
+    let chrooted = format!("{}/ops/kylin-prod", server.connect_string());
+    let leader = SimNode::start(&chrooted, &SimConfig::new("leader", "all"));
+    leader.wait_leading(WAIT);
+    let gateway = zookeeper_gateway(&chrooted, "");
+    let c = client();
+    poll_until("chrooted node and leader discovered", WAIT, || async {
+        addresses(&c, &gateway).await == vec![leader.addr()]
+            && leader_address(&c, &gateway).await == Some(leader.addr())
+    })
+    .await;
+    assert!(zk.check_stat("/kylin").await.unwrap().is_none());
+    assert!(
+        zk.check_stat("/ops/kylin-prod/kylin/kylin_metadata/service/cluster_servers")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
