@@ -111,6 +111,7 @@ public class CuratorNode {
             try {
                 if (candidate) {
                     selector.close();
+                    System.err.println("curator-node " + name + ": selector closed at_ms=" + System.currentTimeMillis());
                 }
             } catch (Exception e) {
                 System.err.println("close selector: " + e);

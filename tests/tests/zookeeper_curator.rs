@@ -83,15 +83,19 @@ async fn gateway_routes_to_curator_nodes_and_jobs_to_curators_leader() {
 
     // Curator's leader stops cleanly: the gateway follows Curator's re-election.
     let sent = std::time::Instant::now();
-    candidates[leader_index].terminate();
+    candidates[leader_index].process_signal_term();
     let switched = poll_until("gateway follows Curator's new leader", WAIT, || async {
         leader_address(&c, &gateway).await.as_deref() == Some(standby_id.as_str())
     })
     .await;
+    let released = candidates[leader_index]
+        .logged_since(sent, "selector closed")
+        .map(|(at, _)| switched.saturating_duration_since(at));
     println!(
-        "Curator leader SIGTERM (JVM shutdown hook) → gateway leader switch: {:?}",
+        "Curator leader SIGTERM → gateway leader switch: {:?} (from LeaderSelector.close(): {released:?})",
         switched - sent
     );
+    candidates[leader_index].terminate();
     let reply = send(&c, "PUT", &gateway.url("/kylin/api/jobs/j/resume"), &[], "")
         .await
         .unwrap();

@@ -205,6 +205,22 @@ impl CuratorNode {
             .unwrap_or(false)
     }
 
+    /// The first stderr line after `since` that contains `needle`, with
+    /// the time the test read it.
+    pub fn logged_since(&self, since: Instant, needle: &str) -> Option<(Instant, String)> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(at, line)| *at >= since && line.contains(needle))
+            .cloned()
+    }
+
+    /// Sends SIGTERM without waiting for the exit.
+    pub fn process_signal_term(&self) {
+        self.process.signal("TERM");
+    }
+
     /// SIGTERM; the shutdown hook closes the selector, the discovery and
     /// the client.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
