@@ -2,10 +2,14 @@
 //! HTTP clients and backends.
 
 pub mod backend;
+pub mod cluster;
+pub mod curator;
 pub mod eventually;
 pub mod gateway;
 pub mod http;
 pub mod process;
+pub mod sim;
+pub mod zookeeper;
 
 pub use eventually::{eventually, eventually_async};
 pub use process::{ChildGuard, free_port, target_bin};

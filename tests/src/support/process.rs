@@ -24,6 +24,11 @@ impl ChildGuard {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// The child itself, e.g. to take its piped stdout.
+    pub fn child_mut(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -1,0 +1,186 @@
+//! The gateway keeps serving when ZooKeeper does not: through a server
+//! restart (view marked stale, then fresh), with one server of a 3-server
+//! ensemble down (everything still follows), and with the quorum lost (the
+//! last view keeps serving, stale, until the quorum is back).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kylin_gateway_tests::support::cluster::{
+    addresses, leader_address, poll_until, view, zookeeper_gateway,
+};
+use kylin_gateway_tests::support::gateway::Gateway;
+use kylin_gateway_tests::support::http::{TestClient, client, send};
+use kylin_gateway_tests::support::sim::{SimConfig, SimNode};
+use kylin_gateway_tests::support::zookeeper::{ZkEnsemble, ZkServer};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Counts query outcomes from a background loop.
+struct QueryTraffic {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: tokio::sync::watch::Sender<bool>,
+    last_failure: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl QueryTraffic {
+    fn start(c: &TestClient, gateway: &Gateway) -> QueryTraffic {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let last_failure = Arc::new(std::sync::Mutex::new(None));
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (c, url) = (c.clone(), gateway.url("/kylin/api/query"));
+        let (ok_task, failed_task, last_task) = (ok.clone(), failed.clone(), last_failure.clone());
+        tokio::spawn(async move {
+            while !*stop_rx.borrow() {
+                match send(&c, "POST", &url, &[], r#"{"sql":"select 1"}"#).await {
+                    Ok(r) if r.status == 200 => {
+                        ok_task.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        failed_task.fetch_add(1, Ordering::Relaxed);
+                        *last_task.lock().unwrap() = Some(format!("{other:?}"));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        QueryTraffic {
+            ok,
+            failed,
+            stop,
+            last_failure,
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the loop and asserts that nothing failed.
+    fn finish(self, what: &str) -> u64 {
+        let _ = self.stop.send(true);
+        let failed = self.failed.load(Ordering::Relaxed);
+        assert_eq!(
+            failed,
+            0,
+            "{what}: {failed} queries failed (last: {:?}), {} ok",
+            self.last_failure.lock().unwrap(),
+            self.ok()
+        );
+        self.ok()
+    }
+}
+
+async fn stale(c: &TestClient, gateway: &Gateway) -> Option<bool> {
+    view(c, gateway).await["stale"].as_bool()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_restart_keeps_queries_flowing() {
+    let mut server = ZkServer::start();
+    let zk = server.connect_string();
+    let leader = SimNode::start(&zk, &SimConfig::new("leader", "all"));
+    leader.wait_leading(Duration::from_secs(10));
+    let _q1 = SimNode::start(&zk, &SimConfig::new("q1", "query"));
+    let _q2 = SimNode::start(&zk, &SimConfig::new("q2", "query"));
+    let gateway = zookeeper_gateway(&zk, "");
+    let c = client();
+    poll_until("three nodes", WAIT, || async {
+        addresses(&c, &gateway).await.len() == 3
+    })
+    .await;
+    assert_eq!(stale(&c, &gateway).await, Some(false));
+
+    let traffic = QueryTraffic::start(&c, &gateway);
+    server.stop();
+    poll_until("view marked stale", WAIT, || async {
+        stale(&c, &gateway).await == Some(true)
+    })
+    .await;
+    let ok_while_down = traffic.ok();
+    // Queries keep being served from the last view while ZooKeeper is down.
+    poll_until("queries served while ZooKeeper is down", WAIT, || async {
+        traffic.ok() > ok_while_down + 20
+    })
+    .await;
+    assert_eq!(addresses(&c, &gateway).await.len(), 3);
+    server.start_again();
+    poll_until("view fresh again", WAIT, || async {
+        stale(&c, &gateway).await == Some(false)
+    })
+    .await;
+    poll_until(
+        "all nodes and the leader after the restart",
+        WAIT,
+        || async {
+            addresses(&c, &gateway).await.len() == 3 && leader_address(&c, &gateway).await.is_some()
+        },
+    )
+    .await;
+    let served = traffic.finish("ZooKeeper restart");
+    println!("{served} queries served across the ZooKeeper restart, none failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensemble_with_one_server_down_keeps_working_and_quorum_loss_keeps_the_last_view() {
+    let mut ensemble = ZkEnsemble::start(3);
+    let zk = ensemble.connect_string();
+    let leader = SimNode::start(&zk, &SimConfig::new("leader", "all"));
+    leader.wait_leading(Duration::from_secs(10));
+    let _q1 = SimNode::start(&zk, &SimConfig::new("q1", "query"));
+    let gateway = zookeeper_gateway(&zk, "");
+    let c = client();
+    poll_until("two nodes", WAIT, || async {
+        addresses(&c, &gateway).await.len() == 2
+    })
+    .await;
+    let traffic = QueryTraffic::start(&c, &gateway);
+
+    // One of three down: the quorum holds, membership still follows.
+    ensemble.stop(0);
+    let joined = SimNode::start(&zk, &SimConfig::new("joined", "query"));
+    poll_until("a node joining with one server down", WAIT, || async {
+        addresses(&c, &gateway).await.contains(&joined.addr())
+    })
+    .await;
+    poll_until("view fresh with one server down", WAIT, || async {
+        stale(&c, &gateway).await == Some(false)
+    })
+    .await;
+
+    // Two of three down: no quorum. The last view keeps serving, stale.
+    ensemble.stop(1);
+    poll_until("view stale without quorum", WAIT, || async {
+        stale(&c, &gateway).await == Some(true)
+    })
+    .await;
+    let ok_without_quorum = traffic.ok();
+    poll_until("queries served without quorum", WAIT, || async {
+        traffic.ok() > ok_without_quorum + 20
+    })
+    .await;
+    assert_eq!(
+        addresses(&c, &gateway).await.len(),
+        3,
+        "the last view is kept"
+    );
+
+    // Quorum back: fresh again, and changes follow again.
+    ensemble.start_member(0, false);
+    ensemble.start_member(1, true);
+    poll_until("view fresh after the quorum is back", WAIT, || async {
+        stale(&c, &gateway).await == Some(false)
+    })
+    .await;
+    let late = SimNode::start(&zk, &SimConfig::new("late", "query"));
+    poll_until("a node joining after the quorum is back", WAIT, || async {
+        addresses(&c, &gateway).await.contains(&late.addr())
+    })
+    .await;
+    let served = traffic.finish("ensemble member loss and quorum loss");
+    println!("{served} queries served across member loss and quorum loss, none failed");
+    println!("ensemble modes at the end: {:?}", ensemble.modes());
+}
