@@ -103,12 +103,8 @@ async fn clean_leader_stop_moves_jobs_with_no_failed_request() {
             leader_address(&c, &gateway).await == Some(next.clone())
         })
         .await;
-        let (deleted, _) = candidates[round]
-            .logged_since(sent, "/job_engine/leader/")
-            .expect("old leader logged its lock deletion");
-        let (elected, _) = candidates[round + 1]
-            .logged_since(sent, ": LEADER ")
-            .expect("next leader logged");
+        let (deleted, _) = candidates[round].wait_logged_since(sent, "/job_engine/leader/", WAIT);
+        let (elected, _) = candidates[round + 1].wait_logged_since(sent, ": LEADER ", WAIT);
         from_signal.push(switched - sent);
         from_lock_deleted.push(switched.saturating_duration_since(deleted));
         println!(
@@ -182,9 +178,7 @@ async fn crashed_leader_is_replaced_after_its_session_expires() {
         leader_address(&c, &gateway).await == Some(standby.addr())
     })
     .await;
-    let (elected, _) = standby
-        .logged_since(killed, ": LEADER ")
-        .expect("standby logged");
+    let (elected, _) = standby.wait_logged_since(killed, ": LEADER ", WAIT);
     println!(
         "SIGKILL → gateway leader switch {:?} (session 2 s; standby elected itself at {:?}, gateway {:?} later)",
         switched - killed,

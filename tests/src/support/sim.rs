@@ -209,6 +209,15 @@ impl SimNode {
             .cloned()
     }
 
+    /// Like [`Self::logged_since`], waiting up to `timeout` for the line: the
+    /// reader thread may not have seen it yet when another process already
+    /// reacted to what it reports.
+    pub fn wait_logged_since(&self, since: Instant, needle: &str, timeout: Duration) -> LogLine {
+        super::eventually(&format!("{} logs {needle:?}", self.name), timeout, || {
+            self.logged_since(since, needle)
+        })
+    }
+
     /// Waits (up to `timeout`) until the node says it leads.
     pub fn wait_leading(&self, timeout: Duration) {
         super::eventually(&format!("{} leads", self.name), timeout, || {
