@@ -44,7 +44,7 @@ async fn a_stopped_node_causes_no_client_visible_error() {
                 match reply {
                     Ok(r) if r.status == 200 => {
                         if worker == 0 {
-                            assert_eq!(r.json()["body_len"], 17);
+                            assert_eq!(r.json()["body_len"], 18);
                         }
                     }
                     Ok(r) => failures.push(format!("{}: {}", r.status, r.text())),

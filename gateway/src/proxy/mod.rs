@@ -17,7 +17,8 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -32,6 +33,10 @@ use crate::view::{Snapshot, ViewPublisher};
 use body::{BodySlot, InFlight, Recoverable};
 
 type UpstreamClient = Client<HttpConnector, Recoverable>;
+
+/// Bodies up to this size (by `Content-Length`) of replay-safe requests are
+/// read ahead so a retry can resend them; Kylin query bodies are SQL text.
+const REPLAY_BODY_LIMIT: usize = 64 * 1024;
 
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
@@ -240,7 +245,25 @@ impl Proxy {
                 .ok_or(GatewayError::NoLeader)?;
         }
 
+        // A request that may be sent twice (a safe method, or a Kylin query,
+        // which only reads) is retried even after it reached a node that
+        // then failed before answering, when its body is small enough to
+        // keep: a node dying mid-request costs the client nothing.
+        let replay_safe = class == TrafficClass::Query
+            || matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if replay_safe
+            && !body.is_end_stream()
+            && body
+                .size_hint()
+                .upper()
+                .is_some_and(|n| n <= REPLAY_BODY_LIMIT as u64)
+        {
+            body.read_prefix(REPLAY_BODY_LIMIT)
+                .await
+                .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+        }
         let slot = BodySlot::new(body);
+        let replay_safe = replay_safe && slot.replayable();
         let mut tried = Tried::default();
         let mut attempt = 0u32;
         loop {
@@ -328,7 +351,7 @@ impl Proxy {
                             "node ejected after consecutive failures"
                         );
                     }
-                    let retry_safe = error.is_connect() && slot.intact();
+                    let retry_safe = (error.is_connect() || replay_safe) && slot.intact();
                     if !retry_safe {
                         return Err(GatewayError::Upstream(error_chain(&error)));
                     }
