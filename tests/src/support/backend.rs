@@ -139,6 +139,21 @@ async fn answer(
     });
     let mut response =
         http::Response::new(Either::Left(Full::new(Bytes::from(reply.to_string()))));
+    if parts.uri.path() == "/__kgw/hop" {
+        // Hop-by-hop headers on the way back, for the gateway to strip.
+        for (name, value) in [
+            ("connection", "x-node-internal"),
+            ("x-node-internal", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic realm=\"node\""),
+            ("x-node-public", "kept"),
+        ] {
+            response.headers_mut().insert(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static(value),
+            );
+        }
+    }
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
