@@ -126,7 +126,10 @@ async fn failing_node_is_ejected_and_readmitted_after_backoff() {
     let flaky_json = node_json(&nodes, &flaky_label);
     assert_eq!(flaky_json["healthy"], false);
     assert_eq!(node_json(&nodes, &good.addr.to_string())["ejected"], false);
-    let metrics = get(&c, &gateway.admin_url("/metrics")).await.unwrap().text();
+    let metrics = get(&c, &gateway.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text();
     let ejections = metric_value(
         &metrics,
         "kgw_ejections_total",

@@ -19,7 +19,8 @@ async fn end_to_end_headers_pass_and_hop_by_hop_headers_do_not() {
     let gateway = Gateway::start(&static_discovery(&[(node.addr, "all", true)]));
     gateway.wait_ready().await;
     let c = client();
-    let path = "/kylin/api/query/format/csv?sql=select%20*%20from%20%22T%22&a=%2F%3D&b=caf%C3%A9&flag";
+    let path =
+        "/kylin/api/query/format/csv?sql=select%20*%20from%20%22T%22&a=%2F%3D&b=caf%C3%A9&flag";
     let reply = send(
         &c,
         "POST",
@@ -86,7 +87,10 @@ async fn end_to_end_headers_pass_and_hop_by_hop_headers_do_not() {
     )
     .await
     .unwrap();
-    assert_eq!(reply.json()["path"], "/kylin/api/cubes/sales%20cube%2Fv2/build");
+    assert_eq!(
+        reply.json()["path"],
+        "/kylin/api/cubes/sales%20cube%2Fv2/build"
+    );
 
     // Hop-by-hop headers from the node do not reach the client.
     let reply = get(&c, &gateway.url("/__kgw/hop")).await.unwrap();
@@ -232,5 +236,7 @@ async fn one_gib_streams_both_ways_in_flat_memory() {
         peak < RSS_LIMIT_KIB,
         "gateway peak RSS {peak} KiB (after upload {peak_after_upload} KiB, now {current} KiB)"
     );
-    eprintln!("gateway RSS: peak {peak} KiB, after upload {peak_after_upload} KiB, now {current} KiB");
+    eprintln!(
+        "gateway RSS: peak {peak} KiB, after upload {peak_after_upload} KiB, now {current} KiB"
+    );
 }

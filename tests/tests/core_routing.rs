@@ -39,14 +39,23 @@ async fn kylin_paths_reach_the_leader_or_query_nodes_by_class() {
         ("PUT", "/kylin/api/cubes/c1/purge"),
         ("PUT", "/kylin/api/cubes/c1/enable"),
         ("PUT", "/kylin/api/cubes/c1/segs/seg1/refresh_lookup"),
-        ("DELETE", "/kylin/api/cubes/c1/segs/20120101000000_20130101000000"),
-        ("GET", "/kylin/api/jobs?projectName=learn_kylin&timeFilter=1"),
+        (
+            "DELETE",
+            "/kylin/api/cubes/c1/segs/20120101000000_20130101000000",
+        ),
+        (
+            "GET",
+            "/kylin/api/jobs?projectName=learn_kylin&timeFilter=1",
+        ),
         ("GET", "/kylin/api/jobs/overview"),
         ("GET", "/kylin/api/jobs/4e7a-11/steps/4e7a-11-00/output"),
         ("PUT", "/kylin/api/jobs/4e7a-11/resume"),
         ("PUT", "/kylin/api/jobs/4e7a-11/cancel/"),
         ("DELETE", "/kylin/api/jobs/4e7a-11/drop"),
-        ("PUT", "/kylin/api/tables/learn_kylin/DEFAULT.KYLIN_SALES/cardinality"),
+        (
+            "PUT",
+            "/kylin/api/tables/learn_kylin/DEFAULT.KYLIN_SALES/cardinality",
+        ),
     ];
     let queries = [
         ("POST", "/kylin/api/query"),
@@ -80,7 +89,10 @@ async fn kylin_paths_reach_the_leader_or_query_nodes_by_class() {
             "{method} {path} went to {node}, not a query node"
         );
     }
-    let metrics = get(&c, &gateway.admin_url("/metrics")).await.unwrap().text();
+    let metrics = get(&c, &gateway.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text();
     let count = |class: &str| {
         metric_value(
             &metrics,
@@ -152,7 +164,9 @@ async fn p2c_spreads_sequential_load_and_prefers_the_less_busy_node() {
     for _ in 0..12 {
         let c = c.clone();
         let url = gateway.url("/__kgw/sleep?ms=1500");
-        tasks.push(tokio::spawn(async move { get(&c, &url).await.unwrap().status }));
+        tasks.push(tokio::spawn(
+            async move { get(&c, &url).await.unwrap().status },
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for t in tasks {
@@ -218,7 +232,10 @@ async fn consistent_hash_sticks_and_moves_only_the_keys_of_a_leaving_node() {
     drop(gateway);
     let gateway = Gateway::start(&format!(
         "{}\n[routing]\nbalance = \"consistent-hash\"\nhash_key = \"query:project\"\n",
-        static_discovery(&[(nodes[0].addr, "all", true), (nodes[1].addr, "query", false)])
+        static_discovery(&[
+            (nodes[0].addr, "all", true),
+            (nodes[1].addr, "query", false)
+        ])
     ));
     gateway.wait_ready().await;
     for key in keys.iter().take(20) {

@@ -137,8 +137,7 @@ async fn answer(
         "headers": headers,
         "body_len": length,
     });
-    let mut response =
-        http::Response::new(Either::Left(Full::new(Bytes::from(reply.to_string()))));
+    let mut response = http::Response::new(Either::Left(Full::new(Bytes::from(reply.to_string()))));
     if parts.uri.path() == "/__kgw/hop" {
         // Hop-by-hop headers on the way back, for the gateway to strip.
         for (name, value) in [
