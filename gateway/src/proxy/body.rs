@@ -151,7 +151,7 @@ impl BodySlot {
             slot: self.slot.clone(),
             taken: self.replay.clone().map(RequestBody::from_bytes),
             end_stream: self.end_stream,
-            size_hint: self.size_hint.clone(),
+            size_hint: self.size_hint,
         }
     }
 
@@ -205,7 +205,7 @@ impl Body for Recoverable {
     fn size_hint(&self) -> SizeHint {
         match &self.taken {
             Some(body) => body.size_hint(),
-            None => self.size_hint.clone(),
+            None => self.size_hint,
         }
     }
 }
