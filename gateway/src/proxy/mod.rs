@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -141,7 +142,7 @@ impl Proxy {
             target: "access",
             client = %downstream.client,
             method = %method,
-            path = %outcome.path,
+            path = outcome.path.as_ref().map_or("", |pq| pq.path()),
             class = class.as_str(),
             upstream = &*upstream,
             status = status.as_u16(),
@@ -160,7 +161,8 @@ impl Proxy {
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let (mut parts, incoming) = request.into_parts();
-        outcome.path = parts.uri.path().to_string();
+        // A reference-counted copy of the request target, not a new string.
+        outcome.path = parts.uri.path_and_query().cloned();
         let mut body = RequestBody::new(incoming);
         let mut snapshot = self.views.snapshot();
 
@@ -432,7 +434,7 @@ impl Proxy {
 /// What happened to a request, for the access log.
 #[derive(Default)]
 struct Outcome {
-    path: String,
+    path: Option<PathAndQuery>,
     upstream: Option<Arc<str>>,
     retries: u32,
     error: Option<String>,
