@@ -51,8 +51,13 @@ impl Gateway {
             config_path,
             _dir: dir,
         };
-        super::eventually("gateway /healthz", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()
+        let mut gateway = gateway;
+        super::eventually("gateway listeners", Duration::from_secs(30), || {
+            if let Some(status) = gateway.process.try_wait() {
+                panic!("kylin-gateway exited during start-up: {status}");
+            }
+            std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
+            std::net::TcpStream::connect(("127.0.0.1", http_port)).ok()
         });
         gateway
     }
