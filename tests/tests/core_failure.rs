@@ -241,3 +241,58 @@ async fn job_requests_wait_for_a_leader_then_get_503() {
         .unwrap();
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_reached_a_node_are_resent_only_when_safe_and_at_most_retries_times() {
+    let nodes = [
+        Backend::start("a", 0).await,
+        Backend::start("b", 0).await,
+        Backend::start("c", 0).await,
+        Backend::start("d", 0).await,
+    ];
+    let gateway = Gateway::start(&format!(
+        "{}\n[upstream]\nretries = 2\n[health]\neject_after = 100\n",
+        static_discovery(&[
+            (nodes[0].addr, "all", true),
+            (nodes[1].addr, "query", false),
+            (nodes[2].addr, "query", false),
+            (nodes[3].addr, "query", false),
+        ])
+    ));
+    gateway.wait_ready().await;
+    let c = client();
+    let total = || nodes.iter().map(Backend::hits).sum::<u64>();
+
+    // A POST that is not a query may have had effects: never sent twice.
+    let r = send(&c, "POST", &gateway.url("/__kgw/close"), &[], "{\"x\":1}")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(total(), 1, "a non-idempotent request was resent");
+
+    // A GET is resent, to other nodes, `retries` times and no more.
+    let r = get(&c, &gateway.url("/__kgw/close")).await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(total(), 1 + 3, "expected one attempt and two retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_answer_in_time_gives_504() {
+    let node = Backend::start("slow", 0).await;
+    let gateway = Gateway::start(&format!(
+        "{}\n[upstream]\nresponse_header_timeout_ms = 300\n",
+        static_discovery(&[(node.addr, "all", true)])
+    ));
+    gateway.wait_ready().await;
+    let c = client();
+    let started = Instant::now();
+    let r = get(&c, &gateway.url("/__kgw/sleep?ms=5000")).await.unwrap();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(r.json()["class"], "other");
+    // A slow answer is not retried elsewhere: the query may still run.
+    assert_eq!(node.hits(), 1);
+    let r = get(&c, &gateway.url("/__kgw/sleep?ms=10")).await.unwrap();
+    assert_eq!(r.status, 200);
+}
