@@ -296,3 +296,82 @@ async fn a_node_that_does_not_answer_in_time_gives_504() {
     let r = get(&c, &gateway.url("/__kgw/sleep?ms=10")).await.unwrap();
     assert_eq!(r.status, 200);
 }
+
+/// In-process gateway (library, not binary) so the test can publish views:
+/// a job held through a leaderless window goes to the leader once elected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_job_request_goes_to_the_leader_once_one_is_elected() {
+    use kylin_gateway::proxy::{Proxy, server};
+    use kylin_gateway::view::{ClusterView, LeaderInfo, Modes, Node, ViewPublisher};
+
+    let query = Backend::start("query", 0).await;
+    let job = Backend::start("job", 0).await;
+    let config = kylin_gateway::config::parse(&format!(
+        "[routing]\njob_hold_ms = 10000\n{}",
+        static_discovery(&[(query.addr, "query", false)])
+    ))
+    .unwrap();
+    let node = |id: &str, addr: std::net::SocketAddr, modes| Node {
+        id: id.into(),
+        host: "127.0.0.1".into(),
+        port: addr.port(),
+        ssl_port: None,
+        modes,
+        enabled: true,
+        addr: Some(addr),
+        resolve_error: None,
+    };
+    let nodes = vec![
+        node("query", query.addr, Modes::QUERY),
+        node("job", job.addr, Modes::JOB),
+    ];
+    let views = ViewPublisher::new();
+    views.publish(ClusterView {
+        nodes: nodes.clone(),
+        leader: LeaderInfo::default(),
+        stale: false,
+        source: "test",
+    });
+    let proxy = std::sync::Arc::new(Proxy::new(&config, views.clone(), None));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::serve(
+        listener,
+        proxy,
+        None,
+        async {
+            let _ = stop_rx.await;
+        },
+        Duration::from_secs(1),
+    ));
+
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/kylin/api/cubes/c1/build");
+    let started = Instant::now();
+    let held = tokio::spawn(async move { send(&c, "PUT", &url, &[], "{\"startTime\":0}").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "the job request was not held");
+    views.publish(ClusterView {
+        nodes,
+        leader: LeaderInfo {
+            node_id: Some("job".into()),
+            ..LeaderInfo::default()
+        },
+        stale: false,
+        source: "test",
+    });
+    let r = held.await.unwrap().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["node"], "job");
+    assert_eq!(
+        r.json()["body_len"],
+        15,
+        "the held body was not forwarded whole"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(query.hits(), 0);
+    let _ = stop_tx.send(());
+    serving.await.unwrap();
+}
