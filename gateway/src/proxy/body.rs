@@ -286,3 +286,24 @@ impl Body for ResponseBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(body: Recoverable) -> Bytes {
+        body.collect().await.expect("body").to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_complete_body_is_replayed_to_every_attempt() {
+        let slot = BodySlot::new(RequestBody::from_bytes(Bytes::from_static(b"select 1")));
+        assert!(slot.replayable());
+        assert_eq!(collect(slot.handle()).await, "select 1");
+        assert!(
+            slot.intact(),
+            "a replayable body stays intact after sending"
+        );
+        assert_eq!(collect(slot.handle()).await, "select 1");
+    }
+}
