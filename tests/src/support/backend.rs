@@ -29,6 +29,8 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -42,18 +44,21 @@ impl Backend {
         let hits = Arc::new(AtomicU64::new(0));
         let name_owned = name.to_string();
         let hits_task = hits.clone();
+        let connections = Arc::new(AtomicU64::new(0));
+        let connections_task = connections.clone();
         let task = tokio::spawn(async move {
             // Connections live in this task's set: stopping the backend
             // closes them too, as a dying process would.
-            let mut connections = tokio::task::JoinSet::new();
+            let mut open = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                while connections.try_join_next().is_some() {}
+                connections_task.fetch_add(1, Ordering::Relaxed);
+                while open.try_join_next().is_some() {}
                 let name = name_owned.clone();
                 let hits = hits_task.clone();
-                connections.spawn(async move {
+                open.spawn(async move {
                     let service = service_fn(move |request| {
                         let name = name.clone();
                         let hits = hits.clone();
@@ -69,6 +74,7 @@ impl Backend {
             name: name.to_string(),
             addr,
             hits,
+            connections,
             task,
         }
     }
