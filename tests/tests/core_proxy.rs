@@ -201,6 +201,8 @@ async fn tls_termination_with_a_self_signed_certificate() {
             .header("host", "kylin.example")
             .body(Empty::<Bytes>::new())
             .unwrap();
+        // Both requests on one TLS connection: keep-alive works over TLS.
+        sender.ready().await.expect("TLS connection still open");
         let response = sender.send_request(request).await.unwrap();
         assert_eq!(response.status(), 200);
         let body = response.into_body().collect().await.unwrap().to_bytes();
