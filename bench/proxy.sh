@@ -107,6 +107,7 @@ EOF
 # Access logs off for every proxy: HAProxy below logs nothing either.
 RUST_LOG=warn "$gateway_bin" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
 pids+=($!)
+gateway_pid=$!
 
 cat >"$work/haproxy.cfg" <<EOF
 global
@@ -126,6 +127,7 @@ backend kylin
 EOF
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
 pids+=($!)
+haproxy_pid=$!
 
 wait_port "$nginx_port"
 wait_port "$gateway_port"
@@ -147,13 +149,28 @@ to_ms() { # wrk latency (e.g. 512.00us, 1.20ms, 1.01s) → milliseconds
         else print v }'
 }
 
-declare -A rps p50 p99 errors
-for target in direct:$nginx_port kylin-gateway:$gateway_port haproxy:$haproxy_port; do
-    name=${target%%:*}
-    port=${target##*:}
+cpu_ticks() { # user + system clock ticks of a process
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+declare -A rps p50 p99 errors cpu_us
+for target in direct:$nginx_port:0 kylin-gateway:$gateway_port:$gateway_pid haproxy:$haproxy_port:$haproxy_pid; do
+    IFS=: read -r name port pid <<<"$target"
     echo "wrk: $name ($DURATION, $THREADS threads, $CONNECTIONS connections)..." >&2
+    before=0
+    if [ "$pid" != 0 ]; then before=$(cpu_ticks "$pid"); fi
     run_wrk "$name" "$port"
     out="$work/wrk-$name.txt"
+    # The proxy's own CPU time per request (warm-up included in both).
+    if [ "$pid" != 0 ]; then
+        ticks=$(($(cpu_ticks "$pid") - before))
+        requests=$(awk '/requests in/ {print $1}' "$out")
+        cpu_us[$name]=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$requests" \
+            -v r="$(awk '/^Requests\/sec:/ {print $2}' "$out")" \
+            'BEGIN { printf "%.1f", t / hz * 1e6 / (n + r * 2) }')
+    else
+        cpu_us[$name]=-
+    fi
     rps[$name]=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     p50[$name]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
     p99[$name]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
@@ -162,10 +179,10 @@ done
 
 echo
 echo "GET $REQUEST_PATH on loopback, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPUs"
-printf '%-14s %12s %9s %10s %9s %10s %9s\n' target req/s ratio p50_ms ratio p99_ms ratio
+printf '%-14s %12s %9s %10s %9s %10s %9s %12s\n' target req/s ratio p50_ms ratio p99_ms ratio proxy_cpu_us
 for name in direct kylin-gateway haproxy; do
-    awk -v n="$name" -v r="${rps[$name]}" -v dr="${rps[direct]}" \
+    awk -v n="$name" -v r="${rps[$name]}" -v dr="${rps[direct]}" -v cpu="${cpu_us[$name]}" \
         -v a="${p50[$name]}" -v da="${p50[direct]}" -v b="${p99[$name]}" -v db="${p99[direct]}" \
-        'BEGIN { printf "%-14s %12.0f %9.2f %10.3f %9.2f %10.3f %9.2f\n", n, r, r / dr, a, a / da, b, b / db }'
+        'BEGIN { printf "%-14s %12.0f %9.2f %10.3f %9.2f %10.3f %9.2f %12s\n", n, r, r / dr, a, a / da, b, b / db, cpu }'
     if [ -n "${errors[$name]}" ]; then echo "  $name: ${errors[$name]}"; fi
 done
