@@ -40,7 +40,9 @@ impl ConfigError {
     }
 }
 
-/// The validated configuration.
+/// The validated configuration. It serializes (for `check-config`) with
+/// the same keys and shape as the input file, so the printed effective config
+/// is itself a valid config file.
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
     pub listen: Listen,
@@ -50,7 +52,7 @@ pub struct Config {
     pub upstream: Upstream,
     #[serde(serialize_with = "ser_ejection")]
     pub health: Ejection,
-    #[serde(with = "ms")]
+    #[serde(rename = "shutdown", serialize_with = "ser_shutdown")]
     pub drain_timeout: Duration,
     pub plugins: Vec<PluginSpec>,
     pub plugin_runtime: PluginRuntime,
@@ -87,7 +89,7 @@ pub struct StaticNode {
     pub id: String,
     /// `host:port` as a Kylin node would advertise it.
     pub address: String,
-    #[serde(serialize_with = "ser_modes")]
+    #[serde(rename = "mode", serialize_with = "ser_modes")]
     pub modes: Modes,
     pub leader: bool,
     pub enabled: bool,
@@ -110,7 +112,7 @@ pub enum Layout {
     Kylin31,
 }
 
-#[derive(Clone, Serialize)]
+#[derive(Clone)]
 pub struct ZookeeperSettings {
     /// Comma-separated `host:port` list, without chroot.
     pub hosts: String,
@@ -119,16 +121,12 @@ pub struct ZookeeperSettings {
     /// Base path under the chroot, e.g. `/kylin/kylin_metadata`.
     pub base_path: String,
     pub layout: Layout,
-    #[serde(with = "ms")]
     pub session_timeout: Duration,
-    #[serde(with = "ms")]
     pub connect_timeout: Duration,
     /// Digest credentials `user:pass` (Kylin's `kylin.env.zookeeper.zk-auth`
     /// without the `digest:` scheme). Not printed.
-    #[serde(skip)]
     pub digest_auth: Option<String>,
     /// Mode for instances whose payload names no known mode.
-    #[serde(serialize_with = "ser_modes")]
     pub default_mode: Modes,
     /// Pins the leader's address (`host:port` or IP) when election data
     /// cannot be mapped.
@@ -140,7 +138,6 @@ pub struct ZookeeperSettings {
     pub kylin_properties: Option<PathBuf>,
     /// Whether `base_path` or `metadata_prefix` was set in the gateway's
     /// config (then `kylin.properties` does not override it).
-    #[serde(skip)]
     pub base_path_explicit: bool,
 }
 
@@ -194,22 +191,22 @@ pub struct Routing {
     pub session_cookie: String,
     /// The cookie the gateway sets to pin a session to its node.
     pub affinity_cookie: String,
-    #[serde(with = "ms")]
+    #[serde(rename = "job_hold_ms", with = "ms")]
     pub job_hold: Duration,
     pub job_hold_body_bytes: u64,
     pub retry_after_s: u64,
-    #[serde(skip)]
+    #[serde(serialize_with = "ser_rules")]
     pub rules: Vec<Rule>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Upstream {
-    #[serde(with = "ms")]
+    #[serde(rename = "connect_timeout_ms", with = "ms")]
     pub connect_timeout: Duration,
-    #[serde(with = "ms")]
+    #[serde(rename = "response_header_timeout_ms", with = "ms")]
     pub response_header_timeout: Duration,
     pub retries: u32,
-    #[serde(with = "ms")]
+    #[serde(rename = "pool_idle_timeout_ms", with = "ms")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
 }
@@ -233,8 +230,9 @@ pub struct PluginSpec {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PluginRuntime {
-    #[serde(with = "ms")]
+    #[serde(rename = "deadline_ms", with = "ms")]
     pub deadline: Duration,
+    #[serde(rename = "memory_mb", serialize_with = "ser_mebibytes")]
     pub memory_bytes: u64,
     pub cache_dir: Option<PathBuf>,
     pub watch_files: bool,
@@ -268,4 +266,62 @@ fn ser_ejection<S: serde::Serializer>(e: &Ejection, s: S) -> Result<S::Ok, S::Er
     st.serialize_field("eject_base_ms", &(e.base.as_millis() as u64))?;
     st.serialize_field("eject_max_ms", &(e.max.as_millis() as u64))?;
     st.end()
+}
+
+fn ser_shutdown<S: serde::Serializer>(drain: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("shutdown", 1)?;
+    st.serialize_field("drain_timeout_ms", &(drain.as_millis() as u64))?;
+    st.end()
+}
+
+fn ser_mebibytes<S: serde::Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(bytes >> 20)
+}
+
+fn ser_rules<S: serde::Serializer>(rules: &[Rule], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::{SerializeSeq, SerializeStruct};
+
+    struct RuleOut<'a>(&'a Rule);
+    impl Serialize for RuleOut<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let methods: Vec<&str> = self.0.methods.iter().map(http::Method::as_str).collect();
+            let mut st = s.serialize_struct("rule", 3)?;
+            st.serialize_field("methods", &methods)?;
+            st.serialize_field("path", self.0.path.as_str())?;
+            st.serialize_field("class", self.0.class.as_str())?;
+            st.end()
+        }
+    }
+    let mut seq = s.serialize_seq(Some(rules.len()))?;
+    for rule in rules {
+        seq.serialize_element(&RuleOut(rule))?;
+    }
+    seq.end()
+}
+
+/// Printed as the input keys: `connect` joins hosts and chroot again; the
+/// digest credentials are never printed.
+impl Serialize for ZookeeperSettings {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let connect = format!("{}{}", self.hosts, self.chroot.as_deref().unwrap_or(""));
+        let mut st = s.serialize_struct("zookeeper", 9)?;
+        st.serialize_field("connect", &connect)?;
+        st.serialize_field("base_path", &self.base_path)?;
+        st.serialize_field("layout", &self.layout)?;
+        st.serialize_field(
+            "session_timeout_ms",
+            &(self.session_timeout.as_millis() as u64),
+        )?;
+        st.serialize_field(
+            "connect_timeout_ms",
+            &(self.connect_timeout.as_millis() as u64),
+        )?;
+        st.serialize_field("default_mode", &self.default_mode.to_string())?;
+        st.serialize_field("leader_address", &self.leader_address)?;
+        st.serialize_field("address_map", &self.address_map)?;
+        st.serialize_field("kylin_properties", &self.kylin_properties)?;
+        st.end()
+    }
 }

@@ -149,3 +149,66 @@ fn kylin_properties_fill_connect_base_path_and_auth() {
     );
     assert_eq!(kylin_properties::metadata_prefix(""), "kylin_metadata");
 }
+
+/// The effective config printed by `check-config` uses the input's keys, so
+/// it parses back to the same config.
+#[test]
+fn effective_config_round_trips_with_the_input_keys() {
+    let full = r#"
+[listen]
+http = "127.0.0.1:7070"
+https = "127.0.0.1:7443"
+admin = "127.0.0.1:7071"
+[tls]
+cert = "/etc/kgw/cert.pem"
+key = "/etc/kgw/key.pem"
+[discovery]
+kind = "zookeeper"
+connect = "zk1:2181,zk2:2181/chroot"
+metadata_prefix = "kylin_metadata"
+session_timeout_ms = 12000
+default_mode = "query"
+[discovery.address_map]
+"kylin1:7070" = "10.0.0.1:7070"
+[routing]
+balance = "consistent-hash"
+hash_key = "query:project"
+job_hold_ms = 2500
+[[routing.rules]]
+methods = ["post"]
+path = "/kylin/api/custom/**"
+class = "job"
+[upstream]
+connect_timeout_ms = 250
+retries = 1
+[health]
+eject_after = 5
+[shutdown]
+drain_timeout_ms = 1234
+[[plugins]]
+name = "p"
+path = "/p.wasm"
+[plugin_runtime]
+deadline_ms = 3
+memory_mb = 32
+"#;
+    for text in [MINIMAL, full] {
+        let printed = toml::to_string_pretty(&parse(text).unwrap()).unwrap();
+        let again = parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        assert_eq!(toml::to_string_pretty(&again).unwrap(), printed);
+    }
+    let printed = toml::to_string_pretty(&parse(full).unwrap()).unwrap();
+    for key in [
+        "job_hold_ms = 2500",
+        "drain_timeout_ms = 1234",
+        "connect_timeout_ms = 250",
+        "memory_mb = 32",
+        "deadline_ms = 3",
+        "connect = \"zk1:2181,zk2:2181/chroot\"",
+        "session_timeout_ms = 12000",
+        "path = \"/kylin/api/custom/**\"",
+        "hash_key = \"query:project\"",
+    ] {
+        assert!(printed.contains(key), "missing {key:?} in\n{printed}");
+    }
+}

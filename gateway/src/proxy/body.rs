@@ -63,6 +63,22 @@ impl RequestBody {
     pub fn prefix(&self) -> &[u8] {
         self.prefix.as_deref().unwrap_or_default()
     }
+
+    /// A body of bytes already in memory.
+    pub fn from_bytes(bytes: Bytes) -> RequestBody {
+        RequestBody {
+            prefix: Some(bytes),
+            trailers: None,
+            inner: None,
+        }
+    }
+
+    /// The whole body, when all of it has been read ahead (or it is empty):
+    /// then it can be sent again.
+    pub fn complete(&self) -> Option<Bytes> {
+        let drained = self.inner.as_ref().is_none_or(Incoming::is_end_stream);
+        (drained && self.trailers.is_none()).then(|| self.prefix.clone().unwrap_or_default())
+    }
 }
 
 impl Body for RequestBody {
@@ -109,18 +125,23 @@ impl Body for RequestBody {
 /// Holds a request body so it can be recovered if the upstream connection
 /// fails before a byte of it was sent. The upstream request carries a
 /// [`Recoverable`] handle; the body moves into it only on the first poll.
+/// A body read completely ahead (small, or empty) is kept instead and
+/// every attempt gets its own copy: it can be replayed even after it was sent.
 pub struct BodySlot {
     slot: Arc<Mutex<Option<RequestBody>>>,
+    replay: Option<Bytes>,
     end_stream: bool,
     size_hint: SizeHint,
 }
 
 impl BodySlot {
     pub fn new(body: RequestBody) -> BodySlot {
+        let replay = body.complete();
         BodySlot {
             end_stream: body.is_end_stream(),
             size_hint: body.size_hint(),
-            slot: Arc::new(Mutex::new(Some(body))),
+            slot: Arc::new(Mutex::new(if replay.is_some() { None } else { Some(body) })),
+            replay,
         }
     }
 
@@ -128,15 +149,21 @@ impl BodySlot {
     pub fn handle(&self) -> Recoverable {
         Recoverable {
             slot: self.slot.clone(),
-            taken: None,
+            taken: self.replay.clone().map(RequestBody::from_bytes),
             end_stream: self.end_stream,
             size_hint: self.size_hint,
         }
     }
 
-    /// True while no attempt has started sending the body: a retry is safe.
+    /// True while the body can still be sent in full: it is replayable, or
+    /// no attempt has started sending it.
     pub fn intact(&self) -> bool {
-        self.slot.lock().map(|s| s.is_some()).unwrap_or(false)
+        self.replay.is_some() || self.slot.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+
+    /// Whether every attempt gets the whole body (it was read ahead).
+    pub fn replayable(&self) -> bool {
+        self.replay.is_some()
     }
 }
 
@@ -257,5 +284,26 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(body: Recoverable) -> Bytes {
+        body.collect().await.expect("body").to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_complete_body_is_replayed_to_every_attempt() {
+        let slot = BodySlot::new(RequestBody::from_bytes(Bytes::from_static(b"select 1")));
+        assert!(slot.replayable());
+        assert_eq!(collect(slot.handle()).await, "select 1");
+        assert!(
+            slot.intact(),
+            "a replayable body stays intact after sending"
+        );
+        assert_eq!(collect(slot.handle()).await, "select 1");
     }
 }

@@ -50,12 +50,19 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let ip = client.to_string();
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(value) = HeaderValue::try_from(xff) {
+    use std::io::Write;
+    // One buffer, written in place: the header value takes it over as is.
+    let mut xff = Vec::with_capacity(48);
+    if let Some(existing) = headers
+        .get(X_FORWARDED_FOR)
+        .map(HeaderValue::as_bytes)
+        .filter(|v| !v.trim_ascii().is_empty())
+    {
+        xff.extend_from_slice(existing);
+        xff.extend_from_slice(b", ");
+    }
+    let _ = write!(xff, "{client}");
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));

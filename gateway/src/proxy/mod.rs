@@ -17,7 +17,9 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Uri, Version};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -32,6 +34,10 @@ use crate::view::{Snapshot, ViewPublisher};
 use body::{BodySlot, InFlight, Recoverable};
 
 type UpstreamClient = Client<HttpConnector, Recoverable>;
+
+/// Bodies up to this size (by `Content-Length`) of replay-safe requests are
+/// read ahead so a retry can resend them; Kylin query bodies are SQL text.
+const REPLAY_BODY_LIMIT: usize = 64 * 1024;
 
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
@@ -136,7 +142,7 @@ impl Proxy {
             target: "access",
             client = %downstream.client,
             method = %method,
-            path = %outcome.path,
+            path = outcome.path.as_ref().map_or("", |pq| pq.path()),
             class = class.as_str(),
             upstream = &*upstream,
             status = status.as_u16(),
@@ -155,7 +161,8 @@ impl Proxy {
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let (mut parts, incoming) = request.into_parts();
-        outcome.path = parts.uri.path().to_string();
+        // A reference-counted copy of the request target, not a new string.
+        outcome.path = parts.uri.path_and_query().cloned();
         let mut body = RequestBody::new(incoming);
         let mut snapshot = self.views.snapshot();
 
@@ -240,7 +247,25 @@ impl Proxy {
                 .ok_or(GatewayError::NoLeader)?;
         }
 
+        // A request that may be sent twice (a safe method, or a Kylin query,
+        // which only reads) is retried even after it reached a node that
+        // then failed before answering, when its body is small enough to
+        // keep: a node dying mid-request costs the client nothing.
+        let replay_safe = class == TrafficClass::Query
+            || matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if replay_safe
+            && !body.is_end_stream()
+            && body
+                .size_hint()
+                .upper()
+                .is_some_and(|n| n <= REPLAY_BODY_LIMIT as u64)
+        {
+            body.read_prefix(REPLAY_BODY_LIMIT)
+                .await
+                .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+        }
         let slot = BodySlot::new(body);
+        let replay_safe = replay_safe && slot.replayable();
         let mut tried = Tried::default();
         let mut attempt = 0u32;
         loop {
@@ -328,7 +353,7 @@ impl Proxy {
                             "node ejected after consecutive failures"
                         );
                     }
-                    let retry_safe = error.is_connect() && slot.intact();
+                    let retry_safe = (error.is_connect() || replay_safe) && slot.intact();
                     if !retry_safe {
                         return Err(GatewayError::Upstream(error_chain(&error)));
                     }
@@ -409,7 +434,7 @@ impl Proxy {
 /// What happened to a request, for the access log.
 #[derive(Default)]
 struct Outcome {
-    path: String,
+    path: Option<PathAndQuery>,
     upstream: Option<Arc<str>>,
     retries: u32,
     error: Option<String>,

@@ -20,11 +20,16 @@ impl Gateway {
     /// Starts the gateway with `[listen]` filled in (free ports) and the
     /// given TOML for everything else. Waits for `/healthz`.
     pub fn start(rest_of_config: &str) -> Gateway {
+        Gateway::start_with_listen("", rest_of_config)
+    }
+
+    /// Like [`Gateway::start`], with more `[listen]` keys (e.g. `https`).
+    pub fn start_with_listen(extra_listen: &str, rest_of_config: &str) -> Gateway {
         let http_port = free_port();
         let admin_port = free_port();
         let dir = TempDir::new("kgw");
         let config = format!(
-            "[listen]\nhttp = \"127.0.0.1:{http_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n\n{rest_of_config}"
+            "[listen]\nhttp = \"127.0.0.1:{http_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n{extra_listen}\n\n{rest_of_config}"
         );
         let config_path = dir.path.join("gateway.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -46,8 +51,13 @@ impl Gateway {
             config_path,
             _dir: dir,
         };
-        super::eventually("gateway /healthz", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()
+        let mut gateway = gateway;
+        super::eventually("gateway listeners", Duration::from_secs(30), || {
+            if let Some(status) = gateway.process.try_wait() {
+                panic!("kylin-gateway exited during start-up: {status}");
+            }
+            std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
+            std::net::TcpStream::connect(("127.0.0.1", http_port)).ok()
         });
         gateway
     }
@@ -58,6 +68,34 @@ impl Gateway {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    /// Waits until `/readyz` answers 200 (a query-serving node is known).
+    pub async fn wait_ready(&self) {
+        let client = super::http::client();
+        let url = self.admin_url("/readyz");
+        super::eventually_async("gateway /readyz", Duration::from_secs(20), || async {
+            super::http::get(&client, &url)
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+        })
+        .await;
+    }
+
+    /// The process's peak and current resident set size in KiB
+    /// (`VmHWM`, `VmRSS` from `/proc/<pid>/status`).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
+            .expect("read /proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
     }
 }
 
@@ -81,4 +119,31 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// A `[discovery]` section for static nodes: `(address, mode, leader)`.
+pub fn static_discovery(nodes: &[(std::net::SocketAddr, &str, bool)]) -> String {
+    let mut text = String::from("[discovery]\nkind = \"static\"\n");
+    for (address, mode, leader) in nodes {
+        text.push_str(&format!(
+            "[[discovery.nodes]]\naddress = \"{address}\"\nmode = \"{mode}\"\nleader = {leader}\n"
+        ));
+    }
+    text
+}
+
+/// The value of a Prometheus sample whose line starts with `series`
+/// (name and labels as the exporter writes them, labels in any order are
+/// matched by containment: every `needle` must appear in the line).
+pub fn metric_value(metrics: &str, name: &str, needles: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
 }

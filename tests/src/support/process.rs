@@ -44,6 +44,9 @@ impl ChildGuard {
     /// SIGTERM and wait for exit; returns the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
         self.signal_pid(child.id(), "TERM");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {

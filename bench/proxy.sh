@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# Proxy overhead on loopback: wrk against nginx directly, through
+# kylin-gateway (release build), and through HAProxy, with the same wrk
+# settings; prints requests/s and latency, and each as a ratio to direct.
+#
+#   bench/proxy.sh                      # 10 s per target, 2 threads, 64 connections
+#   DURATION=5s CONNECTIONS=32 bench/proxy.sh
+#
+# Needs nginx (Debian nginx-light) and wrk; installs haproxy with apt-get if
+# it is missing and we are root. Starts everything on 127.0.0.1 with its own
+# temp dir, and stops what it started (by pid) on exit.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+REQUEST_PATH=${REQUEST_PATH:-/kylin/api/projects}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /tmp/kgw-bench.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null || { echo "bench: $1 is not installed" >&2; exit 1; }; }
+need wrk
+need nginx
+if ! command -v haproxy >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get install -y haproxy >/dev/null
+    else
+        echo "bench: haproxy is not installed (apt-get install haproxy)" >&2
+        exit 1
+    fi
+fi
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_port() {
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "bench: nothing listens on port $1" >&2
+    exit 1
+}
+
+echo "building kylin-gateway (release)..." >&2
+cargo build --release -p kylin-gateway --manifest-path "$root/Cargo.toml" >&2
+target_dir=$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+gateway_bin="$target_dir/release/kylin-gateway"
+
+nginx_port=$(free_port)
+gateway_port=$(free_port)
+admin_port=$(free_port)
+haproxy_port=$(free_port)
+
+# nginx as the backend: a small fixed JSON body, as a Kylin node would answer.
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$nginx_port;
+        location / {
+            default_type application/json;
+            return 200 '{"code":"000","data":[{"name":"learn_kylin"}],"msg":""}';
+        }
+    }
+}
+EOF
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx/stderr.log" &
+pids+=($!)
+
+cat >"$work/gateway.toml" <<EOF
+[listen]
+http = "127.0.0.1:$gateway_port"
+admin = "127.0.0.1:$admin_port"
+[discovery]
+kind = "static"
+[[discovery.nodes]]
+address = "127.0.0.1:$nginx_port"
+mode = "all"
+leader = true
+EOF
+# Access logs off for every proxy: HAProxy below logs nothing either.
+RUST_LOG=warn "$gateway_bin" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
+pids+=($!)
+gateway_pid=$!
+
+cat >"$work/haproxy.cfg" <<EOF
+global
+    maxconn 8192
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 300s
+    option http-keep-alive
+frontend bench
+    bind 127.0.0.1:$haproxy_port
+    default_backend kylin
+backend kylin
+    http-reuse always
+    server node 127.0.0.1:$nginx_port
+EOF
+haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+pids+=($!)
+haproxy_pid=$!
+
+wait_port "$nginx_port"
+wait_port "$gateway_port"
+wait_port "$haproxy_port"
+
+run_wrk() {
+    local name=$1 port=$2
+    # A short warm-up fills connection pools; it is not measured.
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port$REQUEST_PATH" >/dev/null
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
+        "http://127.0.0.1:$port$REQUEST_PATH" >"$work/wrk-$name.txt"
+}
+
+to_ms() { # wrk latency (e.g. 512.00us, 1.20ms, 1.01s) → milliseconds
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); print v + 0 }
+        else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 }
+        else print v }'
+}
+
+cpu_ticks() { # user + system clock ticks of a process
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+declare -A rps p50 p99 errors cpu_us
+for target in direct:$nginx_port:0 kylin-gateway:$gateway_port:$gateway_pid haproxy:$haproxy_port:$haproxy_pid; do
+    IFS=: read -r name port pid <<<"$target"
+    echo "wrk: $name ($DURATION, $THREADS threads, $CONNECTIONS connections)..." >&2
+    before=0
+    if [ "$pid" != 0 ]; then before=$(cpu_ticks "$pid"); fi
+    run_wrk "$name" "$port"
+    out="$work/wrk-$name.txt"
+    # The proxy's own CPU time per request (warm-up included in both).
+    if [ "$pid" != 0 ]; then
+        ticks=$(($(cpu_ticks "$pid") - before))
+        requests=$(awk '/requests in/ {print $1}' "$out")
+        cpu_us[$name]=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$requests" \
+            -v r="$(awk '/^Requests\/sec:/ {print $2}' "$out")" \
+            'BEGIN { printf "%.1f", t / hz * 1e6 / (n + r * 2) }')
+    else
+        cpu_us[$name]=-
+    fi
+    rps[$name]=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+    p50[$name]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
+    p99[$name]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
+    errors[$name]=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' "$out")
+done
+
+echo
+echo "GET $REQUEST_PATH on loopback, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPUs"
+printf '%-14s %12s %9s %10s %9s %10s %9s %12s\n' target req/s ratio p50_ms ratio p99_ms ratio proxy_cpu_us
+for name in direct kylin-gateway haproxy; do
+    awk -v n="$name" -v r="${rps[$name]}" -v dr="${rps[direct]}" -v cpu="${cpu_us[$name]}" \
+        -v a="${p50[$name]}" -v da="${p50[direct]}" -v b="${p99[$name]}" -v db="${p99[direct]}" \
+        'BEGIN { printf "%-14s %12.0f %9.2f %10.3f %9.2f %10.3f %9.2f %12s\n", n, r, r / dr, a, a / da, b, b / db, cpu }'
+    if [ -n "${errors[$name]}" ]; then echo "  $name: ${errors[$name]}"; fi
+done

@@ -1,0 +1,377 @@
+//! Failure handling end to end: retries after refused connections are
+//! invisible to clients, failing nodes are ejected and re-admitted, and the
+//! gateway answers 503 with a reason and `Retry-After` when nothing can serve.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kylin_gateway_tests::support::backend::Backend;
+use kylin_gateway_tests::support::eventually_async;
+use kylin_gateway_tests::support::gateway::{Gateway, metric_value, static_discovery};
+use kylin_gateway_tests::support::http::{client, get, send};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_causes_no_client_visible_error() {
+    let nodes = [
+        Backend::start("a", 0).await,
+        Backend::start("b", 0).await,
+        Backend::start("c", 0).await,
+    ];
+    let gateway = Gateway::start(&static_discovery(&[
+        (nodes[0].addr, "all", true),
+        (nodes[1].addr, "query", false),
+        (nodes[2].addr, "query", false),
+    ]));
+    gateway.wait_ready().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut loops = Vec::new();
+    for worker in 0..3 {
+        let (stop, done) = (stop.clone(), done.clone());
+        let c = client();
+        let get_url = gateway.url("/kylin/api/projects");
+        let post_url = gateway.url("/kylin/api/query");
+        loops.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                // One loop also posts bodies: they are retried intact.
+                let reply = if worker == 0 {
+                    send(&c, "POST", &post_url, &[], "{\"sql\":\"select 1\"}").await
+                } else {
+                    get(&c, &get_url).await
+                };
+                match reply {
+                    Ok(r) if r.status == 200 => {
+                        if worker == 0 {
+                            assert_eq!(r.json()["body_len"], 18);
+                        }
+                    }
+                    Ok(r) => failures.push(format!("{}: {}", r.status, r.text())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+    let wait_for = |n: u64| {
+        let done = done.clone();
+        eventually_async("requests to flow", Duration::from_secs(30), move || {
+            let done = done.clone();
+            async move { (done.load(Ordering::Relaxed) >= n).then_some(()) }
+        })
+    };
+    wait_for(150).await;
+    nodes[1].stop();
+    let at_stop = done.load(Ordering::Relaxed);
+    wait_for(at_stop + 300).await;
+    let b_hits = nodes[1].hits();
+    nodes[2].stop();
+    let at_stop = done.load(Ordering::Relaxed);
+    wait_for(at_stop + 300).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        let failures = l.await.unwrap();
+        assert!(failures.is_empty(), "client-visible failures: {failures:?}");
+    }
+    assert_eq!(nodes[1].hits(), b_hits, "a stopped node got traffic");
+    let metrics = get(&client(), &gateway.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text();
+    let retries = metric_value(&metrics, "kgw_retries_total", &[]).unwrap_or(0.0);
+    assert!(retries >= 1.0, "no retry counted:\n{metrics}");
+}
+
+fn node_json(nodes: &serde_json::Value, address: &str) -> serde_json::Value {
+    nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["address"] == address)
+        .unwrap_or_else(|| panic!("{address} not in {nodes}"))
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_node_is_ejected_and_readmitted_after_backoff() {
+    let good = Backend::start("good", 0).await;
+    let flaky = Backend::start("flaky", 0).await;
+    let flaky_addr = flaky.addr;
+    flaky.stop();
+    drop(flaky);
+    let gateway = Gateway::start(&format!(
+        "{}\n[health]\neject_after = 2\neject_base_ms = 1500\n",
+        static_discovery(&[(good.addr, "all", true), (flaky_addr, "query", false)])
+    ));
+    gateway.wait_ready().await;
+    let c = client();
+    let flaky_label = flaky_addr.to_string();
+    // Requests keep succeeding while the refusing node gets ejected.
+    let ejected_at = eventually_async("flaky ejected", Duration::from_secs(10), || async {
+        let r = get(&c, &gateway.url("/kylin/api/projects")).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let nodes = get(&c, &gateway.admin_url("/admin/nodes"))
+            .await
+            .unwrap()
+            .json();
+        (node_json(&nodes, &flaky_label)["ejected"] == true).then(Instant::now)
+    })
+    .await;
+    let nodes = get(&c, &gateway.admin_url("/admin/nodes"))
+        .await
+        .unwrap()
+        .json();
+    let flaky_json = node_json(&nodes, &flaky_label);
+    assert_eq!(flaky_json["healthy"], false);
+    assert_eq!(node_json(&nodes, &good.addr.to_string())["ejected"], false);
+    let metrics = get(&c, &gateway.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text();
+    let ejections = metric_value(
+        &metrics,
+        "kgw_ejections_total",
+        &[&format!("upstream=\"{flaky_label}\"")],
+    );
+    assert_eq!(ejections, Some(1.0), "{metrics}");
+
+    // The node comes back on the same port; after the backoff it is tried
+    // again and, answering, re-admitted.
+    let back = Backend::start("flaky", flaky_addr.port()).await;
+    for _ in 0..20 {
+        assert_eq!(
+            get(&c, &gateway.url("/kylin/api/projects"))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    if ejected_at.elapsed() < Duration::from_millis(1200) {
+        assert_eq!(back.hits(), 0, "an ejected node got traffic");
+    }
+    eventually_async("flaky readmitted", Duration::from_secs(10), || async {
+        get(&c, &gateway.url("/kylin/api/projects")).await.unwrap();
+        (back.hits() > 0).then_some(())
+    })
+    .await;
+    assert!(ejected_at.elapsed() >= Duration::from_millis(1400));
+    let nodes = get(&c, &gateway.admin_url("/admin/nodes"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(node_json(&nodes, &flaky_label)["ejected"], false);
+    assert_eq!(node_json(&nodes, &flaky_label)["healthy"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_available_node_answers_503_json_with_retry_after() {
+    // Every query node refuses connections.
+    let dead = Backend::start("dead", 0).await;
+    let dead_addr = dead.addr;
+    drop(dead);
+    let job_only = Backend::start("job", 0).await;
+    let gateway = Gateway::start(&format!(
+        "{}\n[routing]\nretry_after_s = 7\n",
+        static_discovery(&[(dead_addr, "query", false), (job_only.addr, "job", true)])
+    ));
+    gateway.wait_ready().await;
+    let c = client();
+    for (method, path, class) in [
+        ("POST", "/kylin/api/query", "query"),
+        ("GET", "/kylin/api/projects", "other"),
+    ] {
+        let r = send(&c, method, &gateway.url(path), &[], "").await.unwrap();
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.headers["retry-after"], "7");
+        assert_eq!(r.headers["content-type"], "application/json");
+        let body = r.json();
+        assert_eq!(body["class"], class);
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    assert_eq!(job_only.hits(), 0, "a query reached a job-only node");
+    // Jobs still reach the leader.
+    let r = send(
+        &c,
+        "PUT",
+        &gateway.url("/kylin/api/cubes/c/build"),
+        &[],
+        "{}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["node"], "job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_requests_wait_for_a_leader_then_get_503() {
+    let node = Backend::start("q", 0).await;
+    let gateway = Gateway::start(&format!(
+        "{}\n[routing]\njob_hold_ms = 400\n",
+        static_discovery(&[(node.addr, "all", false)])
+    ));
+    gateway.wait_ready().await;
+    let c = client();
+    let started = Instant::now();
+    let r = send(
+        &c,
+        "PUT",
+        &gateway.url("/kylin/api/cubes/c/rebuild"),
+        &[],
+        "{\"buildType\":\"BUILD\"}",
+    )
+    .await
+    .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["class"], "job");
+    assert!(r.headers.contains_key("retry-after"));
+    assert!(
+        waited >= Duration::from_millis(400),
+        "answered after {waited:?}, before the hold ended"
+    );
+    assert!(waited < Duration::from_secs(5), "held for {waited:?}");
+    assert_eq!(node.hits(), 0, "a job went to a non-leader");
+    // Queries are not held.
+    let r = send(&c, "POST", &gateway.url("/kylin/api/query"), &[], "{}")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_reached_a_node_are_resent_only_when_safe_and_at_most_retries_times() {
+    let nodes = [
+        Backend::start("a", 0).await,
+        Backend::start("b", 0).await,
+        Backend::start("c", 0).await,
+        Backend::start("d", 0).await,
+    ];
+    let gateway = Gateway::start(&format!(
+        "{}\n[upstream]\nretries = 2\n[health]\neject_after = 100\n",
+        static_discovery(&[
+            (nodes[0].addr, "all", true),
+            (nodes[1].addr, "query", false),
+            (nodes[2].addr, "query", false),
+            (nodes[3].addr, "query", false),
+        ])
+    ));
+    gateway.wait_ready().await;
+    let c = client();
+    let total = || nodes.iter().map(Backend::hits).sum::<u64>();
+
+    // A POST that is not a query may have had effects: never sent twice.
+    let r = send(&c, "POST", &gateway.url("/__kgw/close"), &[], "{\"x\":1}")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(total(), 1, "a non-idempotent request was resent");
+
+    // A GET is resent, to other nodes, `retries` times and no more.
+    let r = get(&c, &gateway.url("/__kgw/close")).await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(total(), 1 + 3, "expected one attempt and two retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_answer_in_time_gives_504() {
+    let node = Backend::start("slow", 0).await;
+    let gateway = Gateway::start(&format!(
+        "{}\n[upstream]\nresponse_header_timeout_ms = 300\n",
+        static_discovery(&[(node.addr, "all", true)])
+    ));
+    gateway.wait_ready().await;
+    let c = client();
+    let started = Instant::now();
+    let r = get(&c, &gateway.url("/__kgw/sleep?ms=5000")).await.unwrap();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(r.json()["class"], "other");
+    // A slow answer is not retried elsewhere: the query may still run.
+    assert_eq!(node.hits(), 1);
+    let r = get(&c, &gateway.url("/__kgw/sleep?ms=10")).await.unwrap();
+    assert_eq!(r.status, 200);
+}
+
+/// In-process gateway (library, not binary) so the test can publish views:
+/// a job held through a leaderless window goes to the leader once elected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_job_request_goes_to_the_leader_once_one_is_elected() {
+    use kylin_gateway::proxy::{Proxy, server};
+    use kylin_gateway::view::{ClusterView, LeaderInfo, Modes, Node, ViewPublisher};
+
+    let query = Backend::start("query", 0).await;
+    let job = Backend::start("job", 0).await;
+    let config = kylin_gateway::config::parse(&format!(
+        "[routing]\njob_hold_ms = 10000\n{}",
+        static_discovery(&[(query.addr, "query", false)])
+    ))
+    .unwrap();
+    let node = |id: &str, addr: std::net::SocketAddr, modes| Node {
+        id: id.into(),
+        host: "127.0.0.1".into(),
+        port: addr.port(),
+        ssl_port: None,
+        modes,
+        enabled: true,
+        addr: Some(addr),
+        resolve_error: None,
+    };
+    let nodes = vec![
+        node("query", query.addr, Modes::QUERY),
+        node("job", job.addr, Modes::JOB),
+    ];
+    let views = ViewPublisher::new();
+    views.publish(ClusterView {
+        nodes: nodes.clone(),
+        leader: LeaderInfo::default(),
+        stale: false,
+        source: "test",
+    });
+    let proxy = std::sync::Arc::new(Proxy::new(&config, views.clone(), None));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::serve(
+        listener,
+        proxy,
+        None,
+        async {
+            let _ = stop_rx.await;
+        },
+        Duration::from_secs(1),
+    ));
+
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/kylin/api/cubes/c1/build");
+    let started = Instant::now();
+    let held = tokio::spawn(async move { send(&c, "PUT", &url, &[], "{\"startTime\":0}").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "the job request was not held");
+    views.publish(ClusterView {
+        nodes,
+        leader: LeaderInfo {
+            node_id: Some("job".into()),
+            ..LeaderInfo::default()
+        },
+        stale: false,
+        source: "test",
+    });
+    let r = held.await.unwrap().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["node"], "job");
+    assert_eq!(
+        r.json()["body_len"],
+        15,
+        "the held body was not forwarded whole"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(query.hits(), 0);
+    let _ = stop_tx.send(());
+    serving.await.unwrap();
+}

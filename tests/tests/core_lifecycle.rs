@@ -1,0 +1,316 @@
+//! The gateway process's life: graceful drain on SIGTERM (and its deadline),
+//! `check-config` output and errors, the annotated example config, and the
+//! Prometheus metrics the admin listener exports.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kylin_gateway_tests::support::backend::Backend;
+use kylin_gateway_tests::support::gateway::{Gateway, TempDir, metric_value, static_discovery};
+use kylin_gateway_tests::support::http::{client, get, send};
+use kylin_gateway_tests::support::{eventually, eventually_async, target_bin};
+
+async fn refuses_connections(port: u16) -> Option<()> {
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+        .then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let node = Backend::start("n", 0).await;
+    let mut gateway = Gateway::start(&format!(
+        "{}\n[shutdown]\ndrain_timeout_ms = 10000\n",
+        static_discovery(&[(node.addr, "all", true)])
+    ));
+    gateway.wait_ready().await;
+    let c = client();
+    let slow_url = gateway.url("/__kgw/sleep?ms=1500");
+    let slow = tokio::spawn(async move {
+        let started = Instant::now();
+        let reply = get(&c, &slow_url).await;
+        (reply, started.elapsed())
+    });
+    eventually_async(
+        "slow request at the node",
+        Duration::from_secs(10),
+        || async {
+            assert!(!slow.is_finished(), "the slow request ended early");
+            (node.hits() >= 1).then_some(())
+        },
+    )
+    .await;
+    gateway.process.signal("TERM");
+    let http_port = gateway.http_port;
+    eventually_async("listener closed", Duration::from_secs(5), || {
+        refuses_connections(http_port)
+    })
+    .await;
+    assert!(
+        !slow.is_finished(),
+        "the slow request ended before new connections were refused"
+    );
+    let (reply, took) = slow.await.unwrap();
+    let reply = reply.expect("the in-flight request was cut off");
+    assert_eq!(reply.status, 200);
+    assert!(took >= Duration::from_millis(1500));
+    let status = eventually("gateway exit", Duration::from_secs(10), || {
+        gateway.process.try_wait()
+    });
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_deadline_cuts_off_requests_that_outlast_it() {
+    let node = Backend::start("n", 0).await;
+    let mut gateway = Gateway::start(&format!(
+        "{}\n[shutdown]\ndrain_timeout_ms = 300\n",
+        static_discovery(&[(node.addr, "all", true)])
+    ));
+    gateway.wait_ready().await;
+    let c = client();
+    let slow_url = gateway.url("/__kgw/sleep?ms=20000");
+    let slow = tokio::spawn(async move { get(&c, &slow_url).await });
+    eventually_async(
+        "slow request at the node",
+        Duration::from_secs(10),
+        || async {
+            assert!(!slow.is_finished(), "the slow request ended early");
+            (node.hits() >= 1).then_some(())
+        },
+    )
+    .await;
+    let signalled = Instant::now();
+    gateway.process.signal("TERM");
+    let status = eventually("gateway exit", Duration::from_secs(10), || {
+        gateway.process.try_wait()
+    });
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "exited {took:?} after SIGTERM with a 300 ms drain deadline"
+    );
+    let cut = slow.await.unwrap();
+    assert!(
+        cut.is_err(),
+        "a request outlasting the drain deadline completed: {cut:?}"
+    );
+}
+
+fn check_config(file: &Path) -> (i32, String, String) {
+    let output = Command::new(target_bin("kylin-gateway"))
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .expect("run check-config");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_prints_the_effective_config_in_the_input_keys() {
+    let dir = TempDir::new("kgw-check");
+    let file = dir.path.join("gateway.toml");
+    std::fs::write(
+        &file,
+        r#"
+[listen]
+http = "127.0.0.1:7070"
+admin = "127.0.0.1:7071"
+[discovery]
+kind = "static"
+[[discovery.nodes]]
+address = "127.0.0.1:7081"
+mode = "all"
+leader = true
+[routing]
+job_hold_ms = 2000
+"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check_config(&file);
+    assert_eq!(code, 0, "{stderr}");
+    for expected in [
+        "job_hold_ms = 2000",
+        "retries = 2",
+        "drain_timeout_ms = 30000",
+        "connect_timeout_ms = 1000",
+        "mode = \"all\"",
+        "balance = \"p2c\"",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?}:\n{stdout}");
+    }
+    // The printed config is a valid config that prints the same.
+    let printed = dir.path.join("printed.toml");
+    std::fs::write(&printed, &stdout).unwrap();
+    let (code, again, stderr) = check_config(&printed);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(again, stdout);
+}
+
+#[test]
+fn bad_configs_exit_2_with_one_line_naming_the_key() {
+    let dir = TempDir::new("kgw-bad");
+    let cases = [
+        ("[routing]\nbalance = \"fastest\"\n", "routing.balance"),
+        ("[upstream]\nretries = -1\n", "upstream.retries"),
+        ("[listen]\nhttp = \"localhost\"\n", "listen.http"),
+        ("[routing]\njob_hold = 10\n", "routing.job_hold"),
+        (
+            "[[discovery.nodes]]\naddress = \"127.0.0.1:1\"\nmode = \"everything\"\n",
+            "discovery.nodes[0].mode",
+        ),
+        ("[routing\n", "(syntax)"),
+    ];
+    let node = "[[discovery.nodes]]\naddress = \"127.0.0.1:7081\"\n";
+    for (text, key) in cases {
+        let file = dir.path.join("bad.toml");
+        let text = if text.contains("discovery") {
+            text.to_string()
+        } else {
+            format!("{text}{node}")
+        };
+        std::fs::write(&file, &text).unwrap();
+        let (code, stdout, stderr) = check_config(&file);
+        assert_eq!(code, 2, "{text:?}: {stdout}{stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{text:?}: not one line: {stderr}"
+        );
+        assert!(
+            stderr.contains(key),
+            "{text:?}: {stderr} does not name {key}"
+        );
+    }
+    // Serving with a bad config fails the same way.
+    let file = dir.path.join("bad.toml");
+    std::fs::write(&file, format!("[health]\neject_after = 0\n{node}")).unwrap();
+    let output = Command::new(target_bin("kylin-gateway"))
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("health.eject_after"), "{stderr}");
+}
+
+#[test]
+fn the_annotated_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway.example.toml");
+    let (code, stdout, stderr) = check_config(&example);
+    assert_eq!(code, 0, "gateway.example.toml: {stderr}");
+    assert!(stdout.contains("[discovery]"), "{stdout}");
+    // Every key the config parser accepts is documented there.
+    let text = std::fs::read_to_string(&example).unwrap();
+    let raw = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/src/config/raw.rs"),
+    )
+    .unwrap();
+    let keys: Vec<&str> = raw
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub ")?.split_once(':'))
+        .map(|(name, _)| name)
+        .filter(|name| !name.contains(' '))
+        .collect();
+    assert!(keys.len() > 40, "parsed too few keys from raw.rs: {keys:?}");
+    for key in keys {
+        let documented = text.contains(&format!("{key} ="))
+            || text.contains(&format!("[{key}]"))
+            || text.contains(&format!(".{key}]"));
+        assert!(
+            documented,
+            "config key `{key}` is not in gateway.example.toml"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_latency_retries_ejections_and_view_updates() {
+    let node = Backend::start("n", 0).await;
+    let dead = Backend::start("dead", 0).await;
+    let dead_addr = dead.addr;
+    drop(dead);
+    let gateway = Gateway::start(&format!(
+        "{}\n[health]\neject_after = 1\n",
+        static_discovery(&[(node.addr, "all", true), (dead_addr, "query", false)])
+    ));
+    gateway.wait_ready().await;
+    let c = client();
+    for _ in 0..10 {
+        let r = send(&c, "POST", &gateway.url("/kylin/api/query"), &[], "{}")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let r = send(
+        &c,
+        "PUT",
+        &gateway.url("/kylin/api/jobs/j1/cancel"),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let metrics = get(&c, &gateway.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text();
+    let upstream = format!("upstream=\"{}\"", node.addr);
+    let value = |name: &str, labels: &[&str]| metric_value(&metrics, name, labels).unwrap_or(0.0);
+    assert_eq!(
+        value(
+            "kgw_requests_total",
+            &["class=\"query\"", "status=\"200\"", &upstream]
+        ),
+        10.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value(
+            "kgw_requests_total",
+            &["class=\"job\"", "status=\"200\"", &upstream]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("kgw_request_duration_seconds_count", &["class=\"query\""]),
+        10.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kgw_request_duration_seconds_bucket{"),
+        "{metrics}"
+    );
+    assert!(
+        value("kgw_retries_total", &["class=\"query\""]) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value(
+            "kgw_ejections_total",
+            &[&format!("upstream=\"{dead_addr}\"")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert!(value("kgw_view_updates_total", &[]) >= 1.0, "{metrics}");
+    assert_eq!(
+        value(
+            "kgw_upstream_ejected",
+            &[&format!("upstream=\"{dead_addr}\"")]
+        ),
+        1.0
+    );
+    assert_eq!(value("kgw_upstream_in_flight", &[&upstream]), 0.0);
+}
