@@ -270,11 +270,37 @@ async fn requests_that_reached_a_node_are_resent_only_when_safe_and_at_most_retr
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(total(), 1, "a non-idempotent request was resent");
 
+    // Saved-query writes are `query` class but may have had effects too.
+    let r = send(
+        &c,
+        "POST",
+        &gateway.url("/kylin/api/saved_queries"),
+        &[("x-kgw-close", "1")],
+        "{\"name\":\"q\",\"sql\":\"select 1\"}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(total(), 2, "a saved-query write was resent");
+
+    // Query execution only reads: resent to another node.
+    let r = send(
+        &c,
+        "POST",
+        &gateway.url("/kylin/api/query"),
+        &[("x-kgw-close", "1")],
+        "{\"sql\":\"select 1\"}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(total(), 2 + 3, "a query is tried on three nodes");
+
     // A GET is resent, to other nodes, `retries` times and no more.
     let r = get(&c, &gateway.url("/__kgw/close")).await.unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.headers.contains_key("retry-after"));
-    assert_eq!(total(), 1 + 3, "expected one attempt and two retries");
+    assert_eq!(total(), 5 + 3, "expected one attempt and two retries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,6 +66,7 @@ impl Rule {
 #[derive(Clone, Debug)]
 pub struct Classifier {
     rules: Vec<Rule>,
+    read_only_posts: Vec<PathPattern>,
 }
 
 impl Classifier {
@@ -74,7 +75,25 @@ impl Classifier {
     pub fn new(operator_rules: Vec<Rule>, api_base: &str) -> Classifier {
         let mut rules = operator_rules;
         rules.extend(builtin_rules(api_base));
-        Classifier { rules }
+        let base = api_base.trim_end_matches('/');
+        let read_only_posts = ["/query", "/query/prestate"]
+            .iter()
+            .map(|p| PathPattern::parse(&format!("{base}{p}")).expect("built-in pattern"))
+            .collect();
+        Classifier {
+            rules,
+            read_only_posts,
+        }
+    }
+
+    /// Whether the request only reads, so sending it to a second node after
+    /// the first failed mid-request cannot do anything twice: safe methods,
+    /// and Kylin's query execution (`POST /query`, `/query/prestate`), whose
+    /// POST carries SQL but changes nothing. Saved-query and async-query
+    /// writes are `query` class too, but are not replay-safe.
+    pub fn replay_safe(&self, method: &Method, path: &str) -> bool {
+        matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+            || (*method == Method::POST && self.read_only_posts.iter().any(|p| p.matches(path)))
     }
 
     pub fn classify(&self, method: &Method, path: &str) -> TrafficClass {

@@ -164,3 +164,23 @@ fn one_segment_wildcards_need_a_nonempty_segment() {
     assert!(rest.matches("/a/b/c"));
     assert!(!rest.matches("/ab"));
 }
+
+#[test]
+fn only_reads_are_replay_safe() {
+    let c = classifier();
+    for (method, path, safe) in [
+        ("GET", "/kylin/api/jobs", true),
+        ("HEAD", "/kylin/", true),
+        ("POST", "/kylin/api/query", true),
+        ("POST", "/kylin/api/query/", true),
+        ("POST", "/kylin/api/query/prestate", true),
+        ("POST", "/kylin/api/saved_queries", false),
+        ("DELETE", "/kylin/api/saved_queries/q1", false),
+        ("POST", "/kylin/api/async_query", false),
+        ("PUT", "/kylin/api/query/q1/stop", false),
+        ("PUT", "/kylin/api/cubes/c1/build", false),
+    ] {
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        assert_eq!(c.replay_safe(&m, path), safe, "{method} {path}");
+    }
+}

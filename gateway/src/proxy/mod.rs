@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -247,12 +247,12 @@ impl Proxy {
                 .ok_or(GatewayError::NoLeader)?;
         }
 
-        // A request that may be sent twice (a safe method, or a Kylin query,
-        // which only reads) is retried even after it reached a node that
-        // then failed before answering, when its body is small enough to
-        // keep: a node dying mid-request costs the client nothing.
-        let replay_safe = class == TrafficClass::Query
-            || matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        // A request that only reads (a safe method, or Kylin's query
+        // execution) is retried even after it reached a node that then failed
+        // before answering, when its body is small enough to keep: a node
+        // dying mid-request costs the client nothing. Anything that may
+        // write is never sent twice.
+        let replay_safe = self.classifier.replay_safe(&parts.method, parts.uri.path());
         if replay_safe
             && !body.is_end_stream()
             && body
