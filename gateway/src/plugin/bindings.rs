@@ -1,0 +1,10 @@
+//! The generated side of the `wit/` world `routing-plugin`: the only place
+//! `bindgen!` runs, so generated names stay out of the rest of the host.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "routing-plugin",
+});
+
+pub use kylin_gateway::plugin::host::{Host as HostImports, add_to_linker as add_host_to_linker};
+pub use kylin_gateway::plugin::types::{LogLevel, Node, Route, TrafficClass};

@@ -1,0 +1,227 @@
+//! `query-affinity`: sends the same query of the same project to the same
+//! query node, so Kylin's per-node query cache is warm for repeats, while
+//! different queries spread. Rendezvous (highest-random-weight) hashing of
+//! the key over the healthy query-serving nodes: when a node leaves, only
+//! its keys move. The key is (project, whitespace-normalised SQL) from the
+//! JSON body of `POST /kylin/api/query`, or just the project (from the body
+//! or the `project` query parameter) with `"hash": "project"`.
+//!
+//! Config (JSON, all optional):
+//! `{"hash": "project+sql" | "project", "body_prefix": 16384, "header": "x-kylin-affinity"}`
+//! `header`, when set, is added to the upstream request with the key's hash
+//! (handy to see affinity at work in access logs).
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "routing-plugin",
+});
+
+use std::sync::OnceLock;
+
+use kylin_gateway::plugin::host::log;
+use kylin_gateway::plugin::types::{LogLevel, Route, TrafficClass};
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default = "default_hash")]
+    hash: String,
+    #[serde(default = "default_body_prefix")]
+    body_prefix: u32,
+    #[serde(default)]
+    header: Option<String>,
+}
+
+fn default_hash() -> String {
+    "project+sql".into()
+}
+
+fn default_body_prefix() -> u32 {
+    16 * 1024
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// The JSON fields of Kylin's `SQLRequest` that matter here.
+#[derive(serde::Deserialize)]
+struct QueryBody {
+    project: Option<String>,
+    sql: Option<String>,
+}
+
+struct QueryAffinity;
+
+impl Guest for QueryAffinity {
+    fn init(config: String) -> Result<(), String> {
+        let config: Config = if config.trim().is_empty() {
+            serde_json::from_str("{}")
+        } else {
+            serde_json::from_str(&config)
+        }
+        .map_err(|e| format!("query-affinity config: {e}"))?;
+        if config.hash != "project+sql" && config.hash != "project" {
+            return Err(format!(
+                "query-affinity config: hash must be \"project+sql\" or \"project\", not {:?}",
+                config.hash
+            ));
+        }
+        CONFIG
+            .set(config)
+            .map_err(|_| "init called twice".to_string())
+    }
+
+    fn needs() -> Needs {
+        let config = CONFIG.get().expect("init ran");
+        Needs {
+            classes: vec![TrafficClass::Query],
+            body_prefix_len: if config.hash == "project" && config.body_prefix == 0 {
+                0
+            } else {
+                config.body_prefix
+            },
+        }
+    }
+
+    fn route(request: Request, view: View) -> Decision {
+        let config = CONFIG.get().expect("init ran");
+        let Some(key) = affinity_key(&request, config.hash == "project") else {
+            return Decision {
+                route: Route::Default,
+                add_headers: Vec::new(),
+            };
+        };
+        let mut ranked: Vec<(u64, &str)> = view
+            .nodes
+            .iter()
+            .filter(|n| n.healthy && n.serves_query)
+            .map(|n| (mix(key ^ fnv1a(n.id.as_bytes())), n.id.as_str()))
+            .collect();
+        if ranked.is_empty() {
+            log(
+                LogLevel::Debug,
+                "no healthy query node; keeping the built-in choice",
+            );
+            return Decision {
+                route: Route::Default,
+                add_headers: Vec::new(),
+            };
+        }
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        let add_headers = match &config.header {
+            Some(name) => vec![(name.clone(), format!("{key:016x}"))],
+            None => Vec::new(),
+        };
+        Decision {
+            route: Route::Prefer(ranked.iter().map(|(_, id)| id.to_string()).collect()),
+            add_headers,
+        }
+    }
+}
+
+/// The hash of (project, normalised SQL), or of the project alone; `None`
+/// when the request names no project.
+fn affinity_key(request: &Request, project_only: bool) -> Option<u64> {
+    let body: Option<QueryBody> = serde_json::from_slice(&request.body_prefix).ok();
+    let (body_project, sql) = match body {
+        Some(body) => (body.project, body.sql),
+        None => (None, None),
+    };
+    let project = body_project.or_else(|| query_param(request.query.as_deref()?, "project"))?;
+    let mut hash = fnv1a(project.as_bytes());
+    if !project_only && let Some(sql) = sql {
+        hash = fnv1a_continue(hash ^ 0xff, normalise_whitespace(&sql).as_bytes());
+    }
+    Some(hash)
+}
+
+/// Collapses every run of whitespace to one space and trims the ends, so
+/// reformatted copies of a query share a key. Case is kept: SQL literals
+/// are case-sensitive.
+fn normalise_whitespace(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The first value of `name` in a raw query string (`%XX` and `+` decoded).
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&hi), Some(&lo)) => hex(hi).zip(hex(lo)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(digit: u8) -> Option<u8> {
+    (digit as char).to_digit(16).map(|d| d as u8)
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv1a_continue(FNV_OFFSET, bytes)
+}
+
+fn fnv1a_continue(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// SplitMix64's finaliser: spreads (key ^ node) so rendezvous scores are
+/// independent per node.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+export!(QueryAffinity);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whitespace_is_normalised_but_case_kept() {
+        assert_eq!(
+            normalise_whitespace("  select *\n\tFROM  t "),
+            "select * FROM t"
+        );
+    }
+
+    #[test]
+    fn query_param_decodes() {
+        assert_eq!(
+            query_param("a=1&project=learn%5Fkylin", "project").as_deref(),
+            Some("learn_kylin")
+        );
+        assert_eq!(query_param("a=1", "project"), None);
+    }
+}
