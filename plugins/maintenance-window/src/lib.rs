@@ -8,7 +8,8 @@
 //! Config (JSON):
 //! `{"windows": [{"start": "22:00", "end": "02:00", "days": ["sat", "sun"]}],
 //!   "message": "cube builds are paused for maintenance",
-//!   "actions": ["build", "build2", "rebuild", "merge", "refresh"]}`
+//!   "actions": ["build", "rebuild", ...]}` (default: every Kylin endpoint
+//!   that submits a build, rebuild, merge, refresh or optimize job)
 //! A window may cross midnight; `days` (optional, default every day) are
 //! the UTC days the window starts on. `end` may be `24:00`.
 
@@ -56,6 +57,23 @@ struct Config {
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// Last path segments of Kylin's job-submitting endpoints (`PUT
+/// /kylin/api/cubes/{cube}/...`). Merge and refresh are `rebuild` with
+/// `buildType` MERGE / REFRESH in the body; `merge` and `refresh` cover
+/// KAP-style paths.
+const DEFAULT_ACTIONS: [&str; 10] = [
+    "build",
+    "build2",
+    "rebuild",
+    "rebuild2",
+    "automerge",
+    "optimize",
+    "optimize2",
+    "refresh_lookup",
+    "merge",
+    "refresh",
+];
 
 const MINUTES_PER_DAY: u32 = 24 * 60;
 const DAY_NAMES: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
@@ -116,11 +134,9 @@ fn parse_config(text: &str) -> Result<Config, String> {
         message: raw
             .message
             .unwrap_or_else(|| "job submissions are paused for maintenance".into()),
-        actions: raw.actions.unwrap_or_else(|| {
-            ["build", "build2", "rebuild", "merge", "refresh"]
-                .map(String::from)
-                .to_vec()
-        }),
+        actions: raw
+            .actions
+            .unwrap_or_else(|| DEFAULT_ACTIONS.map(String::from).to_vec()),
     })
 }
 

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod eventually;
 pub mod gateway;
 pub mod http;
+pub mod plugins;
 pub mod process;
 
 pub use eventually::{eventually, eventually_async};
