@@ -200,7 +200,7 @@ impl Runtime {
         let limits = Limits::from_runtime(settings);
         let engine = limits.engine(settings.cache_dir.as_deref(), options.pooling)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::add_host_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |state| state,
@@ -246,9 +246,7 @@ impl Runtime {
         };
         let mut first = plugin.instantiate()?;
         first.store.set_epoch_deadline(INIT_DEADLINE_TICKS);
-        let needs = first
-            .plugin
-            .call_needs(&mut first.store)
+        let needs = drive(first.plugin.call_needs(&mut first.store))
             .map_err(|e| LoadError::Needs(format!("{e:#}")))?;
         for class in &needs.classes {
             plugin.wants[wit_class(*class) as usize] = true;
@@ -317,12 +315,9 @@ impl LoadedPlugin {
         );
         store.limiter(|state| state as &mut dyn ResourceLimiter);
         store.set_epoch_deadline(INIT_DEADLINE_TICKS);
-        let plugin = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(LoadError::Instantiate)?;
-        plugin
-            .call_init(&mut store, &self.config)
+        let plugin =
+            drive(self.pre.instantiate_async(&mut store)).map_err(LoadError::Instantiate)?;
+        drive(plugin.call_init(&mut store, &self.config))
             .map_err(|e| LoadError::Init(format!("{e:#}")))?
             .map_err(LoadError::Init)?;
         Ok(Instance {
@@ -397,7 +392,7 @@ impl LoadedPlugin {
             request,
             view,
         } = &mut instance;
-        match plugin.call_route(&mut *store, request, view) {
+        match drive(plugin.call_route(&mut *store, request, view)) {
             Ok(decision) => {
                 self.release(instance);
                 convert_decision(decision, snapshot, &self.stats)
@@ -418,6 +413,25 @@ impl LoadedPlugin {
             }
         }
     }
+}
+
+/// Runs a call into the guest to completion on the current thread.
+///
+/// Calls are made the async way only because wasmtime-wasi's synchronous
+/// bindings block on a tokio runtime (`Handle::block_on`) for stream
+/// operations — a panicking guest writing its message to stderr — which
+/// panics on a tokio worker thread, where the proxy calls plugins. With
+/// async bindings nothing in this sandbox ever waits (stdio is empty or
+/// discarded, no sockets or files, the deadline traps instead of yielding),
+/// so the first poll completes the call; a call that would wait anyway is
+/// abandoned (its instance is discarded) rather than blocking the thread.
+fn drive<T>(call: impl std::future::Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    use futures_util::FutureExt;
+    call.now_or_never().unwrap_or_else(|| {
+        Err(wasmtime::format_err!(
+            "the plugin waited on the host, which a routing plugin must not do"
+        ))
+    })
 }
 
 fn empty_request() -> bindings::Request {

@@ -1,6 +1,6 @@
 //! A deliberately hostile plugin for the gateway's tests. Its config names
 //! the misbehaviour; `route` then misbehaves on every query request whose
-//! path does not end in `/calm` (so tests can also see it behave):
+//! query string is not `calm` (so tests can also see it behave):
 //!
 //! - `loop`: spins forever (the epoch deadline must stop it);
 //! - `panic`: panics (a trap);
@@ -42,7 +42,7 @@ impl Guest for Misbehave {
             route: Route::Default,
             add_headers: vec![("x-misbehave".into(), "calm".into())],
         };
-        if request.path.ends_with("/calm") {
+        if request.query.as_deref() == Some("calm") {
             return calm;
         }
         match MODE.get().map(String::as_str).unwrap_or("") {
