@@ -18,3 +18,6 @@ pub use reload::{FileWatch, reload_on_sighup, watch_files};
 pub use runtime::{
     CallFailure, FailureKind, LoadError, LoadedPlugin, PluginStats, Runtime, RuntimeOptions,
 };
+
+#[cfg(test)]
+mod tests;

@@ -242,6 +242,7 @@ impl Runtime {
             stats,
             wants: [false; 3],
             body_prefix_len: 0,
+            wants_headers: false,
             idle: Mutex::new(Vec::new()),
         };
         let mut first = plugin.instantiate()?;
@@ -252,6 +253,7 @@ impl Runtime {
             plugin.wants[wit_class(*class) as usize] = true;
         }
         plugin.body_prefix_len = (needs.body_prefix_len as usize).min(MAX_BODY_PREFIX);
+        plugin.wants_headers = needs.headers;
         plugin.release(first);
         Ok(plugin)
     }
@@ -282,6 +284,7 @@ pub struct LoadedPlugin {
     /// Indexed by `TrafficClass as usize`.
     wants: [bool; 3],
     body_prefix_len: usize,
+    wants_headers: bool,
     idle: Mutex<Vec<Instance>>,
 }
 
@@ -381,7 +384,7 @@ impl LoadedPlugin {
     ) -> Result<Decision, CallFailure> {
         let mut instance = self.acquire()?;
         let prefix = &facts.body_prefix[..facts.body_prefix.len().min(self.body_prefix_len)];
-        fill_request(&mut instance.request, facts, prefix);
+        fill_request(&mut instance.request, facts, prefix, self.wants_headers);
         fill_view(&mut instance.view, snapshot);
         instance
             .store
@@ -434,7 +437,7 @@ fn drive<T>(call: impl std::future::Future<Output = wasmtime::Result<T>>) -> was
     })
 }
 
-fn empty_request() -> bindings::Request {
+pub(super) fn empty_request() -> bindings::Request {
     bindings::Request {
         method: String::new(),
         path: String::new(),
@@ -453,7 +456,12 @@ fn set_string(target: &mut String, value: &str) {
 }
 
 /// Copies the request into `target`, reusing its buffers.
-fn fill_request(target: &mut bindings::Request, facts: &RequestFacts<'_>, prefix: &[u8]) {
+pub(super) fn fill_request(
+    target: &mut bindings::Request,
+    facts: &RequestFacts<'_>,
+    prefix: &[u8],
+    with_headers: bool,
+) {
     use std::fmt::Write;
     set_string(&mut target.method, facts.method.as_str());
     set_string(&mut target.path, facts.path);
@@ -463,7 +471,8 @@ fn fill_request(target: &mut bindings::Request, facts: &RequestFacts<'_>, prefix
         (Some(q), query) => *query = Some(q.to_string()),
     }
     let mut used = 0;
-    for (name, value) in facts.headers {
+    let headers = facts.headers.iter().filter(|_| with_headers);
+    for (name, value) in headers {
         let Ok(value) = value.to_str() else { continue };
         if used == target.headers.len() {
             target.headers.push((String::new(), String::new()));
@@ -486,7 +495,7 @@ fn fill_request(target: &mut bindings::Request, facts: &RequestFacts<'_>, prefix
 
 /// Brings `target` up to date with `snapshot`: the node list is rebuilt only
 /// when the snapshot version changed; the live numbers every call.
-fn fill_view(target: &mut bindings::View, snapshot: &Snapshot) {
+pub(super) fn fill_view(target: &mut bindings::View, snapshot: &Snapshot) {
     if target.version != snapshot.version || target.nodes.len() != snapshot.nodes.len() {
         target.version = snapshot.version;
         target.nodes = snapshot
@@ -525,7 +534,7 @@ const RESERVED_HEADERS: [&str; 6] = [
 
 /// Checks and converts a guest decision. Unknown node ids are dropped and
 /// counted; anything else unusable makes the whole decision malformed.
-fn convert_decision(
+pub(super) fn convert_decision(
     decision: bindings::Decision,
     snapshot: &Snapshot,
     stats: &PluginStats,

@@ -105,6 +105,7 @@ impl Guest for Canary {
         Needs {
             classes: SETTINGS.get().expect("init ran").classes.clone(),
             body_prefix_len: 0,
+            headers: true,
         }
     }
 

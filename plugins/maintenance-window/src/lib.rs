@@ -93,6 +93,7 @@ impl Guest for MaintenanceWindow {
         Needs {
             classes: vec![TrafficClass::Job],
             body_prefix_len: 0,
+            headers: false,
         }
     }
 

@@ -7,7 +7,10 @@
 //! or the `project` query parameter) with `"hash": "project"`.
 //!
 //! Config (JSON, all optional):
-//! `{"hash": "project+sql" | "project", "body_prefix": 16384, "header": "x-kylin-affinity"}`
+//! `{"hash": "project+sql" | "project", "body_prefix": 16384, "candidates": 3,
+//!   "header": "x-kylin-affinity"}`
+//! `candidates` is how many nodes of the ranking the gateway gets, in order
+//! (it takes the first usable one; more cost a little time per call).
 //! `header`, when set, is added to the upstream request with the key's hash
 //! (handy to see affinity at work in access logs).
 
@@ -30,6 +33,12 @@ struct Config {
     body_prefix: u32,
     #[serde(default)]
     header: Option<String>,
+    #[serde(default = "default_candidates")]
+    candidates: usize,
+}
+
+fn default_candidates() -> usize {
+    3
 }
 
 fn default_hash() -> String {
@@ -42,11 +51,14 @@ fn default_body_prefix() -> u32 {
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
-/// The JSON fields of Kylin's `SQLRequest` that matter here.
+/// The JSON fields of Kylin's `SQLRequest` that matter here (borrowed
+/// unless they contain escapes).
 #[derive(serde::Deserialize)]
-struct QueryBody {
-    project: Option<String>,
-    sql: Option<String>,
+struct QueryBody<'a> {
+    #[serde(borrow)]
+    project: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    sql: Option<std::borrow::Cow<'a, str>>,
 }
 
 struct QueryAffinity;
@@ -74,11 +86,8 @@ impl Guest for QueryAffinity {
         let config = CONFIG.get().expect("init ran");
         Needs {
             classes: vec![TrafficClass::Query],
-            body_prefix_len: if config.hash == "project" && config.body_prefix == 0 {
-                0
-            } else {
-                config.body_prefix
-            },
+            body_prefix_len: config.body_prefix,
+            headers: false,
         }
     }
 
@@ -107,6 +116,7 @@ impl Guest for QueryAffinity {
             };
         }
         ranked.sort_unstable_by(|a, b| b.cmp(a));
+        ranked.truncate(config.candidates.max(1));
         let add_headers = match &config.header {
             Some(name) => vec![(name.clone(), format!("{key:016x}"))],
             None => Vec::new(),
@@ -126,19 +136,35 @@ fn affinity_key(request: &Request, project_only: bool) -> Option<u64> {
         Some(body) => (body.project, body.sql),
         None => (None, None),
     };
-    let project = body_project.or_else(|| query_param(request.query.as_deref()?, "project"))?;
+    let project = body_project
+        .or_else(|| query_param(request.query.as_deref()?, "project").map(Into::into))?;
     let mut hash = fnv1a(project.as_bytes());
     if !project_only && let Some(sql) = sql {
-        hash = fnv1a_continue(hash ^ 0xff, normalise_whitespace(&sql).as_bytes());
+        hash = hash_normalised_sql(hash ^ 0xff, &sql);
     }
     Some(hash)
 }
 
-/// Collapses every run of whitespace to one space and trims the ends, so
-/// reformatted copies of a query share a key. Case is kept: SQL literals
-/// are case-sensitive.
-fn normalise_whitespace(sql: &str) -> String {
-    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Hashes `sql` as if every run of ASCII whitespace were one space and the
+/// ends trimmed, so reformatted copies of a query share a key (without
+/// building the normalised string; byte-wise, as SQL layout whitespace is
+/// ASCII). Case is kept: SQL literals are case-sensitive.
+fn hash_normalised_sql(mut hash: u64, sql: &str) -> u64 {
+    let mut pending_space = false;
+    let mut started = false;
+    for &b in sql.as_bytes() {
+        if b.is_ascii_whitespace() {
+            pending_space = started;
+            continue;
+        }
+        if pending_space {
+            hash = fnv1a_byte(hash, b' ');
+            pending_space = false;
+        }
+        started = true;
+        hash = fnv1a_byte(hash, b);
+    }
+    hash
 }
 
 /// The first value of `name` in a raw query string (`%XX` and `+` decoded).
@@ -186,12 +212,12 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     fnv1a_continue(FNV_OFFSET, bytes)
 }
 
-fn fnv1a_continue(mut hash: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+fn fnv1a_continue(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, &b| fnv1a_byte(hash, b))
+}
+
+fn fnv1a_byte(hash: u64, byte: u8) -> u64 {
+    (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
 }
 
 /// SplitMix64's finaliser: spreads (key ^ node) so rendezvous scores are
@@ -210,10 +236,10 @@ mod tests {
 
     #[test]
     fn whitespace_is_normalised_but_case_kept() {
-        assert_eq!(
-            normalise_whitespace("  select *\n\tFROM  t "),
-            "select * FROM t"
-        );
+        let h = |sql| hash_normalised_sql(0, sql);
+        assert_eq!(h("  select *\n\tFROM  t "), h("select * FROM t"));
+        assert_ne!(h("select * from t"), h("select * FROM t"));
+        assert_ne!(h("select a"), h("selecta"));
     }
 
     #[test]

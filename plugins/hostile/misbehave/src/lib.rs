@@ -34,6 +34,7 @@ impl Guest for Misbehave {
         Needs {
             classes: vec![TrafficClass::Query],
             body_prefix_len: 0,
+            headers: false,
         }
     }
 
