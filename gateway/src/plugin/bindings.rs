@@ -12,4 +12,4 @@ wasmtime::component::bindgen!({
 pub use kylin_gateway::plugin::host::{Host as HostImports, add_to_linker as add_host_to_linker};
 #[cfg(test)]
 pub use kylin_gateway::plugin::types::Rejection;
-pub use kylin_gateway::plugin::types::{LogLevel, Node, Route, TrafficClass};
+pub use kylin_gateway::plugin::types::{LogLevel, Node, NodeLoad, Route, TrafficClass};

@@ -292,8 +292,10 @@ pub struct LoadedPlugin {
 struct Instance {
     store: Store<HostState>,
     plugin: RoutingPlugin,
+    /// The snapshot whose view the guest last got through `view-changed`.
+    seen_view: Option<(u64, SystemTime)>,
     request: bindings::Request,
-    view: bindings::View,
+    load: bindings::ViewLoad,
 }
 
 impl LoadedPlugin {
@@ -326,9 +328,10 @@ impl LoadedPlugin {
         Ok(Instance {
             store,
             plugin,
+            seen_view: None,
             request: empty_request(),
-            view: bindings::View {
-                version: u64::MAX,
+            load: bindings::ViewLoad {
+                version: 0,
                 nodes: Vec::new(),
             },
         })
@@ -383,38 +386,44 @@ impl LoadedPlugin {
         snapshot: &Snapshot,
     ) -> Result<Decision, CallFailure> {
         let mut instance = self.acquire()?;
-        let prefix = &facts.body_prefix[..facts.body_prefix.len().min(self.body_prefix_len)];
-        fill_request(&mut instance.request, facts, prefix, self.wants_headers);
-        fill_view(&mut instance.view, snapshot);
-        instance
-            .store
-            .set_epoch_deadline(self.limits.deadline_ticks);
         let Instance {
             store,
             plugin,
+            seen_view,
             request,
-            view,
+            load,
         } = &mut instance;
-        match drive(plugin.call_route(&mut *store, request, view)) {
-            Ok(decision) => {
-                self.release(instance);
-                convert_decision(decision, snapshot, &self.stats)
-            }
-            Err(error) => {
-                let kind = if store.data().hit_memory_cap() {
-                    FailureKind::Memory
-                } else if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    FailureKind::Deadline
-                } else {
-                    FailureKind::Trap
-                };
-                // The instance is dropped here: its state may be corrupt.
-                Err(CallFailure {
-                    kind,
-                    detail: format!("{error:#}"),
-                })
-            }
+        let view_key = (snapshot.version, snapshot.published_at);
+        if *seen_view != Some(view_key) {
+            store.set_epoch_deadline(self.limits.deadline_ticks);
+            drive(plugin.call_view_changed(&mut *store, &view_of(snapshot)))
+                .map_err(|error| failure_of(store, error))?;
+            *seen_view = Some(view_key);
         }
+        let prefix = &facts.body_prefix[..facts.body_prefix.len().min(self.body_prefix_len)];
+        fill_request(request, facts, prefix, self.wants_headers);
+        fill_load(load, snapshot);
+        store.set_epoch_deadline(self.limits.deadline_ticks);
+        // On error the instance is dropped: its state may be corrupt.
+        let decision = drive(plugin.call_route(&mut *store, request, load))
+            .map_err(|error| failure_of(store, error))?;
+        self.release(instance);
+        convert_decision(decision, snapshot, &self.stats)
+    }
+}
+
+/// Classifies a failed call.
+fn failure_of(store: &Store<HostState>, error: wasmtime::Error) -> CallFailure {
+    let kind = if store.data().hit_memory_cap() {
+        FailureKind::Memory
+    } else if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        FailureKind::Deadline
+    } else {
+        FailureKind::Trap
+    };
+    CallFailure {
+        kind,
+        detail: format!("{error:#}"),
     }
 }
 
@@ -493,12 +502,11 @@ pub(super) fn fill_request(
         .map_or(0, |d| d.as_millis() as u64);
 }
 
-/// Brings `target` up to date with `snapshot`: the node list is rebuilt only
-/// when the snapshot version changed; the live numbers every call.
-pub(super) fn fill_view(target: &mut bindings::View, snapshot: &Snapshot) {
-    if target.version != snapshot.version || target.nodes.len() != snapshot.nodes.len() {
-        target.version = snapshot.version;
-        target.nodes = snapshot
+/// The view as `view-changed` gets it.
+pub(super) fn view_of(snapshot: &Snapshot) -> bindings::View {
+    bindings::View {
+        version: snapshot.version,
+        nodes: snapshot
             .nodes
             .iter()
             .enumerate()
@@ -507,19 +515,25 @@ pub(super) fn fill_view(target: &mut bindings::View, snapshot: &Snapshot) {
                 address: n.node.addr.map(|a| a.to_string()),
                 serves_query: n.node.modes.query,
                 serves_job: n.node.modes.job,
-                healthy: false,
-                in_flight: 0,
                 is_leader: snapshot.leader == Some(i),
-                latency_us: 0,
             })
-            .collect();
+            .collect(),
     }
+}
+
+/// Fills `target` with the live state of `snapshot`'s nodes, reusing its
+/// buffer.
+pub(super) fn fill_load(target: &mut bindings::ViewLoad, snapshot: &Snapshot) {
     let now = now_ms();
-    for (wit, n) in target.nodes.iter_mut().zip(&snapshot.nodes) {
-        wit.healthy = n.node.routable() && !n.state.is_ejected(now);
-        wit.in_flight = n.state.in_flight();
-        wit.latency_us = n.state.latency_ewma_us.load(Ordering::Relaxed);
-    }
+    target.version = snapshot.version;
+    target.nodes.clear();
+    target
+        .nodes
+        .extend(snapshot.nodes.iter().map(|n| bindings::NodeLoad {
+            healthy: n.node.routable() && !n.state.is_ejected(now),
+            in_flight: n.state.in_flight(),
+            latency_us: n.state.latency_ewma_us.load(Ordering::Relaxed),
+        }));
 }
 
 /// Headers a plugin may not set: they belong to the connection or framing.

@@ -12,7 +12,7 @@ use super::check::sample_snapshot;
 use super::limits::Limits;
 use super::policy::{RequestFacts, Route};
 use super::runtime::{
-    FailureKind, PluginStats, convert_decision, empty_request, fill_request, fill_view,
+    FailureKind, PluginStats, convert_decision, empty_request, fill_load, fill_request, view_of,
 };
 use crate::classify::TrafficClass;
 use crate::config::PluginRuntime;
@@ -160,13 +160,9 @@ fn request_buffers_are_reused_and_fully_overwritten() {
 }
 
 #[test]
-fn view_marks_the_leader_and_follows_snapshot_versions() {
-    let mut view = bindings::View {
-        version: u64::MAX,
-        nodes: Vec::new(),
-    };
+fn view_marks_the_leader_and_load_follows_the_nodes() {
     let four = sample_snapshot(4);
-    fill_view(&mut view, &four);
+    let view = view_of(&four);
     assert_eq!(view.nodes.len(), 4);
     assert!(view.nodes[0].is_leader && view.nodes[0].serves_job);
     assert!(
@@ -174,9 +170,20 @@ fn view_marks_the_leader_and_follows_snapshot_versions() {
             .iter()
             .all(|n| !n.is_leader && n.serves_query)
     );
-    assert!(view.nodes.iter().all(|n| n.healthy));
-    fill_view(&mut view, &sample_snapshot(2));
-    assert_eq!(view.nodes.len(), 2);
+    let mut load = bindings::ViewLoad {
+        version: 0,
+        nodes: Vec::new(),
+    };
+    four.nodes[2]
+        .state
+        .in_flight
+        .store(7, std::sync::atomic::Ordering::Relaxed);
+    fill_load(&mut load, &four);
+    assert_eq!(load.version, four.version);
+    assert!(load.nodes.iter().all(|n| n.healthy));
+    assert_eq!(load.nodes[2].in_flight, 7);
+    fill_load(&mut load, &sample_snapshot(2));
+    assert_eq!(load.nodes.len(), 2);
 }
 
 #[test]

@@ -51,6 +51,9 @@ struct Settings {
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
 
 thread_local! {
+    /// Ids of the last view from `view-changed`, in view order.
+    static NODE_IDS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+
     /// Error-diffusion accumulator, in percent of one request.
     static CREDIT: Cell<f64> = const { Cell::new(0.0) };
 }
@@ -109,7 +112,11 @@ impl Guest for Canary {
         }
     }
 
-    fn route(request: Request, view: View) -> Decision {
+    fn view_changed(view: View) {
+        NODE_IDS.with_borrow_mut(|ids| *ids = view.nodes.into_iter().map(|n| n.id).collect());
+    }
+
+    fn route(request: Request, load: ViewLoad) -> Decision {
         let settings = SETTINGS.get().expect("init ran");
         let config = &settings.config;
         let forced = config.header.as_ref().and_then(|name| {
@@ -145,12 +152,18 @@ impl Guest for Canary {
                 add_headers: Vec::new(),
             };
         }
-        let healthy: Vec<String> = config
-            .nodes
-            .iter()
-            .filter(|id| view.nodes.iter().any(|n| &n.id == *id && n.healthy))
-            .cloned()
-            .collect();
+        let healthy: Vec<String> = NODE_IDS.with_borrow(|ids| {
+            config
+                .nodes
+                .iter()
+                .filter(|wanted| {
+                    ids.iter()
+                        .zip(&load.nodes)
+                        .any(|(id, live)| id == *wanted && live.healthy)
+                })
+                .cloned()
+                .collect()
+        });
         if healthy.is_empty() {
             // The canary is down: serve from the rest rather than fail.
             return Decision {

@@ -97,7 +97,9 @@ impl Guest for MaintenanceWindow {
         }
     }
 
-    fn route(request: Request, _view: View) -> Decision {
+    fn view_changed(_view: View) {}
+
+    fn route(request: Request, _load: ViewLoad) -> Decision {
         let config = CONFIG.get().expect("init ran");
         let pass = Decision {
             route: Route::Default,

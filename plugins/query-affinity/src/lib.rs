@@ -19,6 +19,7 @@ wit_bindgen::generate!({
     world: "routing-plugin",
 });
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use kylin_gateway::plugin::host::log;
@@ -50,6 +51,11 @@ fn default_body_prefix() -> u32 {
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
+
+thread_local! {
+    /// The last view from `view-changed`: (node id, serves queries, id hash).
+    static NODES: RefCell<Vec<(String, bool, u64)>> = const { RefCell::new(Vec::new()) };
+}
 
 /// The JSON fields of Kylin's `SQLRequest` that matter here (borrowed
 /// unless they contain escapes).
@@ -91,7 +97,20 @@ impl Guest for QueryAffinity {
         }
     }
 
-    fn route(request: Request, view: View) -> Decision {
+    fn view_changed(view: View) {
+        NODES.with_borrow_mut(|nodes| {
+            *nodes = view
+                .nodes
+                .into_iter()
+                .map(|n| {
+                    let hash = fnv1a(n.id.as_bytes());
+                    (n.id, n.serves_query, hash)
+                })
+                .collect();
+        });
+    }
+
+    fn route(request: Request, load: ViewLoad) -> Decision {
         let config = CONFIG.get().expect("init ran");
         let Some(key) = affinity_key(&request, config.hash == "project") else {
             return Decision {
@@ -99,13 +118,22 @@ impl Guest for QueryAffinity {
                 add_headers: Vec::new(),
             };
         };
-        let mut ranked: Vec<(u64, &str)> = view
-            .nodes
-            .iter()
-            .filter(|n| n.healthy && n.serves_query)
-            .map(|n| (mix(key ^ fnv1a(n.id.as_bytes())), n.id.as_str()))
-            .collect();
-        if ranked.is_empty() {
+        let preferred: Vec<String> = NODES.with_borrow(|nodes| {
+            let mut ranked: Vec<(u64, usize)> = nodes
+                .iter()
+                .zip(&load.nodes)
+                .enumerate()
+                .filter(|(_, ((_, serves_query, _), live))| *serves_query && live.healthy)
+                .map(|(i, ((_, _, id_hash), _))| (mix(key ^ id_hash), i))
+                .collect();
+            ranked.sort_unstable_by(|a, b| b.cmp(a));
+            ranked
+                .iter()
+                .take(config.candidates.max(1))
+                .map(|&(_, i)| nodes[i].0.clone())
+                .collect()
+        });
+        if preferred.is_empty() {
             log(
                 LogLevel::Debug,
                 "no healthy query node; keeping the built-in choice",
@@ -115,14 +143,12 @@ impl Guest for QueryAffinity {
                 add_headers: Vec::new(),
             };
         }
-        ranked.sort_unstable_by(|a, b| b.cmp(a));
-        ranked.truncate(config.candidates.max(1));
         let add_headers = match &config.header {
             Some(name) => vec![(name.clone(), format!("{key:016x}"))],
             None => Vec::new(),
         };
         Decision {
-            route: Route::Prefer(ranked.iter().map(|(_, id)| id.to_string()).collect()),
+            route: Route::Prefer(preferred),
             add_headers,
         }
     }

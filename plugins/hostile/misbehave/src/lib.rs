@@ -38,7 +38,9 @@ impl Guest for Misbehave {
         }
     }
 
-    fn route(request: Request, _view: View) -> Decision {
+    fn view_changed(_view: View) {}
+
+    fn route(request: Request, _load: ViewLoad) -> Decision {
         let calm = Decision {
             route: Route::Default,
             add_headers: vec![("x-misbehave".into(), "calm".into())],
