@@ -253,3 +253,67 @@ async fn a_changed_plugin_file_is_reloaded_without_being_asked() {
     })
     .await;
 }
+
+/// Cache entries under `dir` (not wasmtime's `.stats` usage files) with
+/// their modification times.
+fn cache_entries(dir: &Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_none_or(|e| e != "stats"))
+        .map(|p| {
+            let modified = std::fs::metadata(&p).and_then(|m| m.modified()).unwrap();
+            (p, modified)
+        })
+        .collect()
+}
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_components_are_cached_on_disk_across_restarts() {
+    let files = built();
+    let nodes = vec![Backend::start("a", 0).await];
+    let dir = TempDir::new("kgw-cache");
+    let cache = dir.path.join("cache");
+    let config = format!(
+        "{}\n[plugin_runtime]\ndeadline_ms = 100\nwatch_files = false\ncache_dir = \"{}\"\n{}",
+        cluster_toml(&nodes),
+        cache.display(),
+        plugin_toml("cached", &files.query_affinity, "", "fallback"),
+    );
+    let c = client();
+    let first = Gateway::start(&config);
+    ready(&c, &first).await;
+    let entries = kylin_gateway_tests::support::eventually(
+        "a compiled component in the cache",
+        Duration::from_secs(10),
+        || {
+            let entries = cache_entries(&cache);
+            (!entries.is_empty()).then_some(entries)
+        },
+    );
+    drop(first);
+
+    // A restart finds the entry (same bytes, same engine) instead of
+    // compiling and writing it again.
+    let second = Gateway::start(&config);
+    ready(&c, &second).await;
+    assert!(!served_by_misbehave(&c, &second).await);
+    assert_eq!(cache_entries(&cache), entries, "the restart compiled again");
+}

@@ -219,7 +219,7 @@ mod tests {
 
     const MIN: u64 = 60_000;
     /// 2026-11-27 00:00 UTC, a Friday.
-    const FRIDAY: u64 = 20_419 * 24 * 60 * MIN;
+    const FRIDAY: u64 = 20_784 * 24 * 60 * MIN;
 
     fn window(start: &str, end: &str, days: Option<&[&str]>) -> Window {
         parse_window(&RawWindow {
