@@ -19,8 +19,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Component instances the pooling allocator keeps slots for, across all
 /// plugins and versions alive at once (old versions live until their last
-/// in-flight call ends).
-const POOLED_INSTANCES: u32 = 256;
+/// in-flight call ends). Wasmtime's default; slots are address space
+/// reserved up front (about 4 GiB of it per memory), not resident memory.
+/// Beyond this, instantiation fails and is counted as `instantiate`.
+const POOLED_INSTANCES: u32 = 1000;
 
 /// Bounds derived from `[plugin_runtime]`.
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +71,7 @@ impl Limits {
             let mut pool = PoolingAllocationConfig::default();
             pool.total_component_instances(POOLED_INSTANCES)
                 .total_core_instances(POOLED_INSTANCES * 8)
-                .total_memories(POOLED_INSTANCES * 2)
+                .total_memories(POOLED_INSTANCES)
                 .total_tables(POOLED_INSTANCES * 4)
                 .total_stacks(POOLED_INSTANCES)
                 .max_memory_size(self.memory_bytes)
@@ -95,7 +97,7 @@ pub struct EpochTicker {
 }
 
 impl EpochTicker {
-    pub fn start(engine: Engine) -> EpochTicker {
+    pub fn start(engine: Engine) -> std::io::Result<EpochTicker> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::Builder::new()
@@ -105,9 +107,8 @@ impl EpochTicker {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                 }
-            })
-            .expect("spawn epoch ticker thread");
-        EpochTicker { stop }
+            })?;
+        Ok(EpochTicker { stop })
     }
 }
 

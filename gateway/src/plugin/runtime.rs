@@ -28,7 +28,7 @@ pub const MAX_BODY_PREFIX: usize = 64 * 1024;
 const INIT_DEADLINE_TICKS: u64 = 1000;
 /// Idle instances kept per plugin version; more concurrent calls than this
 /// instantiate extra instances that are dropped after use.
-const MAX_IDLE_INSTANCES: usize = 64;
+const MAX_IDLE_INSTANCES: usize = 32;
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -206,7 +206,7 @@ impl Runtime {
             |state| state,
         )?;
         Ok(Runtime {
-            _ticker: EpochTicker::start(engine.clone()),
+            _ticker: EpochTicker::start(engine.clone())?,
             engine,
             linker,
             limits,
