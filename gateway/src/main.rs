@@ -111,25 +111,11 @@ fn plugin_check(file: &Path, config: &str, deadline: Duration) -> ExitCode {
     };
     match plugin::check(&bytes, config, deadline) {
         Ok(report) => {
-            println!("plugin:   {} (sha256 {})", file.display(), report.sha256);
-            println!("world:    kylin-gateway:plugin/routing-plugin@0.1.0 ok, init ok");
-            println!(
-                "needs:    classes {:?}, body prefix {} bytes",
-                report.classes, report.body_prefix_len
-            );
-            println!("request:  {}", report.request);
-            match report.decision {
-                Ok(decision) => {
-                    println!("decision: {:?}", decision.route);
-                    for (name, value) in &decision.add_headers {
-                        println!("header:   {name}: {}", value.to_str().unwrap_or("<binary>"));
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(failure) => {
-                    println!("decision: FAILED {failure}");
-                    ExitCode::FAILURE
-                }
+            print!("plugin:   {}\n{report}", file.display());
+            if report.decision.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
         Err(error) => {

@@ -105,3 +105,30 @@ pub fn check(
         decision,
     })
 }
+
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "sha256:   {}", self.sha256)?;
+        writeln!(
+            f,
+            "world:    kylin-gateway:plugin/routing-plugin@0.1.0 ok, init ok"
+        )?;
+        writeln!(
+            f,
+            "needs:    classes {:?}, body prefix {} bytes",
+            self.classes, self.body_prefix_len
+        )?;
+        writeln!(f, "request:  {}", self.request)?;
+        match &self.decision {
+            Ok(decision) => {
+                writeln!(f, "decision: {:?}", decision.route)?;
+                for (name, value) in &decision.add_headers {
+                    let value = value.to_str().unwrap_or("<binary>");
+                    writeln!(f, "header:   {name}: {value}")?;
+                }
+                Ok(())
+            }
+            Err(failure) => writeln!(f, "decision: FAILED {failure}"),
+        }
+    }
+}

@@ -1,6 +1,13 @@
 //! Every resource bound a plugin runs under, in one place: the engine's
 //! pooling allocator, the per-call epoch deadline and its ticker thread, and
 //! the per-store memory cap.
+//!
+//! The deadline uses epochs, not fuel: epoch checks are a load and compare at
+//! function entries and loop back-edges, while fuel counts every basic block
+//! and its budget would be in instructions, not time (fuel was not
+//! benchmarked here). The compile cache is wasmtime's own (`cache` feature),
+//! which keeps `#![forbid(unsafe_code)]`: `Component::deserialize` would need
+//! `unsafe`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

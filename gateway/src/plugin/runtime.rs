@@ -3,6 +3,12 @@
 //! concurrent requests each borrow their own store instead of contending for
 //! one. A call that fails throws its instance away; the next call builds a
 //! fresh one from the `InstancePre`.
+//!
+//! Why reuse (`benches/plugin_call.rs`, query-affinity, 16 nodes, 1 KiB body,
+//! release build): a call on a reused instance takes 4.2 µs median, one on a
+//! fresh instance 42 µs with the pooling allocator and 71 µs without it. A
+//! plugin's globals therefore persist between the calls of one instance; the
+//! WIT documents that instances are many and replaceable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
