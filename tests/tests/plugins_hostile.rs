@@ -220,3 +220,89 @@ fn plugin_check_prints_the_decision_or_the_failure() {
     assert!(!ok, "{out}");
     assert!(out.contains("does not implement world"), "{out}");
 }
+
+/// `host.log` lines carry the plugin's name, and a plugin logging on every
+/// request is cut down to a trickle with the suppressed lines counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_log_lines_are_tagged_and_rate_limited() {
+    let files = built();
+    let node = Backend::start("a", 0).await;
+    let dir = TempDir::new("kgw-log");
+    let admin_port = kylin_gateway_tests::support::free_port();
+    let http_port = kylin_gateway_tests::support::free_port();
+    let config_path = dir.path.join("gateway.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:{http_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n{}\n{}\n{}",
+            static_toml(&node),
+            runtime_toml(false),
+            plugin_toml("chatty", &files.misbehave, "chatty", "fallback")
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path.join("gateway.log");
+    let _gateway = kylin_gateway_tests::support::ChildGuard::spawn(
+        "kylin-gateway",
+        Command::new(target_bin("kylin-gateway"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn,plugin=info")
+            .env("NO_COLOR", "1")
+            // The gateway logs to stdout.
+            .stdout(std::fs::File::create(&log_path).unwrap()),
+    )
+    .unwrap();
+    let c = client();
+    let url = |path: &str| format!("http://127.0.0.1:{http_port}{path}");
+    kylin_gateway_tests::support::eventually_async("ready", Duration::from_secs(30), || async {
+        get(&c, &format!("http://127.0.0.1:{admin_port}/readyz"))
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await;
+
+    const REQUESTS: usize = 100;
+    for _ in 0..REQUESTS {
+        let reply = send(&c, "POST", &url("/kylin/api/query"), &[], "{}")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+    }
+    let chatty_lines = || -> Vec<String> {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("chatty: routing /kylin/api/query"))
+            .map(String::from)
+            .collect()
+    };
+    let burst = chatty_lines();
+    assert!(burst.len() >= 20, "the burst is logged: {burst:?}");
+    assert!(
+        burst.len() < REQUESTS,
+        "not rate-limited: {} lines",
+        burst.len()
+    );
+    assert!(
+        burst.iter().all(|l| l.contains("plugin=\"chatty\"")),
+        "{burst:?}"
+    );
+    // Once the bucket refills, the next line admitted reports how many
+    // were dropped.
+    let report = kylin_gateway_tests::support::eventually_async(
+        "a line reporting suppressed lines",
+        Duration::from_secs(10),
+        || async {
+            send(&c, "POST", &url("/kylin/api/query"), &[], "{}")
+                .await
+                .unwrap();
+            chatty_lines()
+                .into_iter()
+                .find(|l| l.contains("suppressed=") && !l.contains("suppressed=0"))
+        },
+    )
+    .await;
+    assert!(report.contains("plugin=\"chatty\""), "{report}");
+}

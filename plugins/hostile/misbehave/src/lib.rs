@@ -7,7 +7,8 @@
 //! - `oom`: allocates until the memory cap stops it;
 //! - `unknown-node`: prefers a node id that is not in the view;
 //! - `bad-status`: rejects with status 42;
-//! - `init-fail`: fails `init`.
+//! - `init-fail`: fails `init`;
+//! - `chatty`: logs a line through the host on every call (rate limiting).
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -67,6 +68,13 @@ impl Guest for Misbehave {
                 route: Route::Prefer(vec!["no-such-node".into()]),
                 add_headers: Vec::new(),
             },
+            "chatty" => {
+                kylin_gateway::plugin::host::log(
+                    kylin_gateway::plugin::types::LogLevel::Info,
+                    &format!("chatty: routing {}", request.path),
+                );
+                calm
+            }
             "bad-status" => Decision {
                 route: Route::Reject(Rejection {
                     status: 42,
