@@ -4,11 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kylin_gateway::admin::{self, Admin};
 use kylin_gateway::config::{self, Config, Discovery};
+use kylin_gateway::plugin::{self, PluginChain, PluginControl, RoutingPolicy};
 use kylin_gateway::proxy::{Proxy, server};
 use kylin_gateway::view::ViewPublisher;
 use kylin_gateway::{discovery, tls};
@@ -36,6 +38,24 @@ struct Cli {
 enum Command {
     /// Validates a config file and prints the effective config.
     CheckConfig { file: PathBuf },
+    /// Works with routing plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Loads a component, validates its world, runs init and routes a sample
+    /// query against a sample view, printing the decision.
+    Check {
+        file: PathBuf,
+        /// The plugin's config string (as `config` in `[[plugins]]`).
+        #[arg(long, default_value = "")]
+        config: String,
+        /// Per-call deadline (as `plugin_runtime.deadline_ms`).
+        #[arg(long, default_value_t = 2)]
+        deadline_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +73,11 @@ fn main() -> ExitCode {
                 Err(error) => config_failure(&error),
             }
         }
+        Some(Command::Plugin(PluginCommand::Check {
+            file,
+            config,
+            deadline_ms,
+        })) => plugin_check(&file, &config, Duration::from_millis(deadline_ms)),
         None => {
             let Some(file) = cli.config else {
                 eprintln!("kylin-gateway: --config FILE is required (see --help)");
@@ -72,6 +97,30 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn plugin_check(file: &Path, config: &str, deadline: Duration) -> ExitCode {
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            eprintln!("kylin-gateway: cannot read {}: {error}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match plugin::check(&bytes, config, deadline) {
+        Ok(report) => {
+            print!("plugin:   {}\n{report}", file.display());
+            if report.decision.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("kylin-gateway: {}: {error}", file.display());
+            ExitCode::FAILURE
         }
     }
 }
@@ -125,14 +174,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
-    let proxy = Arc::new(Proxy::new(&config, views.clone(), None));
+    let plugins = load_plugins(&config).await?;
+    let policy = plugins
+        .clone()
+        .map(|chain| Arc::new(chain) as Arc<dyn RoutingPolicy>);
+    let proxy = Arc::new(Proxy::new(&config, views.clone(), policy));
     let admin_listener = TcpListener::bind(config.listen.admin)
         .await
         .with_context(|| format!("listen.admin: cannot bind {}", config.listen.admin))?;
     let admin = Admin {
         views: views.clone(),
         metrics,
-        plugins: None,
+        plugins: plugins
+            .clone()
+            .map(|chain| Arc::new(chain) as Arc<dyn PluginControl>),
+    };
+    let _plugin_file_watch = match &plugins {
+        Some(chain) => {
+            plugin::reload_on_sighup(chain.clone()).context("SIGHUP handler")?;
+            if config.plugin_runtime.watch_files {
+                Some(plugin::watch_files(chain.clone()).context("watching plugin files")?)
+            } else {
+                None
+            }
+        }
+        None => None,
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(admin.serve(admin_listener, stopped()));
@@ -177,6 +243,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads the configured plugins off the runtime's workers (compilation is
+/// CPU-bound); `None` when none are configured.
+async fn load_plugins(config: &Config) -> anyhow::Result<Option<PluginChain>> {
+    if config.plugins.is_empty() {
+        return Ok(None);
+    }
+    let specs = config.plugins.clone();
+    let settings = config.plugin_runtime.clone();
+    let chain = tokio::task::spawn_blocking(move || {
+        let runtime = plugin::Runtime::new(&settings)
+            .map_err(|e| anyhow::anyhow!("plugin_runtime: {e:#}"))?;
+        anyhow::Ok(PluginChain::load(runtime, specs)?)
+    })
+    .await??;
+    tracing::info!(plugins = config.plugins.len(), "plugins loaded");
+    Ok(Some(chain))
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,205 @@
+//! Unit tests of the host's pure parts: decision validation, argument
+//! buffers, limits. Loading real components is tested end to end in
+//! `tests/tests/plugins_*.rs`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+use super::bindings;
+use super::check::sample_snapshot;
+use super::limits::Limits;
+use super::policy::{RequestFacts, Route};
+use super::runtime::{
+    FailureKind, PluginStats, convert_decision, empty_request, fill_load, fill_request, view_of,
+};
+use crate::classify::TrafficClass;
+use crate::config::PluginRuntime;
+
+fn decision(route: bindings::Route, headers: &[(&str, &str)]) -> bindings::Decision {
+    bindings::Decision {
+        route,
+        add_headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+#[test]
+fn prefer_keeps_known_ids_in_order_and_counts_unknown_ones() {
+    let snapshot = sample_snapshot(4);
+    let stats = PluginStats::new("t");
+    let ids = ["node-3", "ghost", "node-1"].map(String::from).to_vec();
+    let converted = convert_decision(
+        decision(bindings::Route::Prefer(ids), &[]),
+        &snapshot,
+        &stats,
+    )
+    .unwrap();
+    assert_eq!(
+        converted.route,
+        Route::Prefer(vec!["node-3".into(), "node-1".into()])
+    );
+    assert_eq!(stats.failures(FailureKind::UnknownNode), 1);
+}
+
+#[test]
+fn prefer_naming_only_unknown_nodes_is_malformed_and_empty_prefer_is_default() {
+    let snapshot = sample_snapshot(2);
+    let stats = PluginStats::new("t");
+    let only_ghosts = bindings::Route::Prefer(vec!["ghost".into()]);
+    let failure = convert_decision(decision(only_ghosts, &[]), &snapshot, &stats).unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Malformed);
+    let empty = convert_decision(
+        decision(bindings::Route::Prefer(Vec::new()), &[]),
+        &snapshot,
+        &stats,
+    )
+    .unwrap();
+    assert_eq!(empty.route, Route::Default);
+}
+
+#[test]
+fn reject_needs_an_error_status() {
+    let snapshot = sample_snapshot(1);
+    let stats = PluginStats::new("t");
+    let reject = |status| {
+        convert_decision(
+            decision(
+                bindings::Route::Reject(bindings::Rejection {
+                    status,
+                    message: "m".into(),
+                }),
+                &[],
+            ),
+            &snapshot,
+            &stats,
+        )
+    };
+    assert_eq!(
+        reject(503).unwrap().route,
+        Route::Reject {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "m".into()
+        }
+    );
+    for bad in [0, 42, 200, 302, 600, 1000] {
+        assert_eq!(
+            reject(bad).unwrap_err().kind,
+            FailureKind::Malformed,
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn headers_must_be_valid_and_not_framing_headers() {
+    let snapshot = sample_snapshot(1);
+    let stats = PluginStats::new("t");
+    let with = |name: &str, value: &str| {
+        convert_decision(
+            decision(bindings::Route::Default, &[(name, value)]),
+            &snapshot,
+            &stats,
+        )
+    };
+    let ok = with("X-Route-Reason", "affinity").unwrap();
+    assert_eq!(ok.add_headers[0].0.as_str(), "x-route-reason");
+    for (name, value) in [
+        ("bad name", "v"),
+        ("x-ok", "line\nbreak"),
+        ("content-length", "0"),
+        ("Host", "evil"),
+        ("transfer-encoding", "chunked"),
+    ] {
+        assert_eq!(
+            with(name, value).unwrap_err().kind,
+            FailureKind::Malformed,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn request_buffers_are_reused_and_fully_overwritten() {
+    let mut headers = HeaderMap::new();
+    headers.insert("a", HeaderValue::from_static("1"));
+    headers.insert("b", HeaderValue::from_static("2"));
+    headers.insert("binary", HeaderValue::from_bytes(b"\xff").unwrap());
+    let facts = RequestFacts {
+        method: &Method::POST,
+        path: "/kylin/api/query",
+        query: Some("project=p"),
+        headers: &headers,
+        class: TrafficClass::Query,
+        client: SocketAddr::from(([127, 0, 0, 1], 9)),
+        body_prefix: b"{}",
+    };
+    let mut request = empty_request();
+    fill_request(&mut request, &facts, b"{}", true);
+    assert_eq!(request.headers.len(), 2, "non-UTF-8 values are left out");
+    assert_eq!(request.client, "127.0.0.1:9");
+    let fewer = HeaderMap::new();
+    let facts = RequestFacts {
+        method: &Method::GET,
+        path: "/x",
+        query: None,
+        headers: &fewer,
+        ..facts
+    };
+    fill_request(&mut request, &facts, b"", true);
+    assert!(request.headers.is_empty());
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        ("GET", "/x")
+    );
+    assert_eq!(request.query, None);
+    assert!(request.body_prefix.is_empty());
+}
+
+#[test]
+fn view_marks_the_leader_and_load_follows_the_nodes() {
+    let four = sample_snapshot(4);
+    let view = view_of(&four);
+    assert_eq!(view.nodes.len(), 4);
+    assert!(view.nodes[0].is_leader && view.nodes[0].serves_job);
+    assert!(
+        view.nodes[1..]
+            .iter()
+            .all(|n| !n.is_leader && n.serves_query)
+    );
+    let mut load = bindings::ViewLoad {
+        version: 0,
+        nodes: Vec::new(),
+    };
+    four.nodes[2]
+        .state
+        .in_flight
+        .store(7, std::sync::atomic::Ordering::Relaxed);
+    fill_load(&mut load, &four);
+    assert_eq!(load.version, four.version);
+    assert!(load.nodes.iter().all(|n| n.healthy));
+    assert_eq!(load.nodes[2].in_flight, 7);
+    fill_load(&mut load, &sample_snapshot(2));
+    assert_eq!(load.nodes.len(), 2);
+}
+
+#[test]
+fn the_deadline_is_rounded_up_to_whole_ticks() {
+    let runtime = |deadline| PluginRuntime {
+        deadline,
+        memory_bytes: 1 << 20,
+        cache_dir: None,
+        watch_files: false,
+    };
+    assert_eq!(
+        Limits::from_runtime(&runtime(Duration::from_millis(2))).deadline_ticks,
+        2
+    );
+    assert_eq!(
+        Limits::from_runtime(&runtime(Duration::from_micros(10))).deadline_ticks,
+        1
+    );
+}

@@ -1,0 +1,110 @@
+//! The plugin runtime used as a library: instance pooling under concurrent
+//! calls and the replacement of instances that failed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+use kylin_gateway::classify::TrafficClass;
+use kylin_gateway::config::{OnError, PluginRuntime, PluginSpec};
+use kylin_gateway::plugin::{
+    FailureKind, LoadedPlugin, PluginStats, RequestFacts, Route, Runtime, sample_snapshot,
+};
+use kylin_gateway_tests::support::plugins::built;
+
+fn load(path: &std::path::Path, config: &str) -> (Runtime, LoadedPlugin) {
+    let settings = PluginRuntime {
+        deadline: Duration::from_millis(100),
+        memory_bytes: 16 << 20,
+        cache_dir: None,
+        watch_files: false,
+    };
+    let runtime = Runtime::new(&settings).unwrap();
+    let spec = PluginSpec {
+        name: "t".into(),
+        path: path.to_path_buf(),
+        config: config.into(),
+        on_error: OnError::Fallback,
+    };
+    let bytes = std::fs::read(path).unwrap();
+    let plugin = runtime
+        .load(&spec, &bytes, Arc::new(PluginStats::new("t")))
+        .unwrap();
+    (runtime, plugin)
+}
+
+fn facts<'a>(headers: &'a HeaderMap, query: Option<&'a str>, body: &'a [u8]) -> RequestFacts<'a> {
+    RequestFacts {
+        method: &Method::POST,
+        path: "/kylin/api/query",
+        query,
+        headers,
+        class: TrafficClass::Query,
+        client: SocketAddr::from(([127, 0, 0, 1], 1)),
+        body_prefix: body,
+    }
+}
+
+#[test]
+fn concurrent_calls_each_borrow_an_instance_and_give_it_back() {
+    let (_runtime, plugin) = load(&built().query_affinity, "");
+    let snapshot = sample_snapshot(8);
+    let headers = HeaderMap::new();
+    std::thread::scope(|scope| {
+        for thread in 0..4 {
+            let (plugin, snapshot, headers) = (&plugin, &snapshot, &headers);
+            scope.spawn(move || {
+                for i in 0..100 {
+                    let body = format!(r#"{{"project":"p","sql":"select {thread}, {i}"}}"#);
+                    let decision = plugin
+                        .call(&facts(headers, None, body.as_bytes()), snapshot)
+                        .unwrap();
+                    assert!(matches!(decision.route, Route::Prefer(ref ids) if ids.len() == 3));
+                }
+            });
+        }
+    });
+    assert_eq!(plugin.stats.calls(), 400);
+    let idle = plugin.idle_instances();
+    assert!(
+        (1..=4).contains(&idle),
+        "instances are kept, one per concurrent caller at most: {idle}"
+    );
+}
+
+#[test]
+fn a_failed_call_discards_its_instance_and_the_next_call_gets_a_fresh_one() {
+    let (_runtime, plugin) = load(&built().misbehave, "panic");
+    let snapshot = sample_snapshot(2);
+    let headers = HeaderMap::new();
+    assert_eq!(plugin.idle_instances(), 1, "the instance made at load time");
+    let failure = plugin
+        .call(&facts(&headers, None, b""), &snapshot)
+        .unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Trap);
+    assert_eq!(plugin.idle_instances(), 0, "the trapped instance is gone");
+    // `?calm` makes the same component behave.
+    let decision = plugin
+        .call(&facts(&headers, Some("calm"), b""), &snapshot)
+        .unwrap();
+    assert_eq!(decision.route, Route::Default);
+    assert_eq!(decision.add_headers[0].0.as_str(), "x-misbehave");
+    assert_eq!(plugin.idle_instances(), 1);
+    assert_eq!(plugin.stats.failures(FailureKind::Trap), 1);
+}
+
+#[test]
+fn an_instance_sees_a_new_view_after_a_publish() {
+    let (_runtime, plugin) = load(&built().canary, r#"{"nodes": ["node-3"], "percent": 100}"#);
+    let headers = HeaderMap::new();
+    let with_canary = sample_snapshot(4);
+    let decision = plugin
+        .call(&facts(&headers, None, b""), &with_canary)
+        .unwrap();
+    assert_eq!(decision.route, Route::Prefer(vec!["node-3".into()]));
+    // A view without node-3: the canary is gone, the built-in choice stays.
+    let without = sample_snapshot(2);
+    let decision = plugin.call(&facts(&headers, None, b""), &without).unwrap();
+    assert_eq!(decision.route, Route::Default);
+}
