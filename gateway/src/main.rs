@@ -167,8 +167,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = admin::install_recorder();
     let views = ViewPublisher::new();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx_for_tasks = stop_rx.clone();
     let stopped = move || {
-        let mut rx = stop_rx.clone();
+        let mut rx = stop_rx_for_tasks.clone();
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
         }
@@ -185,6 +186,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let admin = Admin {
         views: views.clone(),
         metrics,
+        draining: stop_rx.clone(),
         plugins: plugins
             .clone()
             .map(|chain| Arc::new(chain) as Arc<dyn PluginControl>),
@@ -200,8 +202,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The admin listener outlives the proxy listeners: it reports
+    // `draining` on /readyz until every open request has finished.
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(admin.serve(admin_listener, async move {
+        let _ = admin_stop_rx.await;
+    }));
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(admin.serve(admin_listener, stopped()));
     tokio::spawn(discovery::run(config.discovery.clone(), views.clone()));
 
     if let Some(address) = config.listen.http {
@@ -241,6 +248,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    let _ = admin_stop_tx.send(());
+    let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -52,6 +52,10 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         !slow.is_finished(),
         "the slow request ended before new connections were refused"
     );
+    // While draining, the admin listener stays up and says not ready.
+    let admin = client();
+    let readyz = get(&admin, &gateway.admin_url("/readyz")).await.unwrap();
+    assert_eq!((readyz.status, readyz.text().as_str()), (503, "draining\n"));
     let (reply, took) = slow.await.unwrap();
     let reply = reply.expect("the in-flight request was cut off");
     assert_eq!(reply.status, 200);

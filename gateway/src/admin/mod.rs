@@ -33,6 +33,9 @@ pub struct Admin {
     pub views: ViewPublisher,
     pub metrics: Option<PrometheusHandle>,
     pub plugins: Option<Arc<dyn PluginControl>>,
+    /// True once shutdown began: `/readyz` then answers 503 so load
+    /// balancers stop sending while open requests drain.
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -68,7 +71,9 @@ impl Admin {
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => {
-                if snapshot.ready() {
+                if *self.draining.borrow() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else if snapshot.ready() {
                     text(StatusCode::OK, "ready\n")
                 } else if !snapshot.has_view {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no cluster view yet\n")
