@@ -66,7 +66,7 @@ on_error = "fallback"
 TOML
 
 echo "== kylin-gateway on 127.0.0.1:$http_port (admin 127.0.0.1:$admin_port)"
-RUST_LOG=${RUST_LOG:-info} target/release/kylin-gateway --config "$dir/gateway.toml" 2>"$dir/gateway.log" &
+RUST_LOG=${RUST_LOG:-info} target/release/kylin-gateway --config "$dir/gateway.toml" >"$dir/gateway.log" 2>&1 &
 pids+=("$!")
 for _ in $(seq 1 200); do
   curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break
