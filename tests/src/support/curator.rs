@@ -6,12 +6,12 @@
 //! `/curator/leader`).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::output::NodeLog;
 use super::process::ChildGuard;
 
 const JAVA_DIR: &str = "/usr/share/java";
@@ -121,7 +121,7 @@ pub struct CuratorNode {
     pub port: u16,
     pub ready_at: Instant,
     process: ChildGuard,
-    log: Arc<Mutex<Vec<(Instant, String)>>>,
+    log: NodeLog,
 }
 
 impl CuratorNode {
@@ -145,34 +145,11 @@ impl CuratorNode {
         let mut process =
             ChildGuard::spawn(format!("curator-node {name}"), &mut command).expect("spawn java");
         let child = process.child_mut().expect("child");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let log_writer = log.clone();
-        let echo = std::env::var_os("KGW_TEST_LOG").is_some();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if echo {
-                    eprintln!("{line}");
-                }
-                log_writer.lock().unwrap().push((Instant::now(), line));
-            }
-        });
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(port) = line.strip_prefix("READY ") {
-                    let _ = ready_tx.send((Instant::now(), port.trim().parse::<u16>()));
-                }
-            }
-        });
-        let Ok((ready_at, Ok(port))) = ready_rx.recv_timeout(Duration::from_secs(60)) else {
-            let lines: Vec<String> = log.lock().unwrap().iter().map(|l| l.1.clone()).collect();
-            panic!(
-                "curator node {name} did not print READY; stderr:\n{}",
-                lines.join("\n")
-            );
-        };
+        let (log, ready_at, port) = NodeLog::capture(
+            child,
+            &format!("curator node {name}"),
+            Duration::from_secs(60),
+        );
         CuratorNode {
             name: name.to_string(),
             port,
@@ -188,32 +165,13 @@ impl CuratorNode {
 
     /// Whether Curator's takeLeadership is running in this node.
     pub fn says_leader(&self) -> bool {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find_map(|(_, line)| {
-                if line.contains(": NOT LEADER") {
-                    Some(false)
-                } else if line.contains(": LEADER") {
-                    Some(true)
-                } else {
-                    None
-                }
-            })
-            .unwrap_or(false)
+        self.log.says_leader()
     }
 
     /// The first stderr line after `since` that contains `needle`, with
     /// the time the test read it.
     pub fn logged_since(&self, since: Instant, needle: &str) -> Option<(Instant, String)> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(at, line)| *at >= since && line.contains(needle))
-            .cloned()
+        self.log.logged_since(since, needle)
     }
 
     /// Sends SIGTERM without waiting for the exit.

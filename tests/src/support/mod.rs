@@ -7,6 +7,7 @@ pub mod curator;
 pub mod eventually;
 pub mod gateway;
 pub mod http;
+pub mod output;
 pub mod plugins;
 pub mod process;
 pub mod sim;

@@ -3,11 +3,10 @@
 //! instance registered). Its stderr lines are kept with arrival times so
 //! tests can see leadership changes (`KGW_TEST_LOG` also echoes them).
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::output::{LogLine, NodeLog};
 use super::process::{ChildGuard, target_bin};
 
 /// How to run one simulated node.
@@ -72,9 +71,6 @@ impl SimConfig {
     }
 }
 
-/// One stderr line and when the test saw it.
-pub type LogLine = (Instant, String);
-
 /// A running simulated node.
 pub struct SimNode {
     pub name: String,
@@ -82,7 +78,7 @@ pub struct SimNode {
     /// When `READY` was read.
     pub ready_at: Instant,
     process: ChildGuard,
-    log: Arc<Mutex<Vec<LogLine>>>,
+    log: NodeLog,
 }
 
 impl SimNode {
@@ -123,39 +119,11 @@ impl SimNode {
         let mut process = ChildGuard::spawn(format!("kylin-sim {}", config.name), &mut command)
             .expect("spawn kylin-sim");
         let child = process.child_mut().expect("child");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let log_writer = log.clone();
-        let echo = std::env::var_os("KGW_TEST_LOG").is_some();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if echo {
-                    eprintln!("{line}");
-                }
-                log_writer.lock().unwrap().push((Instant::now(), line));
-            }
-        });
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(port) = line.strip_prefix("READY ") {
-                    let _ = ready_tx.send((Instant::now(), port.trim().parse::<u16>()));
-                }
-            }
-        });
-        let (ready_at, port) = match ready_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok((at, Ok(port))) => (at, port),
-            other => {
-                let lines: Vec<String> = log.lock().unwrap().iter().map(|l| l.1.clone()).collect();
-                panic!(
-                    "kylin-sim {} did not print READY ({other:?}); stderr:\n{}",
-                    config.name,
-                    lines.join("\n")
-                )
-            }
-        };
+        let (log, ready_at, port) = NodeLog::capture(
+            child,
+            &format!("kylin-sim {}", config.name),
+            Duration::from_secs(30),
+        );
         SimNode {
             name: config.name.clone(),
             port,
@@ -196,26 +164,17 @@ impl SimNode {
 
     /// Every stderr line so far.
     pub fn log(&self) -> Vec<LogLine> {
-        self.log.lock().unwrap().clone()
+        self.log.lines()
     }
 
     /// The first stderr line after `since` that contains `needle`.
     pub fn logged_since(&self, since: Instant, needle: &str) -> Option<LogLine> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(at, line)| *at >= since && line.contains(needle))
-            .cloned()
+        self.log.logged_since(since, needle)
     }
 
-    /// Like [`Self::logged_since`], waiting up to `timeout` for the line: the
-    /// reader thread may not have seen it yet when another process already
-    /// reacted to what it reports.
+    /// Like [`Self::logged_since`], waiting up to `timeout` for the line.
     pub fn wait_logged_since(&self, since: Instant, needle: &str, timeout: Duration) -> LogLine {
-        super::eventually(&format!("{} logs {needle:?}", self.name), timeout, || {
-            self.logged_since(since, needle)
-        })
+        self.log.wait_logged_since(since, needle, timeout)
     }
 
     /// Waits (up to `timeout`) until the node says it leads.
@@ -228,20 +187,6 @@ impl SimNode {
     /// Whether the node currently says it leads (its last LEADER /
     /// NOT LEADER line).
     pub fn says_leader(&self) -> bool {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find_map(|(_, line)| {
-                if line.contains(": NOT LEADER") {
-                    Some(false)
-                } else if line.contains(": LEADER ") {
-                    Some(true)
-                } else {
-                    None
-                }
-            })
-            .unwrap_or(false)
+        self.log.says_leader()
     }
 }
