@@ -34,6 +34,15 @@ impl TrafficClass {
         }
     }
 
+    /// Position in [`TrafficClass::ALL`], for per-class tables.
+    pub fn index(self) -> usize {
+        match self {
+            TrafficClass::Query => 0,
+            TrafficClass::Job => 1,
+            TrafficClass::Other => 2,
+        }
+    }
+
     pub fn parse(text: &str) -> Option<TrafficClass> {
         match text {
             "query" => Some(TrafficClass::Query),

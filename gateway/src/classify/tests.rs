@@ -227,3 +227,10 @@ fn a_base_with_a_trailing_slash_or_none_at_all_still_groups_rules() {
         TrafficClass::Other
     );
 }
+
+#[test]
+fn class_index_is_the_position_in_all() {
+    for (i, class) in TrafficClass::ALL.into_iter().enumerate() {
+        assert_eq!(class.index(), i);
+    }
+}
