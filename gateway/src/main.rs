@@ -1,6 +1,7 @@
 //! `kylin-gateway`: wiring only. Reads files, builds the pieces from the
 //! library, runs them until SIGTERM/SIGINT.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -115,6 +116,9 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
+        // Colour codes only for a terminal: a log file or collector gets
+        // plain lines, and each line costs less to format.
+        .with_ansi(std::io::stdout().is_terminal())
         .with_writer(writer)
         .init();
     guard
