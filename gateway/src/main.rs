@@ -1,6 +1,7 @@
 //! `kylin-gateway`: wiring only. Reads files, builds the pieces from the
 //! library, runs them until SIGTERM/SIGINT.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -87,7 +88,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(error) => return config_failure(&error),
             };
-            init_tracing();
+            let _log_writer = init_tracing();
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -154,13 +155,22 @@ fn load_config(file: &Path, kylin_properties: Option<&Path>) -> anyhow::Result<C
     Ok(config)
 }
 
-fn init_tracing() {
+/// Logs (the per-request access log included) go to stdout through a
+/// background writer thread, so a request never waits on the stdout lock or
+/// a `write` syscall. Keep the guard alive: dropping it flushes what is queued.
+fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
+        // Colour codes only for a terminal: a log file or collector gets
+        // plain lines, and each line costs less to format.
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_writer(writer)
         .init();
+    guard
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

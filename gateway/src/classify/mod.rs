@@ -1,6 +1,8 @@
 //! Traffic classification: which of `query`, `job` or `other` a request is.
 //! Built-in rules come from Kylin's REST API (base `/kylin/api`); operator
 //! rules from config are evaluated first, in order, and the first match wins.
+//! Built-in rules are grouped by their first segment after the API base, so a
+//! request is checked only against the few rules that could match it.
 
 mod pattern;
 
@@ -29,6 +31,15 @@ impl TrafficClass {
             TrafficClass::Query => "query",
             TrafficClass::Job => "job",
             TrafficClass::Other => "other",
+        }
+    }
+
+    /// Position in [`TrafficClass::ALL`], for per-class tables.
+    pub fn index(self) -> usize {
+        match self {
+            TrafficClass::Query => 0,
+            TrafficClass::Job => 1,
+            TrafficClass::Other => 2,
         }
     }
 
@@ -65,7 +76,13 @@ impl Rule {
 /// Classifies requests: operator rules first, then Kylin's built-in ones.
 #[derive(Clone, Debug)]
 pub struct Classifier {
-    rules: Vec<Rule>,
+    operator_rules: Vec<Rule>,
+    /// `api_base` without a trailing slash.
+    base: String,
+    /// Built-in rules by the literal segment that follows `base`, in table
+    /// order within a group. Rules of different groups cannot match the same
+    /// path, so first-match order is the same as checking them all in turn.
+    builtin: Vec<(&'static str, Vec<Rule>)>,
     read_only_posts: Vec<PathPattern>,
 }
 
@@ -73,15 +90,15 @@ impl Classifier {
     /// `operator_rules` take precedence over the built-in rules for Kylin's
     /// REST API rooted at `api_base` (normally `/kylin/api`).
     pub fn new(operator_rules: Vec<Rule>, api_base: &str) -> Classifier {
-        let mut rules = operator_rules;
-        rules.extend(builtin_rules(api_base));
         let base = api_base.trim_end_matches('/');
         let read_only_posts = ["/query", "/query/prestate"]
             .iter()
             .map(|p| PathPattern::parse(&format!("{base}{p}")).expect("built-in pattern"))
             .collect();
         Classifier {
-            rules,
+            operator_rules,
+            base: base.to_string(),
+            builtin: builtin_rules(base),
             read_only_posts,
         }
     }
@@ -97,10 +114,24 @@ impl Classifier {
     }
 
     pub fn classify(&self, method: &Method, path: &str) -> TrafficClass {
-        self.rules
-            .iter()
+        let operator = self.operator_rules.iter();
+        let builtin = self.builtin_candidates(path).iter();
+        operator
+            .chain(builtin)
             .find(|rule| rule.matches(method, path))
             .map_or(TrafficClass::Other, |rule| rule.class)
+    }
+
+    /// The built-in rules that may match `path`: those of the group named by
+    /// the segment after the API base (none if the path is outside it).
+    fn builtin_candidates(&self, path: &str) -> &[Rule] {
+        let segment = path
+            .strip_prefix(self.base.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .map(|rest| rest.split('/').next().unwrap_or(rest));
+        segment
+            .and_then(|segment| self.builtin.iter().find(|(first, _)| *first == segment))
+            .map_or(&[], |(_, rules)| rules.as_slice())
     }
 }
 
@@ -158,11 +189,13 @@ const BUILTIN: &[(&str, &str, TrafficClass)] = {
     ]
 };
 
-fn builtin_rules(api_base: &str) -> Vec<Rule> {
-    let base = api_base.trim_end_matches('/');
-    BUILTIN
-        .iter()
-        .map(|&(methods, path, class)| Rule {
+/// The built-in rules under `base`, grouped by the first segment of their
+/// path (always a literal in [`BUILTIN`]).
+fn builtin_rules(base: &str) -> Vec<(&'static str, Vec<Rule>)> {
+    let mut groups: Vec<(&'static str, Vec<Rule>)> = Vec::new();
+    for &(methods, path, class) in BUILTIN {
+        let first = first_segment(path);
+        let rule = Rule {
             methods: methods
                 .split(',')
                 .filter(|m| !m.is_empty())
@@ -170,8 +203,19 @@ fn builtin_rules(api_base: &str) -> Vec<Rule> {
                 .collect(),
             path: PathPattern::parse(&format!("{base}{path}")).expect("built-in pattern"),
             class,
-        })
-        .collect()
+        };
+        match groups.iter_mut().find(|(name, _)| *name == first) {
+            Some((_, rules)) => rules.push(rule),
+            None => groups.push((first, vec![rule])),
+        }
+    }
+    groups
+}
+
+/// `"/cubes/{cube}/build"` → `"cubes"`.
+fn first_segment(path: &'static str) -> &'static str {
+    let rest = path.trim_start_matches('/');
+    rest.split('/').next().unwrap_or(rest)
 }
 
 #[cfg(test)]

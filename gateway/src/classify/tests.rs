@@ -184,3 +184,53 @@ fn only_reads_are_replay_safe() {
         assert_eq!(c.replay_safe(&m, path), safe, "{method} {path}");
     }
 }
+
+#[test]
+fn builtin_rules_start_with_a_literal_segment() {
+    // The grouping by first segment relies on it.
+    for (_, path, _) in BUILTIN {
+        let first = first_segment(path);
+        assert!(
+            !first.is_empty() && !first.contains(['{', '*']),
+            "{path} does not start with a literal segment"
+        );
+    }
+}
+
+#[test]
+fn paths_outside_the_api_base_or_with_empty_segments_are_other() {
+    for path in [
+        "/kylin/index.html",
+        "/kylin/apix/query",
+        "/kylin/api",
+        "/kylin/api/",
+        "/kylin/api//query",
+        "/query",
+        "",
+    ] {
+        assert_eq!(class_of("POST", path), TrafficClass::Other, "{path}");
+    }
+}
+
+#[test]
+fn a_base_with_a_trailing_slash_or_none_at_all_still_groups_rules() {
+    let method = Method::PUT;
+    let slash = Classifier::new(Vec::new(), "/kylin/api/");
+    assert_eq!(
+        slash.classify(&method, "/kylin/api/cubes/c/build"),
+        TrafficClass::Job
+    );
+    let root = Classifier::new(Vec::new(), "");
+    assert_eq!(root.classify(&method, "/cubes/c/build"), TrafficClass::Job);
+    assert_eq!(
+        root.classify(&method, "/kylin/api/cubes/c/build"),
+        TrafficClass::Other
+    );
+}
+
+#[test]
+fn class_index_is_the_position_in_all() {
+    for (i, class) in TrafficClass::ALL.into_iter().enumerate() {
+        assert_eq!(class.index(), i);
+    }
+}

@@ -25,22 +25,39 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 /// `Transfer-Encoding` goes too: hyper frames bodies itself.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most requests carry no Connection header.
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
+    // One pass over the few names a message has tells which of the ten
+    // listed names are present; only those are removed (each removal hashes).
+    // Most requests carry none; responses usually just `Connection`.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == header::TRANSFER_ENCODING {
+            present |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    // The names `Connection` lists go too (a cheap copy of the value, so the
+    // map can change while its tokens are read; `&str` keys need no
+    // allocation, and an invalid name removes nothing).
+    if let Some(connection) = headers.get(header::CONNECTION).cloned() {
+        for name in connection.to_str().unwrap_or("").split(',') {
+            let name = name.trim();
+            if !name.is_empty() {
+                headers.remove(name);
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if present & (1 << HOP_BY_HOP.len()) != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
     }
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// Appends the client to `X-Forwarded-For` and sets proto and host.
@@ -50,7 +67,6 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    use std::io::Write;
     // One buffer, written in place: the header value takes it over as is.
     let mut xff = Vec::with_capacity(48);
     if let Some(existing) = headers
@@ -61,13 +77,38 @@ pub fn set_forwarded(
         xff.extend_from_slice(existing);
         xff.extend_from_slice(b", ");
     }
-    let _ = write!(xff, "{client}");
+    push_ip(&mut xff, client);
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// Writes `ip` as text; IPv4 by hand, since `fmt` machinery costs about a
+/// thousand instructions per request here.
+fn push_ip(buf: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                if octet >= 100 {
+                    buf.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    buf.push(b'0' + octet / 10 % 10);
+                }
+                buf.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write;
+            let _ = write!(buf, "{ip}");
+        }
     }
 }
 
@@ -174,5 +215,43 @@ mod tests {
         );
         assert!(sets_cookie(&r, "JSESSIONID"));
         assert!(!sets_cookie(&r, "JSESSION"));
+    }
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.9.99.100",
+            "255.255.255.255",
+            "192.168.10.1",
+            "::1",
+            "::ffff:10.0.0.1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut text = Vec::new();
+            push_ip(&mut text, ip);
+            assert_eq!(String::from_utf8(text).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("kylin:7070"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
     }
 }

@@ -12,8 +12,8 @@ pub use body::{RequestBody, ResponseBody};
 pub use error::GatewayError;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -30,7 +30,7 @@ use crate::balance::{Balancer, Tried, hash_key};
 use crate::classify::{Classifier, TrafficClass};
 use crate::config::{BalanceKind, Config, HashKey, Routing};
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
-use crate::view::{Snapshot, ViewPublisher};
+use crate::view::{RequestCounters, Snapshot, ViewPublisher};
 use body::{BodySlot, InFlight, Recoverable};
 
 type UpstreamClient = Client<HttpConnector, Recoverable>;
@@ -50,6 +50,11 @@ pub struct Proxy {
     response_header_timeout: Duration,
     client: UpstreamClient,
     policy: Option<Arc<dyn RoutingPolicy>>,
+    /// `kgw_requests_total` for requests that reached no node (`upstream="-"`).
+    unrouted: Arc<RequestCounters>,
+    /// `kgw_request_duration_seconds` by class, registered on first use (the
+    /// recorder is installed by then).
+    durations: [OnceLock<metrics::Histogram>; TrafficClass::ALL.len()],
 }
 
 /// The connection a request arrived on.
@@ -90,6 +95,8 @@ impl Proxy {
             response_header_timeout: config.upstream.response_header_timeout,
             client,
             policy,
+            unrouted: Arc::new(RequestCounters::new(Arc::from("-"))),
+            durations: Default::default(),
         }
     }
 
@@ -128,23 +135,21 @@ impl Proxy {
         };
         let elapsed = started.elapsed();
         let status = response.status();
-        let upstream = outcome.upstream.clone().unwrap_or_else(|| Arc::from("-"));
-        metrics::counter!(
-            "kgw_requests_total",
-            "class" => class.as_str(),
-            "status" => status_label(status.as_u16()),
-            "upstream" => upstream.clone(),
-        )
-        .increment(1);
-        metrics::histogram!("kgw_request_duration_seconds", "class" => class.as_str())
+        let counters = outcome.upstream.as_ref().unwrap_or(&self.unrouted);
+        counters.increment(class, status.as_u16());
+        self.durations[class.index()]
+            .get_or_init(
+                || metrics::histogram!("kgw_request_duration_seconds", "class" => class.as_str()),
+            )
             .record(elapsed.as_secs_f64());
+        let upstream = counters.upstream();
         tracing::info!(
             target: "access",
             client = %downstream.client,
             method = %method,
             path = outcome.path.as_ref().map_or("", |pq| pq.path()),
             class = class.as_str(),
-            upstream = &*upstream,
+            upstream = &**upstream,
             status = status.as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             retries = outcome.retries,
@@ -299,7 +304,7 @@ impl Proxy {
                     })?,
             };
             let node = &snapshot.nodes[node_index];
-            outcome.upstream = Some(node.label.clone());
+            outcome.upstream = Some(node.requests.clone());
             let Some(authority) = node.authority.clone() else {
                 tried.insert(node_index);
                 continue;
@@ -435,7 +440,8 @@ impl Proxy {
 #[derive(Default)]
 struct Outcome {
     path: Option<PathAndQuery>,
-    upstream: Option<Arc<str>>,
+    /// The node last tried, by its request counters (which carry its label).
+    upstream: Option<Arc<RequestCounters>>,
     retries: u32,
     error: Option<String>,
 }
@@ -449,25 +455,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
-}
-
-/// Status codes as static label values: no allocation for the common ones.
-fn status_label(status: u16) -> metrics::SharedString {
-    match status {
-        200 => "200".into(),
-        201 => "201".into(),
-        204 => "204".into(),
-        301 => "301".into(),
-        302 => "302".into(),
-        304 => "304".into(),
-        400 => "400".into(),
-        401 => "401".into(),
-        403 => "403".into(),
-        404 => "404".into(),
-        500 => "500".into(),
-        502 => "502".into(),
-        503 => "503".into(),
-        504 => "504".into(),
-        other => other.to_string().into(),
-    }
 }

@@ -6,9 +6,11 @@
 
 mod node;
 mod publish;
+mod request_counters;
 
 pub use node::{Modes, Node, NodeState};
 pub use publish::{RoutableNode, Snapshot, ViewPublisher, ViewWatch};
+pub use request_counters::RequestCounters;
 
 use std::sync::Arc;
 

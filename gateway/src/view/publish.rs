@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use super::{ClusterView, Node, NodeState};
+use super::{ClusterView, Node, NodeState, RequestCounters};
 use crate::balance::HashRing;
 
 /// One node of a snapshot with the state the data path updates.
@@ -22,6 +22,8 @@ pub struct RoutableNode {
     pub affinity_tag: Arc<str>,
     /// `ip:port` to put in the upstream request URI, once resolved.
     pub authority: Option<http::uri::Authority>,
+    /// `kgw_requests_total` handles labelled with this node's `label`.
+    pub requests: Arc<RequestCounters>,
 }
 
 /// An immutable routing table derived from one [`ClusterView`].
@@ -125,11 +127,13 @@ impl ViewPublisher {
                     .entry(node.id.clone())
                     .or_insert_with(|| Arc::new(NodeState::default()))
                     .clone();
+                let label: Arc<str> = node.advertised().into();
                 RoutableNode {
                     authority: node
                         .addr
                         .and_then(|a| http::uri::Authority::try_from(a.to_string()).ok()),
-                    label: node.advertised().into(),
+                    requests: Arc::new(RequestCounters::new(label.clone())),
+                    label,
                     affinity_tag: affinity_tag(&node.id).into(),
                     node: node.clone(),
                     state,
