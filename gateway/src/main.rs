@@ -212,12 +212,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
-    // The admin listener outlives the proxy listeners: it reports
-    // `draining` on /readyz until every open request has finished.
-    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = tokio::spawn(admin.serve(admin_listener, async move {
-        let _ = admin_stop_rx.await;
-    }));
     let mut tasks = tokio::task::JoinSet::new();
     tokio::spawn(discovery::run(config.discovery.clone(), views.clone()));
 
@@ -252,6 +246,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
             config.drain_timeout,
         ));
     }
+    // The admin listener starts last, so /readyz answers only once every
+    // proxy listener is bound, and outlives them: it reports `draining`
+    // until every open request has finished.
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(admin.serve(admin_listener, async move {
+        let _ = admin_stop_rx.await;
+    }));
     tracing::info!(admin = %config.listen.admin, "kylin-gateway started");
 
     shutdown_signal().await;
