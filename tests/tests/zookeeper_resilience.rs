@@ -177,21 +177,28 @@ async fn ensemble_with_one_server_down_keeps_working_and_quorum_loss_keeps_the_l
         stale(&c, &gateway).await == Some(true)
     })
     .await;
-    // The view the gateway had when it lost ZooKeeper. Usually all three
-    // nodes; a node caught between Curator's delete and create of a
-    // re-registration when the quorum went is legitimately missing.
-    let last_view = addresses(&c, &gateway).await;
-    assert!(last_view.len() >= 2, "last view: {last_view:?}");
+    // The view the gateway holds without a quorum. Usually all three nodes;
+    // a node caught between Curator's delete and create of a
+    // re-registration is legitimately missing, and the lone server may
+    // still answer reads until it notices the quorum is gone, so the view
+    // can settle once more. What must hold: the view is not dropped, it
+    // names only nodes that exist, and queries keep being served.
+    let known = [leader.addr(), _q1.addr(), joined.addr()];
     let ok_without_quorum = traffic.ok();
     poll_until("queries served without quorum", WAIT, || async {
         traffic.ok() > ok_without_quorum + 20
     })
     .await;
-    assert_eq!(
-        addresses(&c, &gateway).await,
-        last_view,
-        "the last view is kept"
+    let held = addresses(&c, &gateway).await;
+    assert!(held.len() >= 2, "the view was dropped: {held:?}");
+    assert!(
+        held.iter().all(|a| known.contains(a)),
+        "unknown nodes in {held:?}"
     );
+    poll_until("view still marked stale without quorum", WAIT, || async {
+        stale(&c, &gateway).await == Some(true)
+    })
+    .await;
 
     // Quorum back: fresh again, and changes follow again.
     ensemble.start_member(0, false);
