@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Proxy overhead on loopback: wrk against nginx directly, through
-# kylin-gateway (release build), and through HAProxy, with the same wrk
+# kylin-gateway (release build), through kylin-gateway with the
+# query-affinity plugin deciding every query, and through HAProxy, with the same wrk
 # settings; prints requests/s and latency, and each as a ratio to direct.
 #
 #   bench/proxy.sh                      # 10 s per target, 2 threads, 64 connections
@@ -14,7 +15,9 @@ set -euo pipefail
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
-REQUEST_PATH=${REQUEST_PATH:-/kylin/api/projects}
+# A Kylin query (POST with a JSON body): the class routing plugins see.
+REQUEST_PATH=${REQUEST_PATH:-/kylin/api/query}
+PLUGIN=${PLUGIN:-plugins/target/wasm32-wasip2/release/query_affinity.wasm}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/kgw-bench.XXXXXX)
@@ -63,6 +66,8 @@ gateway_bin="$target_dir/release/kylin-gateway"
 nginx_port=$(free_port)
 gateway_port=$(free_port)
 admin_port=$(free_port)
+plugin_port=$(free_port)
+plugin_admin_port=$(free_port)
 haproxy_port=$(free_port)
 
 # nginx as the backend: a small fixed JSON body, as a Kylin node would answer.
@@ -109,6 +114,28 @@ RUST_LOG=warn "$gateway_bin" --config "$work/gateway.toml" >"$work/gateway.log" 
 pids+=($!)
 gateway_pid=$!
 
+# The same gateway with the query-affinity plugin deciding every query.
+if [ ! -f "$root/$PLUGIN" ]; then
+    (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 >&2)
+fi
+sed -e "s/$gateway_port/$plugin_port/" -e "s/$admin_port/$plugin_admin_port/" "$work/gateway.toml" \
+    >"$work/gateway-plugin.toml"
+cat >>"$work/gateway-plugin.toml" <<EOF
+[[plugins]]
+name = "affinity"
+path = "$root/$PLUGIN"
+config = '{"hash": "project+sql"}'
+EOF
+RUST_LOG=warn "$gateway_bin" --config "$work/gateway-plugin.toml" >"$work/gateway-plugin.log" 2>&1 &
+pids+=($!)
+plugin_pid=$!
+
+cat >"$work/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"project":"learn_kylin","sql":"select part_dt, sum(price) from kylin_sales group by part_dt","limit":500}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+
 cat >"$work/haproxy.cfg" <<EOF
 global
     maxconn 8192
@@ -131,13 +158,15 @@ haproxy_pid=$!
 
 wait_port "$nginx_port"
 wait_port "$gateway_port"
+wait_port "$plugin_port"
 wait_port "$haproxy_port"
 
 run_wrk() {
     local name=$1 port=$2
     # A short warm-up fills connection pools; it is not measured.
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port$REQUEST_PATH" >/dev/null
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$work/post.lua" \
+        "http://127.0.0.1:$port$REQUEST_PATH" >/dev/null
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/post.lua" \
         "http://127.0.0.1:$port$REQUEST_PATH" >"$work/wrk-$name.txt"
 }
 
@@ -154,7 +183,8 @@ cpu_ticks() { # user + system clock ticks of a process
 }
 
 declare -A rps p50 p99 errors cpu_us
-for target in direct:$nginx_port:0 kylin-gateway:$gateway_port:$gateway_pid haproxy:$haproxy_port:$haproxy_pid; do
+for target in direct:$nginx_port:0 kylin-gateway:$gateway_port:$gateway_pid \
+    gateway+affinity:$plugin_port:$plugin_pid haproxy:$haproxy_port:$haproxy_pid; do
     IFS=: read -r name port pid <<<"$target"
     echo "wrk: $name ($DURATION, $THREADS threads, $CONNECTIONS connections)..." >&2
     before=0
@@ -178,11 +208,11 @@ for target in direct:$nginx_port:0 kylin-gateway:$gateway_port:$gateway_pid hapr
 done
 
 echo
-echo "GET $REQUEST_PATH on loopback, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPUs"
-printf '%-14s %12s %9s %10s %9s %10s %9s %12s\n' target req/s ratio p50_ms ratio p99_ms ratio proxy_cpu_us
-for name in direct kylin-gateway haproxy; do
+echo "POST $REQUEST_PATH on loopback, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPUs"
+printf '%-17s %12s %9s %10s %9s %10s %9s %12s\n' target req/s ratio p50_ms ratio p99_ms ratio proxy_cpu_us
+for name in direct kylin-gateway gateway+affinity haproxy; do
     awk -v n="$name" -v r="${rps[$name]}" -v dr="${rps[direct]}" -v cpu="${cpu_us[$name]}" \
         -v a="${p50[$name]}" -v da="${p50[direct]}" -v b="${p99[$name]}" -v db="${p99[direct]}" \
-        'BEGIN { printf "%-14s %12.0f %9.2f %10.3f %9.2f %10.3f %9.2f %12s\n", n, r, r / dr, a, a / da, b, b / db, cpu }'
+        'BEGIN { printf "%-17s %12.0f %9.2f %10.3f %9.2f %10.3f %9.2f %12s\n", n, r, r / dr, a, a / da, b, b / db, cpu }'
     if [ -n "${errors[$name]}" ]; then echo "  $name: ${errors[$name]}"; fi
 done
