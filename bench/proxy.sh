@@ -21,19 +21,9 @@ PLUGIN=${PLUGIN:-plugins/target/wasm32-wasip2/release/query_affinity.wasm}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/kgw-bench.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/common.sh
+. "$root/bench/common.sh"
 
-need() { command -v "$1" >/dev/null || { echo "bench: $1 is not installed" >&2; exit 1; }; }
 need wrk
 need nginx
 if ! command -v haproxy >/dev/null; then
@@ -45,23 +35,7 @@ if ! command -v haproxy >/dev/null; then
     fi
 fi
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-    for _ in $(seq 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "bench: nothing listens on port $1" >&2
-    exit 1
-}
-
-echo "building kylin-gateway (release)..." >&2
-cargo build --release -p kylin-gateway --manifest-path "$root/Cargo.toml" >&2
-target_dir=$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-gateway_bin="$target_dir/release/kylin-gateway"
+gateway_bin=$(release_gateway)
 
 nginx_port=$(free_port)
 gateway_port=$(free_port)
@@ -70,45 +44,8 @@ plugin_port=$(free_port)
 plugin_admin_port=$(free_port)
 haproxy_port=$(free_port)
 
-# nginx as the backend: a small fixed JSON body, as a Kylin node would answer.
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$nginx_port;
-        location / {
-            default_type application/json;
-            return 200 '{"code":"000","data":[{"name":"learn_kylin"}],"msg":""}';
-        }
-    }
-}
-EOF
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx/stderr.log" &
-pids+=($!)
-
-cat >"$work/gateway.toml" <<EOF
-[listen]
-http = "127.0.0.1:$gateway_port"
-admin = "127.0.0.1:$admin_port"
-[discovery]
-kind = "static"
-[[discovery.nodes]]
-address = "127.0.0.1:$nginx_port"
-mode = "all"
-leader = true
-EOF
+start_nginx "$nginx_port"
+gateway_config "$work/gateway.toml" "$gateway_port" "$admin_port" "$nginx_port"
 # Access logs off for every proxy: HAProxy below logs nothing either.
 RUST_LOG=warn "$gateway_bin" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
 pids+=($!)
@@ -118,8 +55,7 @@ gateway_pid=$!
 if [ ! -f "$root/$PLUGIN" ]; then
     (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 >&2)
 fi
-sed -e "s/$gateway_port/$plugin_port/" -e "s/$admin_port/$plugin_admin_port/" "$work/gateway.toml" \
-    >"$work/gateway-plugin.toml"
+gateway_config "$work/gateway-plugin.toml" "$plugin_port" "$plugin_admin_port" "$nginx_port"
 cat >>"$work/gateway-plugin.toml" <<EOF
 [[plugins]]
 name = "affinity"

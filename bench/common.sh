@@ -1,0 +1,85 @@
+# Shared by the bench scripts (sourced, not run): a temp dir and pid list
+# cleaned up on exit, loopback port helpers, the release build of the
+# gateway, and an nginx backend answering like a Kylin node.
+# Needs `root` and `work` set by the caller.
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null || { echo "bench: $1 is not installed" >&2; exit 1; }; }
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+    for _ in $(seq 600); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "bench: nothing listens on port $1" >&2
+    exit 1
+}
+
+# Builds the release gateway and prints its path.
+release_gateway() {
+    echo "building kylin-gateway (release)..." >&2
+    cargo build --release -p kylin-gateway --manifest-path "$root/Cargo.toml" >&2
+    local target_dir
+    target_dir=$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    echo "$target_dir/release/kylin-gateway"
+}
+
+# Starts nginx on 127.0.0.1:$1 returning a small fixed JSON body to any
+# request, as a Kylin node would; its files live in $work/nginx.
+start_nginx() {
+    local port=$1
+    mkdir -p "$work/nginx"
+    cat >"$work/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            default_type application/json;
+            return 200 '{"code":"000","data":[{"name":"learn_kylin"}],"msg":""}';
+        }
+    }
+}
+CONF
+    nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx/stderr.log" &
+    pids+=($!)
+}
+
+# Writes a static-discovery gateway config with one node to file $1.
+gateway_config() {
+    local file=$1 http_port=$2 admin_port=$3 node_port=$4
+    cat >"$file" <<CONF
+[listen]
+http = "127.0.0.1:$http_port"
+admin = "127.0.0.1:$admin_port"
+[discovery]
+kind = "static"
+[[discovery.nodes]]
+address = "127.0.0.1:$node_port"
+mode = "all"
+leader = true
+CONF
+}
