@@ -9,7 +9,13 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use kylin_gateway::plugin::host::{Host as HostImports, add_to_linker as add_host_to_linker};
+// `self::`: the WIT namespace `kylin-gateway` generates a module named like
+// this crate, which is ambiguous wherever the crate is also an extern
+// (doctests).
+
+pub use self::kylin_gateway::plugin::host::{
+    Host as HostImports, add_to_linker as add_host_to_linker,
+};
 #[cfg(test)]
-pub use kylin_gateway::plugin::types::Rejection;
-pub use kylin_gateway::plugin::types::{LogLevel, Node, NodeLoad, Route, TrafficClass};
+pub use self::kylin_gateway::plugin::types::Rejection;
+pub use self::kylin_gateway::plugin::types::{LogLevel, Node, NodeLoad, Route, TrafficClass};
