@@ -92,12 +92,18 @@ echo "== a cube build goes to the job-engine leader"
 leader=$(curl -s -X PUT "$gw/cubes/kylin_sales_cube/build" -d '{"buildType":"BUILD"}' | node_of)
 echo "  PUT /cubes/kylin_sales_cube/build -> $leader"
 
-echo "== stopping the leader ($leader) with SIGTERM"
+leader_address() {
+  curl -s "http://127.0.0.1:$admin_port/admin/leader" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["address"])'
+}
+old_leader=$(leader_address)
+echo "== stopping the leader ($leader, $old_leader) with SIGTERM"
 for i in 0 1 2; do
   if [ "node$((i + 1))-${modes[$i]}" = "$leader" ]; then kill -TERM "${pids[$((i + 1))]}"; fi
 done
+for _ in $(seq 1 500); do [ "$(leader_address)" != "$old_leader" ] && break; sleep 0.01; done
+echo "  the gateway now names $(leader_address) as the leader"
 echo "  PUT /cubes/kylin_sales_cube/build -> $(curl -s -X PUT "$gw/cubes/kylin_sales_cube/build" -d '{}' | node_of)"
-echo "  GET /admin/leader: $(curl -s "http://127.0.0.1:$admin_port/admin/leader")"
 
 echo
 echo "Status page: http://127.0.0.1:$admin_port/   metrics: http://127.0.0.1:$admin_port/metrics"
