@@ -8,21 +8,15 @@ use std::time::{Duration, Instant};
 
 use kylin_gateway_tests::support::backend::Backend;
 use kylin_gateway_tests::support::eventually_async;
-use kylin_gateway_tests::support::gateway::{Gateway, metric_value, static_discovery};
+use kylin_gateway_tests::support::gateway::{
+    Gateway, leader_then_query_nodes, metric_value, static_discovery,
+};
 use kylin_gateway_tests::support::http::{client, get, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_causes_no_client_visible_error() {
-    let nodes = [
-        Backend::start("a", 0).await,
-        Backend::start("b", 0).await,
-        Backend::start("c", 0).await,
-    ];
-    let gateway = Gateway::start(&static_discovery(&[
-        (nodes[0].addr, "all", true),
-        (nodes[1].addr, "query", false),
-        (nodes[2].addr, "query", false),
-    ]));
+    let nodes = Backend::start_each(&["a", "b", "c"]).await;
+    let gateway = Gateway::start(&leader_then_query_nodes(&nodes));
     gateway.wait_ready().await;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -244,20 +238,10 @@ async fn job_requests_wait_for_a_leader_then_get_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_reached_a_node_are_resent_only_when_safe_and_at_most_retries_times() {
-    let nodes = [
-        Backend::start("a", 0).await,
-        Backend::start("b", 0).await,
-        Backend::start("c", 0).await,
-        Backend::start("d", 0).await,
-    ];
+    let nodes = Backend::start_each(&["a", "b", "c", "d"]).await;
     let gateway = Gateway::start(&format!(
         "{}\n[upstream]\nretries = 2\n[health]\neject_after = 100\n",
-        static_discovery(&[
-            (nodes[0].addr, "all", true),
-            (nodes[1].addr, "query", false),
-            (nodes[2].addr, "query", false),
-            (nodes[3].addr, "query", false),
-        ])
+        leader_then_query_nodes(&nodes)
     ));
     gateway.wait_ready().await;
     let c = client();

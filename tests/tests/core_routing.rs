@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use kylin_gateway_tests::support::backend::Backend;
 use kylin_gateway_tests::support::eventually_async;
-use kylin_gateway_tests::support::gateway::{Gateway, metric_value, static_discovery};
+use kylin_gateway_tests::support::gateway::{
+    Gateway, leader_then_query_nodes, metric_value, static_discovery,
+};
 use kylin_gateway_tests::support::http::{TestClient, client, get, send};
 
 async fn node_of(c: &TestClient, method: &str, url: &str, headers: &[(&str, &str)]) -> String {
@@ -193,20 +195,10 @@ async fn p2c_spreads_sequential_load_and_prefers_the_less_busy_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_sticks_and_moves_only_the_keys_of_a_leaving_node() {
-    let nodes = [
-        Backend::start("a", 0).await,
-        Backend::start("b", 0).await,
-        Backend::start("c", 0).await,
-        Backend::start("d", 0).await,
-    ];
+    let nodes = Backend::start_each(&["a", "b", "c", "d"]).await;
     let gateway = Gateway::start(&format!(
         "{}\n[routing]\nbalance = \"consistent-hash\"\nhash_key = \"header:X-Kylin-Project\"\n",
-        static_discovery(&[
-            (nodes[0].addr, "all", true),
-            (nodes[1].addr, "query", false),
-            (nodes[2].addr, "query", false),
-            (nodes[3].addr, "query", false),
-        ])
+        leader_then_query_nodes(&nodes)
     ));
     gateway.wait_ready().await;
     let c = client();
@@ -258,18 +250,10 @@ async fn consistent_hash_sticks_and_moves_only_the_keys_of_a_leaving_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_sessions_stick_to_their_node_while_it_is_up() {
-    let nodes = [
-        Backend::start("a", 0).await,
-        Backend::start("b", 0).await,
-        Backend::start("c", 0).await,
-    ];
+    let nodes = Backend::start_each(&["a", "b", "c"]).await;
     let gateway = Gateway::start(&format!(
         "{}\n[routing]\nbalance = \"round-robin\"\n",
-        static_discovery(&[
-            (nodes[0].addr, "all", true),
-            (nodes[1].addr, "query", false),
-            (nodes[2].addr, "query", false),
-        ])
+        leader_then_query_nodes(&nodes)
     ));
     gateway.wait_ready().await;
     let c = client();

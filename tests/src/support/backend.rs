@@ -36,6 +36,15 @@ pub struct Backend {
 
 impl Backend {
     /// Starts a backend on `127.0.0.1:0` (or `port`).
+    /// Starts one backend per name, each on a free port.
+    pub async fn start_each(names: &[&str]) -> Vec<Backend> {
+        let mut backends = Vec::with_capacity(names.len());
+        for name in names {
+            backends.push(Backend::start(name, 0).await);
+        }
+        backends
+    }
+
     pub async fn start(name: &str, port: u16) -> Backend {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await

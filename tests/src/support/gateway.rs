@@ -132,6 +132,23 @@ pub fn static_discovery(nodes: &[(std::net::SocketAddr, &str, bool)]) -> String 
     text
 }
 
+/// The common test cluster: the first backend is an `all` node that leads
+/// the job engine, every other one a `query` node.
+pub fn leader_then_query_nodes(nodes: &[super::backend::Backend]) -> String {
+    let roles: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            if i == 0 {
+                (n.addr, "all", true)
+            } else {
+                (n.addr, "query", false)
+            }
+        })
+        .collect();
+    static_discovery(&roles)
+}
+
 /// The value of a Prometheus sample whose line starts with `series`
 /// (name and labels as the exporter writes them, labels in any order are
 /// matched by containment: every `needle` must appear in the line).
