@@ -1,5 +1,5 @@
 //! Discovery providers: where the cluster view comes from. A provider runs
-//! as a task and pushes whole [`ClusterView`]s to the [`ViewPublisher`]; it
+//! as a task and pushes whole [`ClusterView`](crate::view::ClusterView)s to the [`ViewPublisher`]; it
 //! never touches the data path. `static` lists nodes in config; `zookeeper`
 //! follows Curator's service discovery and leader election.
 
@@ -11,7 +11,7 @@ pub use resolve::Resolver;
 pub use static_nodes::static_view;
 
 use crate::config::Discovery;
-use crate::view::{ClusterView, ViewPublisher};
+use crate::view::ViewPublisher;
 
 /// Runs the configured provider until the process exits.
 pub async fn run(config: Discovery, publisher: ViewPublisher) {
@@ -37,6 +37,3 @@ pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
     }
     Some((host, port.parse().ok()?))
 }
-
-/// A provider's view before publishing; kept for symmetry with tests.
-pub type View = ClusterView;
