@@ -30,7 +30,7 @@ use crate::balance::{Balancer, Tried, hash_key};
 use crate::classify::{Classifier, TrafficClass};
 use crate::config::{BalanceKind, Config, HashKey, Routing};
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
-use crate::view::{RequestCounters, Snapshot, ViewPublisher};
+use crate::view::{RequestCounters, RoutableNode, Snapshot, ViewPublisher};
 use body::{BodySlot, InFlight, Recoverable};
 
 type UpstreamClient = Client<HttpConnector, Recoverable>;
@@ -350,14 +350,7 @@ impl Proxy {
                 }
                 Ok(Err(error)) => {
                     drop(in_flight);
-                    if self.ejection.record_failure(&node.state, now_ms()) {
-                        metrics::counter!("kgw_ejections_total", "upstream" => node.label.clone())
-                            .increment(1);
-                        tracing::warn!(
-                            upstream = &*node.label,
-                            "node ejected after consecutive failures"
-                        );
-                    }
+                    self.record_failure(node);
                     let retry_safe = (error.is_connect() || replay_safe) && slot.intact();
                     if !retry_safe {
                         return Err(GatewayError::Upstream(error_chain(&error)));
@@ -374,13 +367,22 @@ impl Proxy {
                 }
                 Err(_elapsed) => {
                     drop(in_flight);
-                    if self.ejection.record_failure(&node.state, now_ms()) {
-                        metrics::counter!("kgw_ejections_total", "upstream" => node.label.clone())
-                            .increment(1);
-                    }
+                    self.record_failure(node);
                     return Err(GatewayError::UpstreamTimeout);
                 }
             }
+        }
+    }
+
+    /// Counts a gateway-side failure against `node`, ejecting it (counted
+    /// and logged) once it has failed too often in a row.
+    fn record_failure(&self, node: &RoutableNode) {
+        if self.ejection.record_failure(&node.state, now_ms()) {
+            metrics::counter!("kgw_ejections_total", "upstream" => node.label.clone()).increment(1);
+            tracing::warn!(
+                upstream = &*node.label,
+                "node ejected after consecutive failures"
+            );
         }
     }
 
