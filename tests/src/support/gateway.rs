@@ -25,41 +25,59 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with more `[listen]` keys (e.g. `https`).
     pub fn start_with_listen(extra_listen: &str, rest_of_config: &str) -> Gateway {
-        let http_port = free_port();
-        let admin_port = free_port();
-        let dir = TempDir::new("kgw");
-        let config = format!(
-            "[listen]\nhttp = \"127.0.0.1:{http_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n{extra_listen}\n\n{rest_of_config}"
-        );
-        let config_path = dir.path.join("gateway.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let process = ChildGuard::spawn(
-            "kylin-gateway",
-            Command::new(target_bin("kylin-gateway"))
-                .arg("--config")
-                .arg(&config_path)
-                .env(
-                    "RUST_LOG",
-                    std::env::var("KGW_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-                ),
-        )
-        .expect("spawn kylin-gateway");
-        let gateway = Gateway {
-            process,
-            http_port,
-            admin_port,
-            config_path,
-            _dir: dir,
-        };
-        let mut gateway = gateway;
-        super::eventually("gateway listeners", Duration::from_secs(30), || {
-            if let Some(status) = gateway.process.try_wait() {
-                panic!("kylin-gateway exited during start-up: {status}");
+        // A port picked free can be taken by another test (or handed out
+        // twice) before the gateway binds it; the gateway then exits at
+        // start-up saying it cannot bind. Such a start is retried with fresh
+        // ports; a gateway that fails to start every time still fails.
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let http_port = free_port();
+            let admin_port = std::iter::repeat_with(free_port)
+                .find(|&p| p != http_port)
+                .expect("a second free port");
+            let dir = TempDir::new("kgw");
+            let config = format!(
+                "[listen]\nhttp = \"127.0.0.1:{http_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n{extra_listen}\n\n{rest_of_config}"
+            );
+            let config_path = dir.path.join("gateway.toml");
+            std::fs::write(&config_path, config).expect("write config");
+            let process = ChildGuard::spawn(
+                "kylin-gateway",
+                Command::new(target_bin("kylin-gateway"))
+                    .arg("--config")
+                    .arg(&config_path)
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("KGW_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                    ),
+            )
+            .expect("spawn kylin-gateway");
+            let mut gateway = Gateway {
+                process,
+                http_port,
+                admin_port,
+                config_path,
+                _dir: dir,
+            };
+            let started = super::eventually("gateway listeners", Duration::from_secs(30), || {
+                if let Some(status) = gateway.process.try_wait() {
+                    return Some(Err(status));
+                }
+                std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
+                std::net::TcpStream::connect(("127.0.0.1", http_port)).ok()?;
+                Some(Ok(()))
+            });
+            match started {
+                Ok(()) => return gateway,
+                Err(status) if attempt < ATTEMPTS => {
+                    eprintln!(
+                        "kylin-gateway exited during start-up ({status}); retrying on other ports"
+                    );
+                }
+                Err(status) => panic!("kylin-gateway exited during start-up: {status}"),
             }
-            std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
-            std::net::TcpStream::connect(("127.0.0.1", http_port)).ok()
-        });
-        gateway
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     pub fn url(&self, path: &str) -> String {
