@@ -6,12 +6,14 @@
 // kylin-sim and also reports what Curator itself sees:
 //   GET /curator/instances -> [{"id","address","port","description","enabled"}...]
 //   GET /curator/leader    -> {"leader": "<id of the lowest lock node>", "is_leader": bool}
+// Like kylin-sim, `?delay_ms=N` answers after N ms and `?stall_ms=N` sends
+// the head and half the body, then the rest after N ms (each logged).
 // Prints "READY <port>" when registered; a shutdown hook (SIGTERM) closes the
 // selector, the discovery and the client, which removes this node's znodes.
 //
 // Usage: CuratorNode --zk HOST:PORT[/chroot] --base /kylin/kylin_metadata
 //        --name NAME --mode all|job|query --host 127.0.0.1 --port 0
-//        [--service cluster_servers] [--session-timeout-ms 4000]
+//        [--service cluster_servers] [--session-timeout-ms 4000] [--id ID]
 
 import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpServer;
@@ -26,6 +28,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.Executors;
 import java.util.concurrent.atomic.AtomicBoolean;
 import org.apache.curator.framework.CuratorFramework;
 import org.apache.curator.framework.CuratorFrameworkFactory;
@@ -69,7 +72,11 @@ public class CuratorNode {
 
         LinkedHashMap<String, String> payload = new LinkedHashMap<>();
         payload.put("description", mode);
-        ServiceInstance<LinkedHashMap> self = ServiceInstance.<LinkedHashMap>builder()
+        var builder = ServiceInstance.<LinkedHashMap>builder();
+        if (args.containsKey("id")) {
+            builder.id(args.get("id"));
+        }
+        ServiceInstance<LinkedHashMap> self = builder
                 .name(serviceName)
                 .address(host)
                 .port(port)
@@ -104,6 +111,8 @@ public class CuratorNode {
         }
 
         http.createContext("/", exchange -> answer(exchange, name, self.getId(), mode, serviceName, discovery, selector, client, leaderPath));
+        // Slow requests must not hold up the others.
+        http.setExecutor(Executors.newCachedThreadPool());
         http.start();
 
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
@@ -193,6 +202,11 @@ public class CuratorNode {
                     status = 400;
                 }
                 String q = exchange.getRequestURI().getRawQuery();
+                long delay = queryNumber(q, "delay_ms");
+                if (delay > 0) {
+                    System.err.println("curator-node " + name + ": delaying " + path + " " + delay + " ms ?" + q);
+                    Thread.sleep(delay);
+                }
                 body = "{\"node\":" + quote(name) + ",\"id\":" + quote(id) + ",\"mode\":" + quote(mode)
                         + ",\"leader\":" + leading.get() + ",\"method\":" + quote(exchange.getRequestMethod())
                         + ",\"path\":" + quote(path) + ",\"query\":" + quote(q) + ",\"body_len\":" + bodyLen
@@ -201,13 +215,40 @@ public class CuratorNode {
             byte[] bytes = body.getBytes(StandardCharsets.UTF_8);
             exchange.getResponseHeaders().set("Content-Type", "application/json");
             exchange.sendResponseHeaders(status, bytes.length);
+            long stall = queryNumber(exchange.getRequestURI().getRawQuery(), "stall_ms");
             try (OutputStream out = exchange.getResponseBody()) {
-                out.write(bytes);
+                if (stall > 0) {
+                    int half = bytes.length / 2;
+                    out.write(bytes, 0, half);
+                    out.flush();
+                    System.err.println("curator-node " + name + ": stalled " + path + " after half the body");
+                    Thread.sleep(stall);
+                    out.write(bytes, half, bytes.length - half);
+                } else {
+                    out.write(bytes);
+                }
             }
         } catch (Exception e) {
             System.err.println("curator-node http: " + e);
             exchange.close();
         }
+    }
+
+    /** `name=<number>` in a raw query string, or 0. */
+    private static long queryNumber(String query, String name) {
+        if (query == null) {
+            return 0;
+        }
+        for (String pair : query.split("&")) {
+            if (pair.startsWith(name + "=")) {
+                try {
+                    return Long.parseLong(pair.substring(name.length() + 1));
+                } catch (NumberFormatException e) {
+                    return 0;
+                }
+            }
+        }
+        return 0;
     }
 
     private static String quote(String s) {

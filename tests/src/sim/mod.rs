@@ -91,6 +91,7 @@ pub async fn run(options: SimOptions) -> anyhow::Result<()> {
         mode: options.mode.clone(),
         layout: options.layout,
         leader: AtomicBool::new(false),
+        active_answer: Default::default(),
     });
     let description = options.description.clone().unwrap_or_else(|| {
         options

@@ -128,6 +128,19 @@ impl CuratorNode {
     /// Starts a node in `mode` (all, job, query) under `base` and waits for
     /// `READY` (up to 60 s: the JVM is slow on a busy machine).
     pub fn start(zk: &str, base: &str, name: &str, mode: &str) -> CuratorNode {
+        CuratorNode::start_with(zk, base, name, mode, &["--session-timeout-ms", "4000"])
+    }
+
+    /// A job-engine candidate whose instance id is `id` (also its name),
+    /// with the given session timeout.
+    pub fn start_candidate(zk: &str, base: &str, id: &str, session_timeout_ms: u64) -> CuratorNode {
+        let timeout = session_timeout_ms.to_string();
+        let args = ["--id", id, "--session-timeout-ms", &timeout];
+        CuratorNode::start_with(zk, base, id, "all", &args)
+    }
+
+    /// Starts a node with more command-line arguments.
+    fn start_with(zk: &str, base: &str, name: &str, mode: &str, more: &[&str]) -> CuratorNode {
         let classes = compiled_classes();
         let mut command = Command::new("java");
         command
@@ -139,7 +152,7 @@ impl CuratorNode {
             .arg("CuratorNode")
             .args(["--zk", zk, "--base", base, "--name", name, "--mode", mode])
             .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(["--session-timeout-ms", "4000"])
+            .args(more)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut process =
@@ -172,6 +185,21 @@ impl CuratorNode {
     /// the time the test read it.
     pub fn logged_since(&self, since: Instant, needle: &str) -> Option<(Instant, String)> {
         self.log.logged_since(since, needle)
+    }
+
+    /// Like [`Self::logged_since`], waiting up to `timeout` for the line.
+    pub fn wait_logged_since(
+        &self,
+        since: Instant,
+        needle: &str,
+        timeout: Duration,
+    ) -> (Instant, String) {
+        self.log.wait_logged_since(since, needle, timeout)
+    }
+
+    /// SIGKILL: a crashed JVM; its znodes stay until its session expires.
+    pub fn kill(&mut self) {
+        self.process.kill();
     }
 
     /// Sends SIGTERM without waiting for the exit.

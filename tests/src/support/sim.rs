@@ -65,6 +65,12 @@ impl SimConfig {
         self
     }
 
+    /// The Curator instance id (the gateway orders its view by id).
+    pub fn id(mut self, id: &str) -> SimConfig {
+        self.id = Some(id.to_string());
+        self
+    }
+
     pub fn session_timeout_ms(mut self, ms: u64) -> SimConfig {
         self.session_timeout_ms = ms;
         self
