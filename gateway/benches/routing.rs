@@ -96,7 +96,7 @@ fn balance(c: &mut Criterion) {
                     &snapshot,
                     &snapshot.query_nodes,
                     Some(keys[k]),
-                    Tried::default(),
+                    &Tried::default(),
                     now,
                 ))
             })

@@ -8,6 +8,7 @@ mod ring;
 
 pub use ring::{HashRing, hash_key};
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::view::Snapshot;
@@ -25,26 +26,33 @@ pub enum Balancer {
     BoundedConsistentHash { load_factor: f64 },
 }
 
-/// Nodes a pick must avoid (already tried for this request), without
-/// allocating for the common case of at most a few retries.
-#[derive(Clone, Copy, Debug, Default)]
+/// Nodes one request already failed on, by node id. A request may wait and
+/// retry across several snapshots, and a node's place (index) in one
+/// snapshot names another node in the next, so only the id identifies a
+/// node across them. Empty, and allocation-free, until a request fails.
+#[derive(Clone, Debug, Default)]
 pub struct Tried {
-    bits: u128,
+    ids: Vec<Arc<str>>,
 }
 
 impl Tried {
-    pub fn insert(&mut self, index: usize) {
-        if index < 128 {
-            self.bits |= 1 << index;
+    pub fn insert(&mut self, id: &Arc<str>) {
+        if !self.contains(id) {
+            self.ids.push(id.clone());
         }
     }
 
-    pub fn contains(&self, index: usize) -> bool {
-        index < 128 && self.bits & (1 << index) != 0
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.iter().any(|tried| **tried == *id)
+    }
+
+    /// Whether the node at `index` of `snapshot` was tried.
+    pub fn contains_node(&self, snapshot: &Snapshot, index: usize) -> bool {
+        !self.ids.is_empty() && self.contains(&snapshot.nodes[index].node.id)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bits == 0
+        self.ids.is_empty()
     }
 }
 
@@ -58,14 +66,15 @@ impl Balancer {
         snapshot: &Snapshot,
         candidates: &[usize],
         key: Option<u64>,
-        tried: Tried,
+        tried: &Tried,
         now_ms: u64,
     ) -> Option<usize> {
-        let healthy =
-            |i: &usize| !tried.contains(*i) && !snapshot.nodes[*i].state.is_ejected(now_ms);
+        let healthy = |i: &usize| {
+            !tried.contains_node(snapshot, *i) && !snapshot.nodes[*i].state.is_ejected(now_ms)
+        };
         self.pick_where(snapshot, candidates, key, &healthy)
             .or_else(|| {
-                let untried = |i: &usize| !tried.contains(*i);
+                let untried = |i: &usize| !tried.contains_node(snapshot, *i);
                 self.pick_where(snapshot, candidates, key, &untried)
             })
     }

@@ -31,16 +31,37 @@ impl HashRing {
     pub fn walk(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
         let start = self.points.partition_point(|&(p, _)| p < key);
         let n = self.points.len();
-        let mut seen = super::Tried::default();
-        // Indices past the bitset's range are never deduplicated; clusters
-        // that large are not Kylin clusters.
+        let mut seen = Visited::default();
         (0..n)
             .map(move |k| self.points[(start + k) % n].1)
-            .filter(move |&i| {
-                let new = !seen.contains(i);
-                seen.insert(i);
-                new
-            })
+            .filter(move |&i| seen.first_visit(i))
+    }
+}
+
+/// Snapshot indices one walk has yielded: a bit per index, inline for the
+/// first 128 (every Kylin cluster seen), growing on the heap past that.
+#[derive(Default)]
+struct Visited {
+    low: u128,
+    high: Vec<u64>,
+}
+
+impl Visited {
+    /// Marks `index`; true when it was not marked yet.
+    fn first_visit(&mut self, index: usize) -> bool {
+        if index < 128 {
+            let bit = 1u128 << index;
+            let new = self.low & bit == 0;
+            self.low |= bit;
+            return new;
+        }
+        let (word, bit) = ((index - 128) / 64, 1u64 << ((index - 128) % 64));
+        if self.high.len() <= word {
+            self.high.resize(word + 1, 0);
+        }
+        let new = self.high[word] & bit == 0;
+        self.high[word] |= bit;
+        new
     }
 }
 

@@ -32,7 +32,7 @@ fn spread(balancer: &Balancer, s: &Snapshot, n: usize) -> HashMap<usize, usize> 
     let mut counts = HashMap::new();
     for _ in 0..n {
         let i = balancer
-            .pick(s, &s.query_nodes, None, Tried::default(), 1)
+            .pick(s, &s.query_nodes, None, &Tried::default(), 1)
             .unwrap();
         *counts.entry(i).or_default() += 1;
     }
@@ -61,22 +61,57 @@ fn power_of_two_prefers_the_less_loaded_node() {
 fn tried_nodes_are_skipped() {
     let s = snapshot(&["a", "b"]);
     let mut tried = Tried::default();
-    tried.insert(0);
+    tried.insert(&s.nodes[0].node.id);
     for balancer in [
         Balancer::PowerOfTwoChoices,
         Balancer::RoundRobin(AtomicUsize::new(0)),
         Balancer::BoundedConsistentHash { load_factor: 1.25 },
     ] {
         for key in 0..50u64 {
-            let pick = balancer.pick(&s, &s.query_nodes, Some(key * 7919), tried, 1);
+            let pick = balancer.pick(&s, &s.query_nodes, Some(key * 7919), &tried, 1);
             assert_eq!(pick, Some(1));
         }
     }
-    tried.insert(1);
+    tried.insert(&s.nodes[1].node.id);
     assert_eq!(
-        Balancer::PowerOfTwoChoices.pick(&s, &s.query_nodes, None, tried, 1),
+        Balancer::PowerOfTwoChoices.pick(&s, &s.query_nodes, None, &tried, 1),
         None
     );
+}
+
+#[test]
+fn a_tried_node_is_known_by_id_in_a_later_snapshot() {
+    // "b" failed while it was second; a node joining in front moves it to
+    // third, and the node now second ("a2") was never tried.
+    let before = snapshot(&["a", "b", "c"]);
+    let after = snapshot(&["a", "a2", "b", "c"]);
+    let mut tried = Tried::default();
+    tried.insert(&before.nodes[1].node.id);
+    assert!(tried.contains_node(&after, 2), "b, now third, is tried");
+    assert!(!tried.contains_node(&after, 1), "a2, now second, is not");
+    let rr = Balancer::RoundRobin(AtomicUsize::new(0));
+    let picks: Vec<usize> = (0..8)
+        .filter_map(|_| rr.pick(&after, &after.query_nodes, None, &tried, 1))
+        .collect();
+    assert!(!picks.contains(&2) && picks.contains(&1), "{picks:?}");
+}
+
+#[test]
+fn tried_and_ring_walks_work_past_128_nodes() {
+    let ids: Vec<String> = (0..300).map(|i| format!("n{i:03}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let s = snapshot(&refs);
+    let mut walked: Vec<usize> = s.ring.walk(hash_key(b"k")).collect();
+    assert_eq!(walked.len(), 300, "each node once");
+    walked.sort_unstable();
+    walked.dedup();
+    assert_eq!(walked.len(), 300);
+    let mut tried = Tried::default();
+    for node in &s.nodes[..299] {
+        tried.insert(&node.node.id);
+    }
+    let hash = Balancer::BoundedConsistentHash { load_factor: 1.25 };
+    assert_eq!(hash.pick(&s, &s.query_nodes, Some(7), &tried, 1), Some(299));
 }
 
 #[test]
@@ -93,14 +128,14 @@ fn ejected_nodes_are_avoided_until_readmitted() {
     let rr = Balancer::RoundRobin(AtomicUsize::new(0));
     for _ in 0..10 {
         assert_eq!(
-            rr.pick(&s, &s.query_nodes, None, Tried::default(), 1050),
+            rr.pick(&s, &s.query_nodes, None, &Tried::default(), 1050),
             Some(1)
         );
     }
     // Re-admitted after the backoff.
     let picks: Vec<_> = (0..4)
         .map(|_| {
-            rr.pick(&s, &s.query_nodes, None, Tried::default(), 1101)
+            rr.pick(&s, &s.query_nodes, None, &Tried::default(), 1101)
                 .unwrap()
         })
         .collect();
@@ -122,7 +157,7 @@ fn all_ejected_still_routes_rather_than_failing() {
         .ejected_until_ms
         .store(u64::MAX, Ordering::Relaxed);
     assert_eq!(
-        Balancer::PowerOfTwoChoices.pick(&s, &s.query_nodes, None, Tried::default(), 5),
+        Balancer::PowerOfTwoChoices.pick(&s, &s.query_nodes, None, &Tried::default(), 5),
         Some(0)
     );
 }
@@ -137,7 +172,7 @@ fn consistent_hash_sticks_and_moves_minimally() {
         .collect();
     let owner = |s: &Snapshot, key: u64| {
         let i = chash
-            .pick(s, &s.query_nodes, Some(key), Tried::default(), 1)
+            .pick(s, &s.query_nodes, Some(key), &Tried::default(), 1)
             .unwrap();
         s.nodes[i].node.id.clone()
     };
@@ -167,11 +202,11 @@ fn bounded_load_spills_a_hot_key() {
     let chash = Balancer::BoundedConsistentHash { load_factor: 1.25 };
     let key = hash_key(b"hot");
     let home = chash
-        .pick(&s, &s.query_nodes, Some(key), Tried::default(), 1)
+        .pick(&s, &s.query_nodes, Some(key), &Tried::default(), 1)
         .unwrap();
     s.nodes[home].state.in_flight.store(50, Ordering::Relaxed);
     let spill = chash
-        .pick(&s, &s.query_nodes, Some(key), Tried::default(), 1)
+        .pick(&s, &s.query_nodes, Some(key), &Tried::default(), 1)
         .unwrap();
     assert_ne!(spill, home);
 }

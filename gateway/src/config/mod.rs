@@ -206,6 +206,7 @@ pub struct Upstream {
     #[serde(rename = "response_header_timeout_ms", with = "ms")]
     pub response_header_timeout: Duration,
     pub retries: u32,
+    pub replay_response_bytes: usize,
     #[serde(rename = "pool_idle_timeout_ms", with = "ms")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,

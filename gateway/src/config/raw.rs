@@ -104,6 +104,7 @@ pub struct RawUpstream {
     pub connect_timeout_ms: Option<u64>,
     pub response_header_timeout_ms: Option<u64>,
     pub retries: Option<u32>,
+    pub replay_response_bytes: Option<usize>,
     pub pool_idle_timeout_ms: Option<u64>,
     pub pool_max_idle_per_host: Option<usize>,
 }

@@ -68,6 +68,10 @@ fn errors_name_the_key_and_the_problem_in_one_line() {
             "routing.job_hold_ms: invalid type",
         ),
         (
+            "[upstream]\nreplay_response_bytes = 999999999\n",
+            "upstream.replay_response_bytes: 999999999 is more than 16777216",
+        ),
+        (
             "[routing]\nbalance = \"consistent-hash\"\n",
             "routing.hash_key: consistent-hash needs a key",
         ),

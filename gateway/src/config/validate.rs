@@ -430,6 +430,7 @@ fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
             1,
         )?,
         retries: raw.retries.unwrap_or(2),
+        replay_response_bytes: replay_response_bytes(raw.replay_response_bytes)?,
         pool_idle_timeout: ms(
             "upstream.pool_idle_timeout_ms",
             raw.pool_idle_timeout_ms,
@@ -438,6 +439,18 @@ fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
         )?,
         pool_max_idle_per_host: raw.pool_max_idle_per_host.unwrap_or(64),
     })
+}
+
+/// At most 16 MiB: each buffered answer is held in memory whole.
+fn replay_response_bytes(raw: Option<usize>) -> Result<usize, ConfigError> {
+    const MAX: usize = 16 << 20;
+    match raw.unwrap_or(64 << 10) {
+        n if n > MAX => Err(ConfigError::new(
+            "upstream.replay_response_bytes",
+            format!("{n} is more than {MAX} (16 MiB)"),
+        )),
+        n => Ok(n),
+    }
 }
 
 fn plugins(raw: Vec<RawPlugin>) -> Result<Vec<PluginSpec>, ConfigError> {

@@ -60,6 +60,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Rewrites a request head for upstream: hop-by-hop headers out,
+/// `X-Forwarded-*` set, and a `Host` kept (taken from the URI's authority
+/// for HTTP/2 requests, which carry none).
+pub fn rewrite_request_head(headers: &mut HeaderMap, uri: &http::Uri, client: IpAddr, tls: bool) {
+    let proto = if tls { "https" } else { "http" };
+    let host = headers.get(header::HOST).cloned().or_else(|| {
+        uri.authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    strip_hop_by_hop(headers);
+    set_forwarded(headers, client, proto, host.clone());
+    if !headers.contains_key(header::HOST)
+        && let Some(host) = host
+    {
+        headers.insert(header::HOST, host);
+    }
+}
+
 /// Appends the client to `X-Forwarded-For` and sets proto and host.
 pub fn set_forwarded(
     headers: &mut HeaderMap,

@@ -1,7 +1,11 @@
-//! The streaming reverse proxy: classify, consult the routing policy, pick a
-//! node from the current snapshot, forward with retries on connect failure,
-//! and stream both bodies through. Per request: one snapshot load, atomics
-//! for node state, no lock held across the request.
+//! The streaming reverse proxy. A request walks through phases: classify,
+//! consult the routing policy, rewrite the head, hold a job request through
+//! a leaderless window, read ahead what a retry would resend, then attempt:
+//! choose a node from the current snapshot, send, and retry on another when
+//! that is safe. Bodies stream both ways (small answers to replay-safe
+//! requests are read whole first, so a node failing mid-answer is retried).
+//! Per request: one snapshot load, atomics for node state, no lock held
+//! across the request.
 
 mod body;
 mod error;
@@ -20,6 +24,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body::Body;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -48,7 +53,18 @@ pub struct Proxy {
     ejection: Ejection,
     retries: u32,
     response_header_timeout: Duration,
+    /// Replay-safe requests: answers up to this size are read whole before
+    /// they are forwarded (0: never).
+    replay_response_bytes: usize,
+    /// Keep-alive connections, for requests that may be sent again.
     client: UpstreamClient,
+    /// A new connection per request, for requests that must not be sent
+    /// twice. An idle connection may have been closed by its node (a crash,
+    /// a restart) in a way the gateway learns of only after writing on it;
+    /// a write sent that way could be neither answered nor retried. A new
+    /// connection to a dead node is refused instead: nothing was sent, and
+    /// the request goes on to another node or waits for the next leader.
+    once: UpstreamClient,
     policy: Option<Arc<dyn RoutingPolicy>>,
     /// `kgw_requests_total` for requests that reached no node (`upstream="-"`).
     unrouted: Arc<RequestCounters>,
@@ -77,6 +93,9 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.upstream.pool_idle_timeout)
             .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
+            .build(connector.clone());
+        let once = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
             .build(connector);
         let balancer = match config.routing.balance {
             BalanceKind::PowerOfTwoChoices => Balancer::PowerOfTwoChoices,
@@ -93,7 +112,9 @@ impl Proxy {
             ejection: config.health,
             retries: config.upstream.retries,
             response_header_timeout: config.upstream.response_header_timeout,
+            replay_response_bytes: config.upstream.replay_response_bytes,
             client,
+            once,
             policy,
             unrouted: Arc::new(RequestCounters::new(Arc::from("-"))),
             durations: Default::default(),
@@ -158,6 +179,9 @@ impl Proxy {
         response
     }
 
+    /// The request's phases: the routing policy, the upstream head, the
+    /// leaderless hold, read-ahead for replay, then attempts until a node
+    /// answers or retrying is no longer safe.
     async fn forward(
         &self,
         request: Request<Incoming>,
@@ -171,27 +195,10 @@ impl Proxy {
         let mut body = RequestBody::new(incoming);
         let mut snapshot = self.views.snapshot();
 
-        // The routing policy (plugins) decides first, if it wants this class.
-        let mut decision = Decision::default();
-        if let Some(policy) = self.policy.as_ref().filter(|p| p.wants(*class)) {
-            let want = policy.body_prefix_len(*class);
-            if want > 0 {
-                body.read_prefix(want)
-                    .await
-                    .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
-            }
-            let facts = RequestFacts {
-                method: &parts.method,
-                path: parts.uri.path(),
-                query: parts.uri.query(),
-                headers: &parts.headers,
-                class: *class,
-                client: downstream.client,
-                body_prefix: &body.prefix()[..body.prefix().len().min(want)],
-            };
-            decision = policy.decide(&facts, &snapshot);
-        }
-        let preferred = match std::mem::take(&mut decision.route) {
+        let decision = self
+            .consult_policy(&parts, &mut body, downstream, *class, &snapshot)
+            .await?;
+        let preferred = match decision.route {
             Route::Default => Vec::new(),
             Route::Prefer(ids) => ids,
             Route::Reject { status, message } => {
@@ -203,60 +210,98 @@ impl Proxy {
             }
         };
         let class = *class;
-
-        // Upstream request head, built once; only the URI changes per attempt.
-        let proto = if downstream.tls { "https" } else { "http" };
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        headers::strip_hop_by_hop(&mut parts.headers);
-        headers::set_forwarded(
+        headers::rewrite_request_head(
             &mut parts.headers,
+            &parts.uri,
             downstream.client.ip(),
-            proto,
-            host.clone(),
+            downstream.tls,
         );
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(host) = host
-        {
-            parts.headers.insert(header::HOST, host);
-        }
         for (name, value) in decision.add_headers {
             parts.headers.append(name, value);
         }
-        let key = self.request_key(&parts);
-        let affinity =
-            headers::find_cookie(&parts.headers, &self.routing.affinity_cookie).map(str::to_owned);
-        let path_and_query = parts.uri.path_and_query().cloned();
-
-        let hold_deadline = Instant::now() + self.routing.job_hold;
+        let target = Target {
+            class,
+            key: self.request_key(&parts),
+            affinity: headers::find_cookie(&parts.headers, &self.routing.affinity_cookie)
+                .map(str::to_owned),
+            preferred,
+            hold_deadline: Instant::now() + self.routing.job_hold,
+        };
         if class == TrafficClass::Job
             && snapshot.leader.is_none()
             && !self.routing.job_hold.is_zero()
         {
-            // Leaderless window: hold the request (its body stays unread,
-            // up to the configured size buffered) until a leader is elected.
-            if self.routing.job_hold_body_bytes > 0 {
-                body.read_prefix(self.routing.job_hold_body_bytes as usize)
-                    .await
-                    .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
-            }
-            metrics::counter!("kgw_job_holds_total").increment(1);
             snapshot = self
-                .views
-                .wait_for(hold_deadline, |s| s.leader.is_some())
-                .await
-                .ok_or(GatewayError::NoLeader)?;
+                .hold_for_leader(&mut body, target.hold_deadline)
+                .await?;
         }
+        let replay_safe = self.read_ahead_for_replay(&parts, &mut body).await?;
+        let slot = BodySlot::new(body);
+        let replay_safe = replay_safe && slot.replayable();
+        self.attempts(&parts, &slot, replay_safe, &target, snapshot, outcome)
+            .await
+    }
 
-        // A request that only reads (a safe method, or Kylin's query
-        // execution) is retried even after it reached a node that then failed
-        // before answering, when its body is small enough to keep: a node
-        // dying mid-request costs the client nothing. Anything that may
-        // write is never sent twice.
+    /// The policy phase: plugins see the request (and, if they ask, the
+    /// first bytes of its body) and decide first, for classes they want.
+    async fn consult_policy(
+        &self,
+        parts: &http::request::Parts,
+        body: &mut RequestBody,
+        downstream: Downstream,
+        class: TrafficClass,
+        snapshot: &Snapshot,
+    ) -> Result<Decision, GatewayError> {
+        let Some(policy) = self.policy.as_ref().filter(|p| p.wants(class)) else {
+            return Ok(Decision::default());
+        };
+        let want = policy.body_prefix_len(class);
+        if want > 0 {
+            body.read_prefix(want)
+                .await
+                .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+        }
+        let facts = RequestFacts {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            class,
+            client: downstream.client,
+            body_prefix: &body.prefix()[..body.prefix().len().min(want)],
+        };
+        Ok(policy.decide(&facts, snapshot))
+    }
+
+    /// Leaderless window: holds a job request (its body unread, up to the
+    /// configured size buffered) until a leader is elected.
+    async fn hold_for_leader(
+        &self,
+        body: &mut RequestBody,
+        deadline: Instant,
+    ) -> Result<Arc<Snapshot>, GatewayError> {
+        if self.routing.job_hold_body_bytes > 0 {
+            body.read_prefix(self.routing.job_hold_body_bytes as usize)
+                .await
+                .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+        }
+        metrics::counter!("kgw_job_holds_total").increment(1);
+        self.views
+            .wait_for(deadline, |s| s.leader.is_some())
+            .await
+            .ok_or(GatewayError::NoLeader)
+    }
+
+    /// A request that only reads (a safe method, or Kylin's query
+    /// execution) is retried even after it reached a node that then failed
+    /// before answering, when its body is small enough to keep: a node
+    /// dying mid-request costs the client nothing. Anything that may write
+    /// is never sent twice. Returns whether the request is replay-safe.
+    async fn read_ahead_for_replay(
+        &self,
+        parts: &http::request::Parts,
+        body: &mut RequestBody,
+    ) -> Result<bool, GatewayError> {
         let replay_safe = self.classifier.replay_safe(&parts.method, parts.uri.path());
         if replay_safe
             && !body.is_end_stream()
@@ -269,108 +314,177 @@ impl Proxy {
                 .await
                 .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
         }
-        let slot = BodySlot::new(body);
-        let replay_safe = replay_safe && slot.replayable();
+        Ok(replay_safe)
+    }
+
+    /// Sends to a chosen node, and after a failure that is safe to retry,
+    /// to another (for jobs: the next leader, waiting for it within the
+    /// hold). Failed nodes are remembered by id, valid in every later
+    /// snapshot.
+    async fn attempts(
+        &self,
+        parts: &http::request::Parts,
+        slot: &BodySlot,
+        replay_safe: bool,
+        target: &Target,
+        mut snapshot: Arc<Snapshot>,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        // HEAD answers announce a length but carry no body: nothing to keep.
+        let buffer_limit =
+            (replay_safe && self.replay_response_bytes > 0 && parts.method != http::Method::HEAD)
+                .then_some(self.replay_response_bytes);
         let mut tried = Tried::default();
         let mut attempt = 0u32;
         loop {
-            let node_index = match class {
-                TrafficClass::Job => match snapshot.leader.filter(|&i| !tried.contains(i)) {
-                    Some(i) => i,
-                    None => {
-                        // The leader refused: wait for the election to move on.
-                        let waited = self
-                            .views
-                            .wait_for(hold_deadline, |s| {
-                                s.leader.is_some_and(|i| !tried.contains(i))
-                            })
-                            .await;
-                        match waited {
-                            Some(s) => {
-                                snapshot = s;
-                                continue;
-                            }
-                            None if tried.is_empty() => return Err(GatewayError::NoLeader),
-                            None => return Err(GatewayError::ConnectFailed),
-                        }
-                    }
-                },
-                _ => self
-                    .pick_query_node(&snapshot, &preferred, affinity.as_deref(), key, tried)
-                    .ok_or(if tried.is_empty() {
-                        GatewayError::NoUpstream(class)
-                    } else {
-                        GatewayError::ConnectFailed
-                    })?,
-            };
-            let node = &snapshot.nodes[node_index];
+            let (next, index) = self.choose(snapshot, target, &tried).await?;
+            snapshot = next;
+            let node = &snapshot.nodes[index];
             outcome.upstream = Some(node.requests.clone());
             let Some(authority) = node.authority.clone() else {
-                tried.insert(node_index);
+                tried.insert(&node.node.id);
                 continue;
             };
-            let mut uri = Uri::builder().scheme("http").authority(authority);
-            if let Some(pq) = &path_and_query {
-                uri = uri.path_and_query(pq.clone());
+            let request = upstream_request(parts, authority, slot.handle())?;
+            let client = if replay_safe {
+                &self.client
+            } else {
+                &self.once
+            };
+            let sent = self.send(client, node, request, target.class, buffer_limit);
+            let failure = match sent.await {
+                Ok(response) => return Ok(response),
+                Err(failure) => failure,
+            };
+            let retry = match &failure {
+                Failure::Connect(_) => slot.intact(),
+                Failure::Broke(_) => replay_safe && slot.intact(),
+                Failure::Timeout => false,
+            };
+            if !retry {
+                return Err(failure.into());
             }
-            let mut upstream_request = Request::new(slot.handle());
-            *upstream_request.method_mut() = parts.method.clone();
-            *upstream_request.uri_mut() = uri
-                .build()
-                .map_err(|e| GatewayError::Upstream(e.to_string()))?;
-            *upstream_request.version_mut() = Version::HTTP_11;
-            *upstream_request.headers_mut() = parts.headers.clone();
+            tracing::debug!(upstream = &*node.label, error = %failure, "attempt failed, retrying");
+            tried.insert(&node.node.id);
+            attempt += 1;
+            if attempt > self.retries {
+                return Err(GatewayError::ConnectFailed);
+            }
+            outcome.retries = attempt;
+            metrics::counter!("kgw_retries_total", "class" => target.class.as_str()).increment(1);
+            snapshot = self.views.snapshot();
+        }
+    }
 
-            let in_flight = InFlight::start(node.state.clone());
-            let sent = Instant::now();
-            let result = tokio::time::timeout(
-                self.response_header_timeout,
-                self.client.request(upstream_request),
-            )
-            .await;
-            match result {
-                Ok(Ok(mut response)) => {
-                    self.ejection.record_success(&node.state);
-                    node.state
-                        .observe_latency(sent.elapsed().as_micros() as u64);
-                    headers::strip_hop_by_hop(response.headers_mut());
-                    if class != TrafficClass::Job
-                        && headers::sets_cookie(response.headers(), &self.routing.session_cookie)
-                        && let Ok(cookie) = HeaderValue::try_from(format!(
-                            "{}={}; Path=/; HttpOnly",
-                            self.routing.affinity_cookie, node.affinity_tag
-                        ))
-                    {
-                        response.headers_mut().append(header::SET_COOKIE, cookie);
-                    }
-                    return Ok(response.map(|inner| ResponseBody::Upstream {
-                        inner,
-                        _in_flight: in_flight,
-                    }));
-                }
+    /// The choose phase: a node of `snapshot` not yet tried. Job traffic
+    /// goes to the leader; when the leader was tried, it waits (within the
+    /// hold) for the election to name one that was not, and returns the
+    /// snapshot that did.
+    async fn choose(
+        &self,
+        snapshot: Arc<Snapshot>,
+        target: &Target,
+        tried: &Tried,
+    ) -> Result<(Arc<Snapshot>, usize), GatewayError> {
+        let exhausted = || {
+            if tried.is_empty() {
+                GatewayError::NoUpstream(target.class)
+            } else {
+                GatewayError::ConnectFailed
+            }
+        };
+        if target.class != TrafficClass::Job {
+            let index = self
+                .pick_query_node(&snapshot, target, tried)
+                .ok_or_else(exhausted)?;
+            return Ok((snapshot, index));
+        }
+        let untried_leader = |s: &Snapshot| s.leader.filter(|&i| !tried.contains_node(s, i));
+        if let Some(index) = untried_leader(&snapshot) {
+            return Ok((snapshot, index));
+        }
+        let snapshot = self
+            .views
+            .wait_for(target.hold_deadline, |s| untried_leader(s).is_some())
+            .await
+            .ok_or(if tried.is_empty() {
+                GatewayError::NoLeader
+            } else {
+                GatewayError::ConnectFailed
+            })?;
+        let index = untried_leader(&snapshot).ok_or(GatewayError::NoLeader)?;
+        Ok((snapshot, index))
+    }
+
+    /// The send phase: one attempt at one node. For a replay-safe request
+    /// (`buffer_limit` set) a response whose `Content-Length` fits is read
+    /// whole before its head goes downstream, so a node failing mid-answer
+    /// is retried rather than truncating it.
+    async fn send(
+        &self,
+        client: &UpstreamClient,
+        node: &RoutableNode,
+        request: Request<Recoverable>,
+        class: TrafficClass,
+        buffer_limit: Option<usize>,
+    ) -> Result<Response<ResponseBody>, Failure> {
+        let in_flight = InFlight::start(node.state.clone());
+        let sent = Instant::now();
+        let deadline = tokio::time::Instant::from_std(sent + self.response_header_timeout);
+        let answered = tokio::time::timeout_at(deadline, client.request(request)).await;
+        let (mut head, incoming) = match answered {
+            Ok(Ok(response)) => response.into_parts(),
+            Ok(Err(error)) => {
+                self.record_failure(node);
+                let text = error_chain(&error);
+                return Err(if error.is_connect() {
+                    Failure::Connect(text)
+                } else {
+                    Failure::Broke(text)
+                });
+            }
+            Err(_elapsed) => {
+                self.record_failure(node);
+                return Err(Failure::Timeout);
+            }
+        };
+        let body = match buffer_limit.filter(|&limit| fits(&head, limit)) {
+            Some(_) => match tokio::time::timeout_at(deadline, incoming.collect()).await {
+                Ok(Ok(whole)) => ResponseBody::full(whole.to_bytes()),
                 Ok(Err(error)) => {
-                    drop(in_flight);
                     self.record_failure(node);
-                    let retry_safe = (error.is_connect() || replay_safe) && slot.intact();
-                    if !retry_safe {
-                        return Err(GatewayError::Upstream(error_chain(&error)));
-                    }
-                    tracing::debug!(upstream = &*node.label, error = %error_chain(&error), "connect failed");
-                    tried.insert(node_index);
-                    attempt += 1;
-                    if attempt > self.retries {
-                        return Err(GatewayError::ConnectFailed);
-                    }
-                    outcome.retries = attempt;
-                    metrics::counter!("kgw_retries_total", "class" => class.as_str()).increment(1);
-                    snapshot = self.views.snapshot();
+                    return Err(Failure::Broke(error_chain(&error)));
                 }
                 Err(_elapsed) => {
-                    drop(in_flight);
                     self.record_failure(node);
-                    return Err(GatewayError::UpstreamTimeout);
+                    return Err(Failure::Timeout);
                 }
-            }
+            },
+            None => ResponseBody::Upstream {
+                inner: incoming,
+                _in_flight: in_flight,
+            },
+        };
+        self.ejection.record_success(&node.state);
+        node.state
+            .observe_latency(sent.elapsed().as_micros() as u64);
+        headers::strip_hop_by_hop(&mut head.headers);
+        if class != TrafficClass::Job {
+            self.pin_session(&mut head.headers, node);
+        }
+        Ok(Response::from_parts(head, body))
+    }
+
+    /// When a node opens a Kylin session (`JSESSIONID`), adds the gateway's
+    /// affinity cookie so the session's later requests reach the same node.
+    fn pin_session(&self, headers: &mut http::HeaderMap, node: &RoutableNode) {
+        if headers::sets_cookie(headers, &self.routing.session_cookie)
+            && let Ok(cookie) = HeaderValue::try_from(format!(
+                "{}={}; Path=/; HttpOnly",
+                self.routing.affinity_cookie, node.affinity_tag
+            ))
+        {
+            headers.append(header::SET_COOKIE, cookie);
         }
     }
 
@@ -391,25 +505,24 @@ impl Proxy {
     fn pick_query_node(
         &self,
         snapshot: &Snapshot,
-        preferred: &[Arc<str>],
-        affinity: Option<&str>,
-        key: Option<u64>,
-        tried: Tried,
+        target: &Target,
+        tried: &Tried,
     ) -> Option<usize> {
         let now = now_ms();
         let usable = |i: usize| {
-            !tried.contains(i)
+            !tried.contains_node(snapshot, i)
                 && !snapshot.nodes[i].state.is_ejected(now)
                 && snapshot.query_nodes.contains(&i)
         };
-        let from_policy = preferred
+        let from_policy = target
+            .preferred
             .iter()
             .filter_map(|id| snapshot.position(id))
             .find(|&i| usable(i));
         if let Some(i) = from_policy {
             return Some(i);
         }
-        if let Some(tag) = affinity
+        if let Some(tag) = target.affinity.as_deref()
             && let Some(i) = snapshot
                 .query_nodes
                 .iter()
@@ -420,7 +533,7 @@ impl Proxy {
             return Some(i);
         }
         self.balancer
-            .pick(snapshot, &snapshot.query_nodes, key, tried, now)
+            .pick(snapshot, &snapshot.query_nodes, target.key, tried, now)
     }
 
     fn request_key(&self, parts: &http::request::Parts) -> Option<u64> {
@@ -436,6 +549,73 @@ impl Proxy {
         };
         Some(hash_key(value))
     }
+}
+
+/// Where a request may go, decided before its first attempt.
+struct Target {
+    class: TrafficClass,
+    /// Consistent-hash key.
+    key: Option<u64>,
+    /// The gateway affinity cookie's value, if the client sent one.
+    affinity: Option<String>,
+    /// Node ids the routing policy prefers, in order.
+    preferred: Vec<Arc<str>>,
+    /// Until when a job request may wait for a leader.
+    hold_deadline: Instant,
+}
+
+/// Why one attempt at a node failed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// No connection: nothing reached the node.
+    #[error("connect failed: {0}")]
+    Connect(String),
+    /// The node failed after the request (or part of it) was sent, before
+    /// its answer was complete.
+    #[error("{0}")]
+    Broke(String),
+    #[error("no answer in time")]
+    Timeout,
+}
+
+impl From<Failure> for GatewayError {
+    fn from(failure: Failure) -> GatewayError {
+        match failure {
+            Failure::Connect(_) => GatewayError::ConnectFailed,
+            Failure::Broke(text) => GatewayError::Upstream(text),
+            Failure::Timeout => GatewayError::UpstreamTimeout,
+        }
+    }
+}
+
+/// The upstream request for one attempt: the rewritten head, with an
+/// absolute URI naming the node.
+fn upstream_request(
+    parts: &http::request::Parts,
+    authority: http::uri::Authority,
+    body: Recoverable,
+) -> Result<Request<Recoverable>, GatewayError> {
+    let mut uri = Uri::builder().scheme("http").authority(authority);
+    if let Some(pq) = parts.uri.path_and_query() {
+        uri = uri.path_and_query(pq.clone());
+    }
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri
+        .build()
+        .map_err(|e| GatewayError::Upstream(e.to_string()))?;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = parts.headers.clone();
+    Ok(request)
+}
+
+/// Whether a response announces a body of at most `limit` bytes.
+fn fits(head: &http::response::Parts, limit: usize) -> bool {
+    head.headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > 0 && n <= limit as u64)
 }
 
 /// What happened to a request, for the access log.
