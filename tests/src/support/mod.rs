@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cluster;
 pub mod curator;
 pub mod eventually;
+pub mod failover;
 pub mod gateway;
 pub mod http;
 pub mod output;
