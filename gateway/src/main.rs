@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kylin_gateway::admin::{self, Admin};
 use kylin_gateway::config::{self, Config, Discovery};
+use kylin_gateway::discovery::leader_check::LeaderCheckStatus;
 use kylin_gateway::plugin::{self, PluginChain, PluginControl, RoutingPolicy};
 use kylin_gateway::proxy::{Proxy, server};
 use kylin_gateway::view::ViewPublisher;
@@ -193,8 +194,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(config.listen.admin)
         .await
         .with_context(|| format!("listen.admin: cannot bind {}", config.listen.admin))?;
+    let leader_check = LeaderCheckStatus::default();
     let admin = Admin {
         views: views.clone(),
+        leader_check: leader_check.clone(),
         metrics,
         draining: stop_rx.clone(),
         plugins: plugins
@@ -213,7 +216,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let mut tasks = tokio::task::JoinSet::new();
-    tokio::spawn(discovery::run(config.discovery.clone(), views.clone()));
+    tokio::spawn(discovery::run(
+        config.discovery.clone(),
+        views.clone(),
+        leader_check.clone(),
+    ));
 
     if let Some(address) = config.listen.http {
         let listener = TcpListener::bind(address)

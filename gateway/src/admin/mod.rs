@@ -24,6 +24,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::balance::health::now_ms;
+use crate::discovery::leader_check::LeaderCheckStatus;
 use crate::plugin::PluginControl;
 use crate::view::{Snapshot, ViewPublisher};
 
@@ -33,6 +34,8 @@ pub struct Admin {
     pub views: ViewPublisher,
     pub metrics: Option<PrometheusHandle>,
     pub plugins: Option<Arc<dyn PluginControl>>,
+    /// The leader drift check's last result.
+    pub leader_check: LeaderCheckStatus,
     /// True once shutdown began: `/readyz` then answers 503 so load
     /// balancers stop sending while open requests drain.
     pub draining: tokio::sync::watch::Receiver<bool>,
@@ -86,7 +89,9 @@ impl Admin {
             }
             (&Method::GET, "/admin/nodes") => json_response(StatusCode::OK, &nodes_json(&snapshot)),
             (&Method::GET, "/admin/leader") => {
-                json_response(StatusCode::OK, &leader_json(&snapshot))
+                let mut leader = leader_json(&snapshot);
+                leader["active_job_node_check"] = json!(self.leader_check.get());
+                json_response(StatusCode::OK, &leader)
             }
             (&Method::GET, "/admin/view") => json_response(StatusCode::OK, &view_json(&snapshot)),
             (&Method::GET, "/admin/plugins") => match &self.plugins {

@@ -287,6 +287,12 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
                 digest_auth,
                 default_mode: modes("discovery.default_mode", raw.default_mode.as_deref())?,
                 leader_address: raw.leader_address.clone(),
+                leader_check_interval: ms(
+                    "discovery.leader_check_interval_ms",
+                    raw.leader_check_interval_ms,
+                    10_000,
+                    0,
+                )?,
                 address_map,
                 kylin_properties: raw.kylin_properties.clone().map(Into::into),
                 base_path_explicit: raw.base_path.is_some() || raw.metadata_prefix.is_some(),

@@ -3,6 +3,7 @@
 //! never touches the data path. `static` lists nodes in config; `zookeeper`
 //! follows Curator's service discovery and leader election.
 
+pub mod leader_check;
 pub mod resolve;
 mod static_nodes;
 pub mod zookeeper;
@@ -12,16 +13,29 @@ pub use static_nodes::static_view;
 
 use crate::config::Discovery;
 use crate::view::ViewPublisher;
+use leader_check::LeaderCheckStatus;
 
-/// Runs the configured provider until the process exits.
-pub async fn run(config: Discovery, publisher: ViewPublisher) {
+/// Runs the configured provider until the process exits, and for
+/// ZooKeeper discovery the leader drift check beside it (reporting to
+/// `leader_check`).
+pub async fn run(config: Discovery, publisher: ViewPublisher, leader_check: LeaderCheckStatus) {
     match config {
         Discovery::Static(settings) => {
             let resolver = Resolver::new(settings.address_map.clone());
             let view = static_view(&settings, &resolver).await;
             publisher.publish(view);
         }
-        Discovery::Zookeeper(settings) => zookeeper::run(settings, publisher).await,
+        Discovery::Zookeeper(settings) => {
+            if !settings.leader_check_interval.is_zero() {
+                tokio::spawn(leader_check::run(
+                    settings.leader_check_interval,
+                    settings.layout,
+                    publisher.clone(),
+                    leader_check,
+                ));
+            }
+            zookeeper::run(settings, publisher).await
+        }
     }
 }
 
