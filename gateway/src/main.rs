@@ -216,7 +216,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let mut tasks = tokio::task::JoinSet::new();
-    tokio::spawn(discovery::run(
+    let discovery_task = tokio::spawn(discovery::run(
         config.discovery.clone(),
         views.clone(),
         leader_check.clone(),
@@ -268,6 +268,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     while tasks.join_next().await.is_some() {}
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
+    // Discovery goes before the runtime does, in one piece: dropped with
+    // the runtime, zookeeper-client's session task can go first and its
+    // pending watches then panic on a cancelled channel.
+    discovery_task.abort();
+    let _ = discovery_task.await;
     tracing::info!("stopped");
     Ok(())
 }
