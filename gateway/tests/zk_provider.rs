@@ -136,6 +136,7 @@ fn settings(connect: &str, layout: Layout) -> ZookeeperSettings {
         digest_auth: None,
         default_mode: Modes::ALL,
         leader_address: None,
+        removal_grace: Duration::ZERO,
         address_map: Default::default(),
         kylin_properties: None,
         base_path_explicit: true,

@@ -131,6 +131,9 @@ pub struct ZookeeperSettings {
     /// Pins the leader's address (`host:port` or IP) when election data
     /// cannot be mapped.
     pub leader_address: Option<String>,
+    /// How long a departed instance stays routable in case it is re-created
+    /// (Curator re-registers by delete-then-create after a reconnect).
+    pub removal_grace: Duration,
     /// Advertised `host:port` (or host) → address to connect to.
     pub address_map: BTreeMap<String, String>,
     /// An operator's `kylin.properties` to take the connect string, metadata
@@ -157,6 +160,7 @@ impl std::fmt::Debug for ZookeeperSettings {
             )
             .field("default_mode", &self.default_mode)
             .field("leader_address", &self.leader_address)
+            .field("removal_grace", &self.removal_grace)
             .field("address_map", &self.address_map)
             .field("kylin_properties", &self.kylin_properties)
             .finish_non_exhaustive()
@@ -306,7 +310,7 @@ impl Serialize for ZookeeperSettings {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let connect = format!("{}{}", self.hosts, self.chroot.as_deref().unwrap_or(""));
-        let mut st = s.serialize_struct("zookeeper", 9)?;
+        let mut st = s.serialize_struct("zookeeper", 10)?;
         st.serialize_field("connect", &connect)?;
         st.serialize_field("base_path", &self.base_path)?;
         st.serialize_field("layout", &self.layout)?;
@@ -320,6 +324,7 @@ impl Serialize for ZookeeperSettings {
         )?;
         st.serialize_field("default_mode", &self.default_mode.to_string())?;
         st.serialize_field("leader_address", &self.leader_address)?;
+        st.serialize_field("removal_grace_ms", &(self.removal_grace.as_millis() as u64))?;
         st.serialize_field("address_map", &self.address_map)?;
         st.serialize_field("kylin_properties", &self.kylin_properties)?;
         st.end()

@@ -59,6 +59,7 @@ pub struct RawDiscovery {
     pub kylin_properties: Option<String>,
     pub default_mode: Option<String>,
     pub leader_address: Option<String>,
+    pub removal_grace_ms: Option<u64>,
     // both
     pub address_map: Option<BTreeMap<String, String>>,
 }
