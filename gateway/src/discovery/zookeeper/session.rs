@@ -1,8 +1,11 @@
 //! One ZooKeeper session's worth of following the cluster: reads with
 //! one-shot watches (ZooKeeper 3.4 compatible), re-reads exactly what a
 //! fired watch names, resyncs after a reconnect, and publishes a view only
-//! when it changed. The session ends on expiry, close or failed auth; the
-//! caller then connects a new client (one cannot be reused after expiry).
+//! when it changed. It owns the removal-grace timer: the state decides who
+//! departed and until when, this loop wakes at the deadline (only while
+//! connected) and republishes. The session ends on expiry, close or failed
+//! auth; the caller then connects a new client (one cannot be reused after
+//! expiry).
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -97,7 +100,7 @@ impl Follower {
         Follower {
             paths: Paths::new(&settings.base_path, settings.layout),
             resolver: Resolver::new(settings.address_map.clone()),
-            known: Known::new(settings.default_mode),
+            known: Known::new(settings.default_mode).with_removal_grace(settings.removal_grace),
             settings,
             publisher,
             resolved_tx,
@@ -147,6 +150,13 @@ impl Follower {
             } else if retry_at.is_none() {
                 retry_at = Some(tokio::time::Instant::now() + READ_RETRY);
             }
+            // Departed instances leave when their grace ends, but only
+            // while connected: a partition must not shrink the last view.
+            let departure = self
+                .known
+                .next_departure()
+                .filter(|_| self.connected)
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 Some((key, event)) = watches.pending.next() => {
                     watches.armed.remove(&key);
@@ -191,6 +201,11 @@ impl Follower {
                 {
                     retry_at = None;
                     dirty.append(&mut failed);
+                }
+                _ = tokio::time::sleep_until(departure.unwrap_or_else(tokio::time::Instant::now)),
+                    if departure.is_some() =>
+                {
+                    self.publish_if_changed();
                 }
                 _ = resolve_retry.tick() => {
                     for key in self.known.due_for_refresh(RESOLVE_REFRESH) {
@@ -347,7 +362,11 @@ impl Follower {
     }
 
     /// Publishes the view if nodes or leader changed since the last publish.
+    /// While connected, departed instances whose grace ended leave first.
     fn publish_if_changed(&mut self) {
+        if self.connected {
+            self.known.expire_departed(std::time::Instant::now());
+        }
         let view = self.known.build_view(
             self.settings.leader_address.as_deref(),
             &self.paths.election,
