@@ -70,6 +70,19 @@ impl Watches {
     fn is_armed(&self, key: &Key) -> bool {
         self.armed.contains(key)
     }
+
+    /// Disarms a fired watch and marks its key dirty (unless the event was
+    /// only about the session), with whatever else already fired.
+    fn take_fired(&mut self, first: (Key, WatchedEvent), dirty: &mut BTreeSet<Key>) {
+        let mut fired = Some(first);
+        while let Some((key, event)) = fired {
+            self.armed.remove(&key);
+            if event.event_type != EventType::Session {
+                dirty.insert(key);
+            }
+            fired = futures_util::FutureExt::now_or_never(self.pending.next()).flatten();
+        }
+    }
 }
 
 /// Why a session ended.
@@ -150,48 +163,14 @@ impl Follower {
             } else if retry_at.is_none() {
                 retry_at = Some(tokio::time::Instant::now() + READ_RETRY);
             }
-            // Departed instances leave when their grace ends, but only
-            // while connected: a partition must not shrink the last view.
-            let departure = self
-                .known
-                .next_departure()
-                .filter(|_| self.connected)
-                .map(tokio::time::Instant::from_std);
+            let departure = self.departure_deadline();
             tokio::select! {
-                Some((key, event)) = watches.pending.next() => {
-                    watches.armed.remove(&key);
-                    if event.event_type != EventType::Session {
-                        dirty.insert(key);
-                    }
-                    // Coalesce whatever else already fired.
-                    while let Some(Some((key, event))) =
-                        futures_util::FutureExt::now_or_never(watches.pending.next())
-                    {
-                        watches.armed.remove(&key);
-                        if event.event_type != EventType::Session {
-                            dirty.insert(key);
-                        }
+                Some(fired) = watches.pending.next() => watches.take_fired(fired, &mut dirty),
+                changed = state.changed() => {
+                    if let Some(end) = self.on_state(changed, &mut dirty, &mut failed) {
+                        return end;
                     }
                 }
-                changed = state.changed() => match changed {
-                    SessionState::Disconnected => {
-                        tracing::warn!("ZooKeeper disconnected; serving the last view, marked stale");
-                        self.lost();
-                    }
-                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                        tracing::info!(state = %changed, "ZooKeeper reconnected; resyncing");
-                        self.connected = true;
-                        metrics::gauge!(CONNECTED_METRIC).set(1.0);
-                        // Watches were re-registered by the client and fire
-                        // for what changed meanwhile; re-listing directories
-                        // is cheap insurance.
-                        dirty.extend(self.everything());
-                        dirty.append(&mut failed);
-                    }
-                    SessionState::Expired => return SessionEnd::Expired,
-                    SessionState::AuthFailed => return SessionEnd::AuthFailed,
-                    SessionState::Closed => return SessionEnd::Closed,
-                },
                 Some((key, result)) = self.resolved_rx.recv() => {
                     self.known.resolved(key, result);
                     self.publish_if_changed();
@@ -217,6 +196,43 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// Reacts to a session state change; `Some` when the session is over.
+    fn on_state(
+        &mut self,
+        changed: SessionState,
+        dirty: &mut BTreeSet<Key>,
+        failed: &mut BTreeSet<Key>,
+    ) -> Option<SessionEnd> {
+        match changed {
+            SessionState::Disconnected => {
+                tracing::warn!("ZooKeeper disconnected; serving the last view, marked stale");
+                self.lost();
+            }
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                tracing::info!(state = %changed, "ZooKeeper reconnected; resyncing");
+                self.connected = true;
+                metrics::gauge!(CONNECTED_METRIC).set(1.0);
+                // Watches were re-registered by the client and fire for what
+                // changed meanwhile; re-listing directories is cheap insurance.
+                dirty.extend(self.everything());
+                dirty.append(failed);
+            }
+            SessionState::Expired => return Some(SessionEnd::Expired),
+            SessionState::AuthFailed => return Some(SessionEnd::AuthFailed),
+            SessionState::Closed => return Some(SessionEnd::Closed),
+        }
+        None
+    }
+
+    /// When the next departed instance's removal grace ends. Only while
+    /// connected: a partition must not shrink the last view.
+    fn departure_deadline(&self) -> Option<tokio::time::Instant> {
+        self.known
+            .next_departure()
+            .filter(|_| self.connected)
+            .map(tokio::time::Instant::from_std)
     }
 
     /// Every directory this provider reads.
