@@ -124,11 +124,20 @@ async fn partition_shorter_than_the_session_serves_the_last_view_marked_stale() 
     );
 }
 
-/// Whether the server still holds the watches of the gateway's session on
-/// the service directory (nobody else watches it): gone once the server
-/// expired that session.
-fn gateway_session_alive(port: u16) -> bool {
-    four_letter_word(port, "wchp").is_none_or(|watches| watches.contains(SERVICE_DIR))
+/// Waits until the server dropped the watches of the gateway's session on
+/// the service directory (nobody else watches it): it expired the session.
+async fn wait_session_expired(server: &ZkServer) {
+    let port = server.port();
+    kylin_gateway_tests::support::eventually_async(
+        "ZooKeeper expiring the gateway's session",
+        WAIT,
+        || async move {
+            four_letter_word(port, "wchp")
+                .is_some_and(|watches| !watches.contains(SERVICE_DIR))
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,17 +169,8 @@ async fn partition_longer_than_the_session_ends_in_a_new_session_and_a_full_resy
     old_leader.terminate();
     let joins = SimNode::start(&zk, &SimConfig::new("joins", "all"));
     joins.wait_leading(WAIT);
-    kylin_gateway_tests::support::eventually_async(
-        "ZooKeeper expiring the gateway's session",
-        WAIT,
-        || async { (!gateway_session_alive(server.port())).then_some(()) },
-    )
-    .await;
-    assert_eq!(
-        address_set(&c, &gateway).await,
-        before,
-        "the last view serves"
-    );
+    wait_session_expired(&server).await;
+    assert_eq!(address_set(&c, &gateway).await, before, "the last view");
     assert_eq!(stale(&c, &gateway).await, Some(true));
     let ok_partitioned = queries.ok();
 
@@ -242,7 +242,7 @@ async fn flapping_link_never_removes_a_node_zookeeper_still_has() {
     );
 }
 
-/// Polls `metric` until it reaches `at_least`, for up to `timeout`;
+/// Polls `metric` until it reaches `at_least`, for up to 3 s;
 /// returns whether it did (the caller's assertions say what went wrong).
 async fn metric_reaches(c: &TestClient, gateway: &Gateway, name: &str, at_least: f64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -334,6 +334,19 @@ async fn reregistration_within_the_grace_keeps_the_node_routable() {
     );
 }
 
+/// Asserts `/admin/leader` names `id` throughout `how_long`; returns when
+/// it stopped looking.
+async fn keeps_leading(c: &TestClient, gateway: &Gateway, id: &str, how_long: Duration) -> Instant {
+    let until = Instant::now() + how_long;
+    loop {
+        assert_eq!(leader_id(c, gateway).await.as_deref(), Some(id));
+        let now = Instant::now();
+        if now >= until {
+            return now;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn departed_leader_keeps_leading_only_while_its_lock_lives() {
     const GRACE_MS: u64 = 1000;
@@ -358,11 +371,7 @@ async fn departed_leader_keeps_leading_only_while_its_lock_lives() {
         .await
         .expect("delete a's instance");
     let deleted = Instant::now();
-    let mut term_sent = deleted;
-    while term_sent < deleted + Duration::from_millis(300) {
-        assert_eq!(leader_id(&c, &gateway).await.as_deref(), Some(&*a_id));
-        term_sent = Instant::now();
-    }
+    let term_sent = keeps_leading(&c, &gateway, &a_id, Duration::from_millis(300)).await;
     a.process_signal_term();
     let moved = poll_until("b named leader", WAIT, || async {
         leader_address(&c, &gateway).await == Some(b.addr())
@@ -386,16 +395,16 @@ async fn departed_leader_keeps_leading_only_while_its_lock_lives() {
         moved - deleted
     );
     assert!(
-        seen.shrank.is_empty() && seen.leaderless == 0,
-        "before the lock went a stayed, leading: {seen:?}"
+        leadership < Duration::from_millis(100),
+        "leadership waited {leadership:?}"
     );
     assert!(
         in_view_after_move,
         "a was still in its grace when b took over"
     );
     assert!(
-        leadership < Duration::from_millis(100),
-        "leadership waited {leadership:?}"
+        seen.shrank.is_empty() && seen.leaderless == 0,
+        "before the lock went a stayed, leading: {seen:?}"
     );
     assert!(
         departure >= Duration::from_millis(GRACE_MS - 20)
