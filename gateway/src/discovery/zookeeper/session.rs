@@ -24,7 +24,7 @@ use zookeeper_client::{
 use super::CONNECTED_METRIC;
 use super::election::{Election, leader_znode};
 use super::paths::{Paths, join};
-use super::state::{HostKey, Known};
+use super::state::{DEPARTING_METRIC, HostKey, Known};
 use crate::config::ZookeeperSettings;
 use crate::discovery::Resolver;
 use crate::view::{LeaderInfo, Node, ViewPublisher};
@@ -383,6 +383,7 @@ impl Follower {
         if self.connected {
             self.known.expire_departed(std::time::Instant::now());
         }
+        metrics::gauge!(DEPARTING_METRIC).set(self.known.departing() as f64);
         let view = self.known.build_view(
             self.settings.leader_address.as_deref(),
             &self.paths.election,

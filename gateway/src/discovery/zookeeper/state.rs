@@ -30,6 +30,8 @@ pub const MALFORMED_METRIC: &str = "kgw_discovery_malformed_znodes_total";
 /// Counter of departed instances that came back within the removal grace
 /// (a re-registration blip that routing never saw).
 pub const REREGISTERED_METRIC: &str = "kgw_discovery_reregistered_within_grace_total";
+/// Gauge: departed instances still in the view, in their removal grace.
+pub const DEPARTING_METRIC: &str = "kgw_discovery_departing";
 
 /// An instance znode as last read.
 #[derive(Clone, Debug)]
@@ -199,6 +201,11 @@ impl Known {
         let before = self.departed.len();
         self.departed.retain(|_, (_, until)| *until > now);
         self.departed.len() != before
+    }
+
+    /// How many departed instances are in their grace.
+    pub fn departing(&self) -> usize {
+        self.departed.len()
     }
 
     /// When the next departed instance leaves the view.

@@ -614,6 +614,7 @@ fn departed_instance_stays_for_the_grace_then_leaves() {
     let left = std::time::Instant::now();
     known.set_children(dir, Some(vec!["a".into()]));
     assert_eq!(ids(&known), ["a", "b"], "b is in its grace");
+    assert_eq!(known.departing(), 1);
     let until = known.next_departure().expect("b departs");
     assert!(until >= left + GRACE && until <= std::time::Instant::now() + GRACE);
     assert!(!known.expire_departed(until - std::time::Duration::from_millis(1)));
