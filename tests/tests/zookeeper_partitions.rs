@@ -34,6 +34,7 @@ const BASE: &str = "/kylin/kylin_metadata";
 const SERVICE_DIR: &str = "/kylin/kylin_metadata/service/cluster_servers";
 const SESSIONS: &str = "kgw_zookeeper_sessions_total";
 const REREGISTERED: &str = "kgw_discovery_reregistered_within_grace_total";
+const DEPARTING: &str = "kgw_discovery_departing";
 
 /// The gateway discovering from `connect` with a 4 s session (the
 /// harness's server caps sessions at 4 s) and `extra` `[discovery]` keys.
@@ -452,5 +453,69 @@ async fn real_departure_leaves_within_the_grace_plus_50ms() {
     assert!(
         typical <= Duration::from_millis(300) && typical >= Duration::from_millis(230),
         "departures {departures:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departure_pending_when_the_link_drops_waits_for_the_resync() {
+    const GRACE: Duration = Duration::from_millis(500);
+    let server = ZkServer::start();
+    let zk = server.connect_string();
+    let leader = SimNode::start(&zk, &SimConfig::new("leader", "all"));
+    leader.wait_leading(WAIT);
+    let q1 = SimNode::start(&zk, &SimConfig::new("q1", "query"));
+    let relay = Relay::start(server_addr(&server));
+    let gateway = gateway(&relay.connect_string(), "removal_grace_ms = 500");
+    let c = client();
+    let expected = set([leader.addr(), q1.addr()]);
+    wait_view(&c, &gateway, &expected).await;
+    let path = instance_path(&c, &gateway, &q1.addr()).await;
+    let client = zookeeper::client(&zk).await;
+    let (data, _) = client.get_data(&path).await.expect("read q1's instance");
+    let watch = ViewWatch::start(&c, &gateway, expected.clone(), true);
+
+    // q1's znode goes; the gateway sees it and starts the grace; then the
+    // link drops (silent, and the connection reset so the client knows).
+    client
+        .delete(&path, None)
+        .await
+        .expect("delete q1's instance");
+    let deleted = Instant::now();
+    poll_until("q1 departing, in its grace", WAIT, || async {
+        metric(&c, &gateway, DEPARTING).await == 1.0
+    })
+    .await;
+    relay.pause();
+    relay.cut();
+    poll_until("view marked stale", WAIT, || async {
+        stale(&c, &gateway).await == Some(true)
+    })
+    .await;
+    // Well past the grace, still partitioned: q1 stays (nobody can tell
+    // whether it came back). It does come back meanwhile.
+    poll_until("the grace long over", WAIT, || async {
+        Instant::now() > deleted + GRACE + Duration::from_millis(300)
+    })
+    .await;
+    let options = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+    client
+        .create(&path, &data, &options)
+        .await
+        .expect("re-create q1's instance");
+    relay.resume();
+    wait_view(&c, &gateway, &expected).await;
+    let revived = metric_reaches(&c, &gateway, REREGISTERED, 1.0).await
+        && metric(&c, &gateway, DEPARTING).await == 0.0;
+    let seen = watch.finish().await;
+    assert!(
+        seen.shrank.is_empty(),
+        "q1 left during the partition: {:?}",
+        seen.shrank
+    );
+    assert!(revived, "the resync found q1 re-created and kept it");
+    println!(
+        "partitioned {:?} after the deletion; {} view samples, q1 never left",
+        Instant::now() - deleted,
+        seen.samples
     );
 }
