@@ -427,7 +427,10 @@ async fn real_departure_leaves_within_the_grace_plus_50ms() {
     let queries = Traffic::start(&c, &gateway, "POST", "/kylin/api/query", SQL);
     let mut departures = Vec::new();
     for round in 0..5 {
-        let mut node = SimNode::start(&zk, &SimConfig::new(&format!("n{round}"), "query"));
+        // The node answers through its grace: a node that stops earlier
+        // costs connect failures that only retries hide.
+        let config = SimConfig::new(&format!("n{round}"), "query").drain_ms(400);
+        let mut node = SimNode::start(&zk, &config);
         let addr = node.addr();
         poll_until("registration in view", WAIT, || async {
             address_set(&c, &gateway).await.contains(&addr)
