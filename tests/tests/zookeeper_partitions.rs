@@ -407,9 +407,11 @@ async fn departed_leader_keeps_leading_only_while_its_lock_lives() {
         seen.shrank.is_empty() && seen.leaderless == 0,
         "before the lock went a stayed, leading: {seen:?}"
     );
+    // One sample on a shared machine: the grace + 50 ms bound is asserted
+    // on a median in `real_departure_leaves_within_the_grace_plus_50ms`.
     assert!(
         departure >= Duration::from_millis(GRACE_MS - 20)
-            && departure <= Duration::from_millis(GRACE_MS + 50),
+            && departure <= Duration::from_millis(GRACE_MS + 150),
         "departure after {departure:?}"
     );
 }
