@@ -177,3 +177,77 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::
 async fn wait_unpaused(link: &mut watch::Receiver<Link>) -> Result<(), watch::error::RecvError> {
     link.wait_for(|l| !l.paused).await.map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    use super::Relay;
+
+    /// An echo server on a free port, one thread per connection.
+    fn echo_server() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = stream.read(&mut buf) {
+                        let _ = stream.write_all(&buf[..n]);
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn read_some(stream: &mut TcpStream, timeout: Duration) -> std::io::Result<Vec<u8>> {
+        stream.set_read_timeout(Some(timeout))?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf)?;
+        Ok(buf[..n].to_vec())
+    }
+
+    #[test]
+    fn pause_holds_bytes_resume_delivers_them_cut_closes() {
+        let relay = Relay::start(echo_server());
+        let mut stream = TcpStream::connect(relay.connect_string()).unwrap();
+        stream.write_all(b"a").unwrap();
+        assert_eq!(
+            read_some(&mut stream, Duration::from_secs(5)).unwrap(),
+            b"a"
+        );
+
+        relay.pause();
+        stream.write_all(b"b").unwrap();
+        let silent = read_some(&mut stream, Duration::from_millis(200)).unwrap_err();
+        assert!(
+            matches!(silent.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "nothing passes while paused: {silent}"
+        );
+        relay.resume();
+        assert_eq!(
+            read_some(&mut stream, Duration::from_secs(5)).unwrap(),
+            b"b"
+        );
+
+        relay.cut();
+        let closed = read_some(&mut stream, Duration::from_secs(2));
+        let timed_out =
+            |e: &std::io::Error| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+        assert!(
+            match &closed {
+                Ok(bytes) => bytes.is_empty(),
+                Err(e) => !timed_out(e),
+            },
+            "cut closes the connection: {closed:?}"
+        );
+        let mut again = TcpStream::connect(relay.connect_string()).unwrap();
+        again.write_all(b"c").unwrap();
+        assert_eq!(read_some(&mut again, Duration::from_secs(5)).unwrap(), b"c");
+        assert_eq!(relay.accepted(), 2);
+    }
+}
