@@ -96,8 +96,8 @@ impl Known {
     }
 
     /// Records a service directory's children (`None`: the directory does
-    /// not exist) and forgets instances that left. Returns the children's
-    /// full paths.
+    /// not exist); instances that left depart (see the module doc). Returns
+    /// the children's full paths.
     pub fn set_children(&mut self, dir: &str, children: Option<Vec<String>>) -> Vec<String> {
         let children: BTreeSet<String> = children.into_iter().flatten().collect();
         let paths: Vec<String> = children.iter().map(|c| join(dir, c)).collect();
