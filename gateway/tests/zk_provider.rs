@@ -137,6 +137,7 @@ fn settings(connect: &str, layout: Layout) -> ZookeeperSettings {
         default_mode: Modes::ALL,
         leader_address: None,
         leader_check_interval: Duration::ZERO,
+        removal_grace: Duration::ZERO,
         address_map: Default::default(),
         kylin_properties: None,
         base_path_explicit: true,

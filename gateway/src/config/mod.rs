@@ -134,6 +134,9 @@ pub struct ZookeeperSettings {
     /// How often the elected leader is asked whether its job scheduler is
     /// active (Kylin 3.x); zero: never.
     pub leader_check_interval: Duration,
+    /// How long a departed instance stays routable in case it is re-created
+    /// (Curator re-registers by delete-then-create after a reconnect).
+    pub removal_grace: Duration,
     /// Advertised `host:port` (or host) → address to connect to.
     pub address_map: BTreeMap<String, String>,
     /// An operator's `kylin.properties` to take the connect string, metadata
@@ -161,6 +164,7 @@ impl std::fmt::Debug for ZookeeperSettings {
             .field("default_mode", &self.default_mode)
             .field("leader_address", &self.leader_address)
             .field("leader_check_interval", &self.leader_check_interval)
+            .field("removal_grace", &self.removal_grace)
             .field("address_map", &self.address_map)
             .field("kylin_properties", &self.kylin_properties)
             .finish_non_exhaustive()
@@ -311,7 +315,7 @@ impl Serialize for ZookeeperSettings {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let connect = format!("{}{}", self.hosts, self.chroot.as_deref().unwrap_or(""));
-        let mut st = s.serialize_struct("zookeeper", 10)?;
+        let mut st = s.serialize_struct("zookeeper", 11)?;
         st.serialize_field("connect", &connect)?;
         st.serialize_field("base_path", &self.base_path)?;
         st.serialize_field("layout", &self.layout)?;
@@ -329,6 +333,7 @@ impl Serialize for ZookeeperSettings {
             "leader_check_interval_ms",
             &(self.leader_check_interval.as_millis() as u64),
         )?;
+        st.serialize_field("removal_grace_ms", &(self.removal_grace.as_millis() as u64))?;
         st.serialize_field("address_map", &self.address_map)?;
         st.serialize_field("kylin_properties", &self.kylin_properties)?;
         st.end()

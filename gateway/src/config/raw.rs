@@ -60,6 +60,7 @@ pub struct RawDiscovery {
     pub default_mode: Option<String>,
     pub leader_address: Option<String>,
     pub leader_check_interval_ms: Option<u64>,
+    pub removal_grace_ms: Option<u64>,
     // both
     pub address_map: Option<BTreeMap<String, String>>,
 }

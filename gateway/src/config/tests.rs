@@ -123,6 +123,29 @@ fn zookeeper_settings_from_connect_string_and_prefix() {
     assert_eq!(z.chroot.as_deref(), Some("/some/root"));
     assert_eq!(z.base_path, "/kylin/kylin_metadata");
     assert_eq!(z.layout, Layout::Auto);
+    assert_eq!(z.removal_grace, Duration::from_millis(250), "the default");
+}
+
+#[test]
+fn removal_grace_is_bounded() {
+    let zk = "[discovery]\nkind = \"zookeeper\"\nconnect = \"127.0.0.1:2181\"\n";
+    let grace = |ms: u64| -> Result<Duration, String> {
+        match parse(&format!("{zk}removal_grace_ms = {ms}\n")) {
+            Ok(Config {
+                discovery: Discovery::Zookeeper(z),
+                ..
+            }) => Ok(z.removal_grace),
+            Ok(_) => panic!("zookeeper"),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    assert_eq!(grace(0), Ok(Duration::ZERO), "0 removes at once");
+    assert_eq!(grace(10_000), Ok(Duration::from_secs(10)));
+    let error = grace(10_001).unwrap_err();
+    assert!(
+        error.contains("discovery.removal_grace_ms: must be at most 10000 ms, got 10001"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -60,6 +60,25 @@ fn ms(key: &str, value: Option<u64>, default: u64, min: u64) -> Result<Duration,
     Ok(Duration::from_millis(v))
 }
 
+/// The longest `discovery.removal_grace_ms`: a departed node must not stay
+/// routable for long (a re-registration takes milliseconds).
+const MAX_REMOVAL_GRACE_MS: u64 = 10_000;
+
+fn removal_grace(value: Option<u64>) -> Result<Duration, ConfigError> {
+    let key = "discovery.removal_grace_ms";
+    let grace = ms(key, value, 250, 0)?;
+    if grace.as_millis() as u64 > MAX_REMOVAL_GRACE_MS {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "must be at most {MAX_REMOVAL_GRACE_MS} ms, got {}",
+                grace.as_millis()
+            ),
+        ));
+    }
+    Ok(grace)
+}
+
 fn modes(key: &str, value: Option<&str>) -> Result<Modes, ConfigError> {
     match value {
         None => Ok(Modes::ALL),
@@ -293,6 +312,7 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
                     10_000,
                     0,
                 )?,
+                removal_grace: removal_grace(raw.removal_grace_ms)?,
                 address_map,
                 kylin_properties: raw.kylin_properties.clone().map(Into::into),
                 base_path_explicit: raw.base_path.is_some() || raw.metadata_prefix.is_some(),

@@ -11,7 +11,9 @@ pub mod http;
 pub mod output;
 pub mod plugins;
 pub mod process;
+pub mod relay;
 pub mod sim;
+pub mod watchers;
 pub mod zookeeper;
 
 pub use eventually::{eventually, eventually_async};

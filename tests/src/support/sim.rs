@@ -25,6 +25,9 @@ pub struct SimConfig {
     pub disabled: bool,
     pub description: Option<String>,
     pub id: Option<String>,
+    /// How long the node keeps answering HTTP after deregistering on
+    /// SIGTERM (`--drain-ms`; the simulator's default when `None`).
+    pub drain_ms: Option<u64>,
 }
 
 impl SimConfig {
@@ -42,6 +45,7 @@ impl SimConfig {
             disabled: false,
             description: None,
             id: None,
+            drain_ms: None,
         }
     }
 
@@ -73,6 +77,11 @@ impl SimConfig {
 
     pub fn session_timeout_ms(mut self, ms: u64) -> SimConfig {
         self.session_timeout_ms = ms;
+        self
+    }
+
+    pub fn drain_ms(mut self, ms: u64) -> SimConfig {
+        self.drain_ms = Some(ms);
         self
     }
 }
@@ -121,6 +130,9 @@ impl SimNode {
         }
         if let Some(id) = &config.id {
             command.arg("--id").arg(id);
+        }
+        if let Some(ms) = config.drain_ms {
+            command.arg("--drain-ms").arg(ms.to_string());
         }
         let mut process = ChildGuard::spawn(format!("kylin-sim {}", config.name), &mut command)
             .expect("spawn kylin-sim");

@@ -31,6 +31,12 @@
 //!   on any node (the active job engine picks them up from metadata), so
 //!   this costs latency, not correctness. The leader is always the lowest
 //!   lock znode, whatever the instances say.
+//! * **Re-registration is not a departure.** Curator re-registers an
+//!   instance by delete-then-create after a reconnect; a departed instance
+//!   stays in the view for `discovery.removal_grace_ms` (default 250) and a
+//!   re-created one takes its place without a gap. The grace runs only while
+//!   connected (a partition never shrinks the last view) and never delays
+//!   leadership, which follows the election znodes alone.
 //! * **SIGKILLed nodes linger** until their session expires (Kylin asks for
 //!   60–120 s, capped by the server at 20 × tickTime): the gateway's passive
 //!   health ejects them from routing meanwhile; discovery cannot know.

@@ -1,8 +1,11 @@
 //! One ZooKeeper session's worth of following the cluster: reads with
 //! one-shot watches (ZooKeeper 3.4 compatible), re-reads exactly what a
 //! fired watch names, resyncs after a reconnect, and publishes a view only
-//! when it changed. The session ends on expiry, close or failed auth; the
-//! caller then connects a new client (one cannot be reused after expiry).
+//! when it changed. It owns the removal-grace timer: the state decides who
+//! departed and until when, this loop wakes at the deadline (only while
+//! connected) and republishes. The session ends on expiry, close or failed
+//! auth; the caller then connects a new client (one cannot be reused after
+//! expiry).
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -21,7 +24,7 @@ use zookeeper_client::{
 use super::CONNECTED_METRIC;
 use super::election::{Election, leader_znode};
 use super::paths::{Paths, join};
-use super::state::{HostKey, Known};
+use super::state::{DEPARTING_METRIC, HostKey, Known};
 use crate::config::ZookeeperSettings;
 use crate::discovery::Resolver;
 use crate::view::{LeaderInfo, Node, ViewPublisher};
@@ -67,6 +70,19 @@ impl Watches {
     fn is_armed(&self, key: &Key) -> bool {
         self.armed.contains(key)
     }
+
+    /// Disarms a fired watch and marks its key dirty (unless the event was
+    /// only about the session), with whatever else already fired.
+    fn take_fired(&mut self, first: (Key, WatchedEvent), dirty: &mut BTreeSet<Key>) {
+        let mut fired = Some(first);
+        while let Some((key, event)) = fired {
+            self.armed.remove(&key);
+            if event.event_type != EventType::Session {
+                dirty.insert(key);
+            }
+            fired = futures_util::FutureExt::now_or_never(self.pending.next()).flatten();
+        }
+    }
 }
 
 /// Why a session ended.
@@ -97,7 +113,7 @@ impl Follower {
         Follower {
             paths: Paths::new(&settings.base_path, settings.layout),
             resolver: Resolver::new(settings.address_map.clone()),
-            known: Known::new(settings.default_mode),
+            known: Known::new(settings.default_mode).with_removal_grace(settings.removal_grace),
             settings,
             publisher,
             resolved_tx,
@@ -147,41 +163,14 @@ impl Follower {
             } else if retry_at.is_none() {
                 retry_at = Some(tokio::time::Instant::now() + READ_RETRY);
             }
+            let departure = self.departure_deadline();
             tokio::select! {
-                Some((key, event)) = watches.pending.next() => {
-                    watches.armed.remove(&key);
-                    if event.event_type != EventType::Session {
-                        dirty.insert(key);
-                    }
-                    // Coalesce whatever else already fired.
-                    while let Some(Some((key, event))) =
-                        futures_util::FutureExt::now_or_never(watches.pending.next())
-                    {
-                        watches.armed.remove(&key);
-                        if event.event_type != EventType::Session {
-                            dirty.insert(key);
-                        }
+                Some(fired) = watches.pending.next() => watches.take_fired(fired, &mut dirty),
+                changed = state.changed() => {
+                    if let Some(end) = self.on_state(changed, &mut dirty, &mut failed) {
+                        return end;
                     }
                 }
-                changed = state.changed() => match changed {
-                    SessionState::Disconnected => {
-                        tracing::warn!("ZooKeeper disconnected; serving the last view, marked stale");
-                        self.lost();
-                    }
-                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                        tracing::info!(state = %changed, "ZooKeeper reconnected; resyncing");
-                        self.connected = true;
-                        metrics::gauge!(CONNECTED_METRIC).set(1.0);
-                        // Watches were re-registered by the client and fire
-                        // for what changed meanwhile; re-listing directories
-                        // is cheap insurance.
-                        dirty.extend(self.everything());
-                        dirty.append(&mut failed);
-                    }
-                    SessionState::Expired => return SessionEnd::Expired,
-                    SessionState::AuthFailed => return SessionEnd::AuthFailed,
-                    SessionState::Closed => return SessionEnd::Closed,
-                },
                 Some((key, result)) = self.resolved_rx.recv() => {
                     self.known.resolved(key, result);
                     self.publish_if_changed();
@@ -191,6 +180,11 @@ impl Follower {
                 {
                     retry_at = None;
                     dirty.append(&mut failed);
+                }
+                _ = tokio::time::sleep_until(departure.unwrap_or_else(tokio::time::Instant::now)),
+                    if departure.is_some() =>
+                {
+                    self.publish_if_changed();
                 }
                 _ = resolve_retry.tick() => {
                     for key in self.known.due_for_refresh(RESOLVE_REFRESH) {
@@ -202,6 +196,43 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// Reacts to a session state change; `Some` when the session is over.
+    fn on_state(
+        &mut self,
+        changed: SessionState,
+        dirty: &mut BTreeSet<Key>,
+        failed: &mut BTreeSet<Key>,
+    ) -> Option<SessionEnd> {
+        match changed {
+            SessionState::Disconnected => {
+                tracing::warn!("ZooKeeper disconnected; serving the last view, marked stale");
+                self.lost();
+            }
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                tracing::info!(state = %changed, "ZooKeeper reconnected; resyncing");
+                self.connected = true;
+                metrics::gauge!(CONNECTED_METRIC).set(1.0);
+                // Watches were re-registered by the client and fire for what
+                // changed meanwhile; re-listing directories is cheap insurance.
+                dirty.extend(self.everything());
+                dirty.append(failed);
+            }
+            SessionState::Expired => return Some(SessionEnd::Expired),
+            SessionState::AuthFailed => return Some(SessionEnd::AuthFailed),
+            SessionState::Closed => return Some(SessionEnd::Closed),
+        }
+        None
+    }
+
+    /// When the next departed instance's removal grace ends. Only while
+    /// connected: a partition must not shrink the last view.
+    fn departure_deadline(&self) -> Option<tokio::time::Instant> {
+        self.known
+            .next_departure()
+            .filter(|_| self.connected)
+            .map(tokio::time::Instant::from_std)
     }
 
     /// Every directory this provider reads.
@@ -347,7 +378,12 @@ impl Follower {
     }
 
     /// Publishes the view if nodes or leader changed since the last publish.
+    /// While connected, departed instances whose grace ended leave first.
     fn publish_if_changed(&mut self) {
+        if self.connected {
+            self.known.expire_departed(std::time::Instant::now());
+        }
+        metrics::gauge!(DEPARTING_METRIC).set(self.known.departing() as f64);
         let view = self.known.build_view(
             self.settings.leader_address.as_deref(),
             &self.paths.election,

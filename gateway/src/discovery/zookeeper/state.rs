@@ -1,8 +1,19 @@
 //! What the provider knows between reads: service directory listings, the
 //! parsed instance znodes keyed by path and modification zxid (so a re-read
 //! of an unchanged znode costs no parse and no second warning), the election
-//! as last read, and resolved addresses per advertised `host:port`. Building
-//! a [`ClusterView`] from it is pure; the session module does the reading.
+//! as last read, resolved addresses per advertised `host:port`, and the
+//! instances that left within the removal grace. Building a [`ClusterView`]
+//! from it is pure; the session module does the reading and owns the timers.
+//!
+//! # Removal grace
+//! Curator re-registers an instance by delete-then-create after a
+//! reconnect. A departed instance therefore stays in the view for
+//! `discovery.removal_grace_ms`, and a re-created znode of the same path (or
+//! an instance of the same id) takes its place without a gap; only
+//! [`Known::expire_departed`] removes it for good. The grace never touches
+//! leadership: the leader comes from the election znodes, and a departed
+//! instance can be mapped to it only when the lock znode is owned by the
+//! very session that registered the instance (the election still says so).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -16,6 +27,11 @@ use crate::view::{ClusterView, LeaderInfo, Modes, Node};
 
 /// Counter of instance znodes skipped as malformed (once per znode version).
 pub const MALFORMED_METRIC: &str = "kgw_discovery_malformed_znodes_total";
+/// Counter of departed instances that came back within the removal grace
+/// (a re-registration blip that routing never saw).
+pub const REREGISTERED_METRIC: &str = "kgw_discovery_reregistered_within_grace_total";
+/// Gauge: departed instances still in the view, in their removal grace.
+pub const DEPARTING_METRIC: &str = "kgw_discovery_departing";
 
 /// An instance znode as last read.
 #[derive(Clone, Debug)]
@@ -52,6 +68,10 @@ pub struct Known {
     warned: HashSet<(String, i64)>,
     pub election: Election,
     hosts: HashMap<HostKey, Resolution>,
+    /// How long a departed instance stays in the view.
+    grace: Duration,
+    /// Departed instances by full path, each with when it leaves the view.
+    departed: HashMap<String, (Znode, Instant)>,
 }
 
 impl Known {
@@ -63,20 +83,38 @@ impl Known {
             warned: HashSet::new(),
             election: Election::Absent,
             hosts: HashMap::new(),
+            grace: Duration::ZERO,
+            departed: HashMap::new(),
         }
     }
 
+    /// Keeps departed instances in the view for `grace` (zero: they leave
+    /// at once).
+    pub fn with_removal_grace(mut self, grace: Duration) -> Known {
+        self.grace = grace;
+        self
+    }
+
     /// Records a service directory's children (`None`: the directory does
-    /// not exist) and forgets instances that left. Returns the children's
-    /// full paths.
+    /// not exist); instances that left depart (see the module doc). Returns
+    /// the children's full paths.
     pub fn set_children(&mut self, dir: &str, children: Option<Vec<String>>) -> Vec<String> {
         let children: BTreeSet<String> = children.into_iter().flatten().collect();
         let paths: Vec<String> = children.iter().map(|c| join(dir, c)).collect();
         let prefix = join(dir, "");
-        self.znodes.retain(|path, _| {
-            path.strip_prefix(&prefix)
-                .is_none_or(|name| children.contains(name))
-        });
+        let gone: Vec<String> = self
+            .znodes
+            .keys()
+            .filter(|path| {
+                path.strip_prefix(&prefix)
+                    .is_some_and(|name| !children.contains(name))
+            })
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        for path in gone {
+            self.depart(&path, now);
+        }
         self.warned.retain(|(path, _)| {
             path.strip_prefix(&prefix)
                 .is_none_or(|name| children.contains(name))
@@ -106,6 +144,7 @@ impl Known {
                 None
             }
         };
+        self.revive(path, instance.as_ref());
         self.znodes.insert(
             path.to_string(),
             Znode {
@@ -116,9 +155,62 @@ impl Known {
         );
     }
 
-    /// Forgets an instance znode that no longer exists.
+    /// An instance znode no longer exists: it departs (see the module doc).
     pub fn remove_instance(&mut self, path: &str) {
-        self.znodes.remove(path);
+        self.depart(path, Instant::now());
+    }
+
+    /// Moves a known znode to the departed set until `now` + grace, or
+    /// forgets it at once when there is no grace or nothing to route to.
+    fn depart(&mut self, path: &str, now: Instant) {
+        let Some(znode) = self.znodes.remove(path) else {
+            return;
+        };
+        if self.grace.is_zero() || znode.instance.is_none() {
+            return;
+        }
+        tracing::debug!(
+            znode = path,
+            grace_ms = self.grace.as_millis() as u64,
+            "instance departed; in grace"
+        );
+        self.departed
+            .insert(path.to_string(), (znode, now + self.grace));
+    }
+
+    /// A znode was (re-)read: a departed entry of the same path, or of the
+    /// same instance id, is superseded by it.
+    fn revive(&mut self, path: &str, instance: Option<&Instance>) {
+        let id = instance.map(|i| i.id.clone());
+        let before = self.departed.len();
+        self.departed.retain(|p, (z, _)| {
+            p != path && (id.is_none() || z.instance.as_ref().map(|i| &i.id) != id.as_ref())
+        });
+        if self.departed.len() < before && instance.is_some() {
+            tracing::info!(
+                znode = path,
+                "instance re-registered within the removal grace"
+            );
+            metrics::counter!(REREGISTERED_METRIC).increment(1);
+        }
+    }
+
+    /// Forgets departed instances whose grace ended by `now`. Returns
+    /// whether any was forgotten (the view changed).
+    pub fn expire_departed(&mut self, now: Instant) -> bool {
+        let before = self.departed.len();
+        self.departed.retain(|_, (_, until)| *until > now);
+        self.departed.len() != before
+    }
+
+    /// How many departed instances are in their grace.
+    pub fn departing(&self) -> usize {
+        self.departed.len()
+    }
+
+    /// When the next departed instance leaves the view.
+    pub fn next_departure(&self) -> Option<Instant> {
+        self.departed.values().map(|(_, until)| *until).min()
     }
 
     /// Whether a listed instance's data has been read.
@@ -197,17 +289,30 @@ impl Known {
         due
     }
 
-    /// Instances in a deterministic order (by path), each with its owner
-    /// session. The first registration of an id wins when the `auto`
-    /// layout sees one id under both service names.
+    /// Instances in a deterministic order (live by path, then departed by
+    /// path), each with its owner session and whether it departed. The
+    /// first registration of an id wins when the `auto` layout sees one id
+    /// under both service names; a live one always beats a departed one.
     fn instances(&self) -> impl Iterator<Item = (&Instance, i64)> {
-        let mut by_path: Vec<(&String, &Znode)> = self.znodes.iter().collect();
-        by_path.sort_by(|a, b| a.0.cmp(b.0));
+        self.instances_with_departed()
+            .map(|(i, owner, _)| (i, owner))
+    }
+
+    fn instances_with_departed(&self) -> impl Iterator<Item = (&Instance, i64, bool)> {
+        let mut live: Vec<(&String, &Znode)> = self.znodes.iter().collect();
+        live.sort_by(|a, b| a.0.cmp(b.0));
+        let mut departed: Vec<(&String, &Znode)> =
+            self.departed.iter().map(|(p, (z, _))| (p, z)).collect();
+        departed.sort_by(|a, b| a.0.cmp(b.0));
+        let tagged = live
+            .into_iter()
+            .map(|(_, z)| (z, false))
+            .chain(departed.into_iter().map(|(_, z)| (z, true)));
         let mut seen = HashSet::new();
-        by_path.into_iter().filter_map(move |(_, z)| {
+        tagged.filter_map(move |(z, gone)| {
             let instance = z.instance.as_ref()?;
             seen.insert(instance.id.clone())
-                .then_some((instance, z.owner))
+                .then_some((instance, z.owner, gone))
         })
     }
 
@@ -218,14 +323,20 @@ impl Known {
         election_path: &str,
         stale: bool,
     ) -> ClusterView {
-        let mut owned: Vec<(Node, i64)> = self
-            .instances()
-            .map(|(instance, owner)| (self.node(instance), owner))
+        let mut owned: Vec<(Node, i64, bool)> = self
+            .instances_with_departed()
+            .map(|(instance, owner, gone)| (self.node(instance), owner, gone))
             .collect();
         owned.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let lock_owner = match &self.election {
+            Election::Leader { owner, .. } => *owner,
+            _ => 0,
+        };
+        // A departed instance may lead only if the lock's session is its own.
         let candidates: Vec<Candidate<'_>> = owned
             .iter()
-            .map(|(node, owner)| Candidate {
+            .filter(|(_, owner, gone)| !gone || (*owner != 0 && *owner == lock_owner))
+            .map(|(node, owner, _)| Candidate {
                 node,
                 owner: *owner,
             })
@@ -233,7 +344,7 @@ impl Known {
         let leader: LeaderInfo =
             election::leader_info(&self.election, &candidates, pinned_leader, election_path);
         ClusterView {
-            nodes: owned.into_iter().map(|(node, _)| node).collect(),
+            nodes: owned.into_iter().map(|(node, _, _)| node).collect(),
             leader,
             stale,
             source: "zookeeper",

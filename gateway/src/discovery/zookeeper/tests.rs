@@ -573,3 +573,133 @@ fn malformed_znode_counted_once_per_version() {
         assert_eq!(count(), 3);
     });
 }
+
+const GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A service directory with instances `(id, port, owner session)`, all on
+/// 127.0.0.1 in `all` mode, read with `grace`.
+fn known_with(grace: std::time::Duration, nodes: &[(&str, u16, i64)]) -> Known {
+    let mut known = Known::new(Modes::ALL).with_removal_grace(grace);
+    let dir = "/k/service/kylin";
+    known.set_children(dir, Some(nodes.iter().map(|n| n.0.to_string()).collect()));
+    for (i, (id, port, owner)) in nodes.iter().enumerate() {
+        let json = instance_json(id, "127.0.0.1", *port, "all");
+        known.store_instance(
+            &format!("{dir}/{id}"),
+            json.as_bytes(),
+            i as i64 + 1,
+            *owner,
+        );
+    }
+    known
+}
+
+fn ids(known: &Known) -> Vec<String> {
+    let view = known.build_view(None, "/e", false);
+    view.nodes.iter().map(|n| n.id.to_string()).collect()
+}
+
+fn leader_id(known: &Known) -> Option<String> {
+    known
+        .build_view(None, "/e", false)
+        .leader
+        .node_id
+        .map(|id| id.to_string())
+}
+
+#[test]
+fn departed_instance_stays_for_the_grace_then_leaves() {
+    let dir = "/k/service/kylin";
+    let mut known = known_with(GRACE, &[("a", 7070, 0xa), ("b", 7071, 0xb)]);
+    let left = std::time::Instant::now();
+    known.set_children(dir, Some(vec!["a".into()]));
+    assert_eq!(ids(&known), ["a", "b"], "b is in its grace");
+    assert_eq!(known.departing(), 1);
+    let until = known.next_departure().expect("b departs");
+    assert!(until >= left + GRACE && until <= std::time::Instant::now() + GRACE);
+    assert!(!known.expire_departed(until - std::time::Duration::from_millis(1)));
+    assert_eq!(ids(&known), ["a", "b"]);
+    assert!(
+        known.expire_departed(until),
+        "the grace ends at its deadline"
+    );
+    assert_eq!(ids(&known), ["a"]);
+    assert_eq!(known.next_departure(), None);
+    // A read that finds the znode gone (NoNode) departs the same way.
+    known.remove_instance(&format!("{dir}/a"));
+    assert_eq!(ids(&known), ["a"]);
+    assert!(known.expire_departed(std::time::Instant::now() + GRACE));
+    assert!(ids(&known).is_empty());
+}
+
+#[test]
+fn recreated_instance_within_the_grace_never_leaves() {
+    let dir = "/k/service/kylin";
+    let path = format!("{dir}/b");
+    let mut known = known_with(GRACE, &[("a", 7070, 0xa), ("b", 7071, 0xb)]);
+    known.set_children(dir, Some(vec!["a".into()]));
+    assert_eq!(ids(&known), ["a", "b"], "b is routable in the gap");
+    // Curator's delete-then-create: the same path, a new version.
+    known.set_children(dir, Some(vec!["a".into(), "b".into()]));
+    let json = instance_json("b", "127.0.0.1", 7072, "query");
+    known.store_instance(&path, json.as_bytes(), 9, 0xb);
+    assert_eq!(known.next_departure(), None, "the new znode replaced it");
+    assert!(!known.expire_departed(std::time::Instant::now() + 2 * GRACE));
+    let view = known.build_view(None, "/e", false);
+    assert_eq!(ids(&known), ["a", "b"]);
+    assert_eq!(view.nodes[1].port, 7072, "the new data is used");
+    // The same id under another service name (the `auto` layout) too.
+    known.remove_instance(&path);
+    let other = "/k/service/cluster_servers";
+    known.set_children(other, Some(vec!["b".into()]));
+    known.store_instance(&format!("{other}/b"), json.as_bytes(), 10, 0xc);
+    assert_eq!(known.next_departure(), None);
+}
+
+#[test]
+fn zero_grace_removes_at_once() {
+    let dir = "/k/service/kylin";
+    let mut known = known_with(std::time::Duration::ZERO, &[("a", 7070, 1), ("b", 7071, 2)]);
+    known.set_children(dir, Some(vec!["a".into()]));
+    assert_eq!(ids(&known), ["a"]);
+    assert_eq!(known.next_departure(), None);
+}
+
+#[test]
+fn departed_instance_leads_only_while_its_own_session_holds_the_lock() {
+    let dir = "/k/service/kylin";
+    // KAP 2.4: the lock's data is a bare IP that both instances share.
+    let mut known = known_with(GRACE, &[("a", 7070, 0xa), ("b", 7071, 0xb)]);
+    known.election = leader("_c_x-lock-0000000001", "127.0.0.1", 0xa);
+    assert_eq!(leader_id(&known).as_deref(), Some("a"));
+    // a's instance is re-registered; its session still holds the lock.
+    known.set_children(dir, Some(vec!["b".into()]));
+    assert_eq!(
+        leader_id(&known).as_deref(),
+        Some("a"),
+        "the election says a"
+    );
+    // a's lock is gone and b's is lowest: b leads now, not after the grace.
+    known.election = leader("_c_y-lock-0000000002", "127.0.0.1", 0xb);
+    assert_eq!(leader_id(&known).as_deref(), Some("b"));
+    assert_eq!(ids(&known), ["a", "b"], "a is still in its grace");
+    // No lock at all: nobody leads, the departed instance included.
+    known.election = Election::Absent;
+    assert_eq!(leader_id(&known), None);
+}
+
+#[test]
+fn departed_instance_is_never_mapped_by_address_alone() {
+    let dir = "/k/service/kylin";
+    let mut known = known_with(GRACE, &[("a", 7070, 0xa), ("b", 7071, 0xb)]);
+    known.set_children(dir, Some(vec!["b".into()]));
+    // A lock naming a's host:port, owned by a session that registered
+    // nothing (a restarted process not read yet): not a's.
+    known.election = leader("_c_z-lock-0000000003", "127.0.0.1:7070", 0xc);
+    assert_eq!(leader_id(&known), None);
+    // Nor is a departed instance the pinned leader.
+    let view = known.build_view(Some("127.0.0.1:7070"), "/e", false);
+    assert_eq!(view.leader.node_id, None);
+    let view = known.build_view(Some("127.0.0.1:7071"), "/e", false);
+    assert_eq!(view.leader.node_id.as_deref(), Some("b"));
+}
