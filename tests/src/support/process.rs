@@ -201,3 +201,20 @@ pub fn target_bin(name: &str) -> PathBuf {
     );
     path
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusing_port_refuses_and_cannot_be_taken() {
+        let port = RefusingPort::new();
+        let refused = std::net::TcpStream::connect(port.addr()).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        // Not by a plain listener, nor by one with SO_REUSEADDR (tokio's).
+        assert!(TcpListener::bind(port.addr()).is_err());
+        let reuse = tokio::net::TcpSocket::new_v4().unwrap();
+        reuse.set_reuseaddr(true).unwrap();
+        assert!(reuse.bind(port.addr()).is_err());
+    }
+}
