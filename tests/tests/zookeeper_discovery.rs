@@ -21,10 +21,11 @@ const WAIT: Duration = Duration::from_secs(15);
 /// The 50 ms test measures per sample: it runs alone in this binary (the
 /// others hold this shared, it holds it exclusively) so that its samples
 /// are not the other tests' ZooKeeper servers and gateways starting up.
-static TIMING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+/// (An async lock: each test runs on a runtime of its own.)
+static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
-    TIMING.read().unwrap_or_else(|e| e.into_inner())
+async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    TIMING.read().await
 }
 
 async fn query(
@@ -46,7 +47,7 @@ async fn query(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_and_removals_reach_the_view_within_50ms() {
     const LIMIT: Duration = Duration::from_millis(50);
-    let _timing = TIMING.write().unwrap_or_else(|e| e.into_inner());
+    let _timing = TIMING.write().await;
     let server = ZkServer::start();
     let gateway = zookeeper_gateway(&server.connect_string(), "");
     let c = client();
@@ -139,7 +140,7 @@ async fn registrations_and_removals_reach_the_view_within_50ms() {
 /// read by a gateway with `layout = "auto"`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_layout_and_payload_form_is_discovered() {
-    let _timing = shared();
+    let _timing = shared().await;
     let server = ZkServer::start();
     let zk = server.connect_string();
     let c = client();
@@ -257,7 +258,7 @@ async fn every_layout_and_payload_form_is_discovered() {
 /// A 3.1 node with `enabled:false` is discovered but never routed to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_instances_are_not_routed() {
-    let _timing = shared();
+    let _timing = shared().await;
     let server = ZkServer::start();
     let zk = server.connect_string();
     let live = SimNode::start(&zk, &SimConfig::new("live", "all"));
@@ -288,7 +289,7 @@ async fn disabled_instances_are_not_routed() {
 /// finds the next registration when the parents are created again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_parents_deleted_and_recreated() {
-    let _timing = shared();
+    let _timing = shared().await;
     let server = ZkServer::start_with_container_check(Duration::from_millis(100));
     let zk = zookeeper::client(&server.connect_string()).await;
     let mut first = SimNode::start(&server.connect_string(), &SimConfig::new("first", "all"));
@@ -371,7 +372,7 @@ async fn container_parents_deleted_and_recreated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_znodes_are_skipped_and_counted() {
-    let _timing = shared();
+    let _timing = shared().await;
     let server = ZkServer::start();
     let zk = zookeeper::client(&server.connect_string()).await;
     let good = SimNode::start(&server.connect_string(), &SimConfig::new("good", "all"));
@@ -435,7 +436,7 @@ async fn malformed_znodes_are_skipped_and_counted() {
 /// under it, and nothing is written outside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_string_chroot_is_honoured_by_nodes_and_gateway() {
-    let _timing = shared();
+    let _timing = shared().await;
     let server = ZkServer::start();
     let zk = zookeeper::client(&server.connect_string()).await;
     zk.mkdir(
