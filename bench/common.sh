@@ -26,6 +26,38 @@ wait_port() {
     exit 1
 }
 
+# Fails the run, loudly, unless one request answers 2xx: a target that
+# answers errors (or redirects, which wrk does not count as errors) would
+# otherwise be measured as throughput. $1 names the target; the rest are
+# curl arguments (URL, method, body).
+expect_2xx() {
+    local name=$1
+    shift
+    local status
+    status=$(curl -s -o "$work/probe-body" -w '%{http_code}' "$@") || status="no answer (curl $?)"
+    case "$status" in
+    2??) ;;
+    *)
+        echo "bench: FAILED: $name answered $status, not 2xx:" >&2
+        head -c 2000 "$work/probe-body" >&2 2>/dev/null || true
+        echo >&2
+        exit 1
+        ;;
+    esac
+}
+
+# Fails the run, loudly, if wrk's output ($2, for target $1) reports
+# responses that are not 2xx/3xx or socket errors (connect, read, write,
+# timeout), or no request at all: the rate would count errors as throughput.
+check_wrk() {
+    local name=$1 out=$2
+    if grep -Eq 'Non-2xx|Socket errors' "$out" || ! grep -q 'requests in' "$out"; then
+        echo "bench: FAILED: $name: wrk saw failed requests; its numbers are not a measurement:" >&2
+        cat "$out" >&2
+        exit 1
+    fi
+}
+
 # Builds the release gateway and prints its path.
 release_gateway() {
     echo "building kylin-gateway (release)..." >&2

@@ -8,7 +8,8 @@
 #   bench/instructions.sh OLD_BIN NEW_BIN     # compare given binaries
 #   DURATION=8s GATEWAY_LOG=info bench/instructions.sh
 #
-# Needs valgrind, nginx (Debian nginx-light) and wrk. Stops what it started
+# Needs valgrind, nginx (Debian nginx-light), wrk and curl. Fails (exit 1)
+# if any request is not answered 2xx. Stops what it started
 # (by pid) on exit.
 set -euo pipefail
 
@@ -21,7 +22,7 @@ work=$(mktemp -d /tmp/kgw-instr.XXXXXX)
 # shellcheck source=bench/common.sh
 . "$root/bench/common.sh"
 
-for tool in valgrind callgrind_control wrk nginx; do need "$tool"; done
+for tool in valgrind callgrind_control wrk nginx curl; do need "$tool"; done
 
 binaries=("$@")
 if [ ${#binaries[@]} = 0 ]; then
@@ -47,11 +48,18 @@ for bin in "${binaries[@]}"; do
     pid=$!
     pids+=($pid)
     wait_port "$gateway_port"
-    wrk -t1 -c8 -d2s "http://127.0.0.1:$gateway_port$REQUEST_PATH" >/dev/null
+    url="http://127.0.0.1:$gateway_port$REQUEST_PATH"
+    # Instructions per *proxied* request: every request must succeed, or
+    # the count would divide by errors. wrk does not count 3xx as errors,
+    # hence one request checked first.
+    expect_2xx "$bin" "$url"
+    wrk -t1 -c8 -d2s "$url" >"$work/warmup.txt"
+    check_wrk "$bin (warm-up)" "$work/warmup.txt"
     callgrind_control -i on "$pid" >/dev/null 2>&1
-    requests=$(wrk -t1 -c8 -d"$DURATION" "http://127.0.0.1:$gateway_port$REQUEST_PATH" |
-        awk '/requests in/ {print $1}')
+    wrk -t1 -c8 -d"$DURATION" "$url" >"$work/wrk.txt"
     callgrind_control -i off "$pid" >/dev/null 2>&1
+    check_wrk "$bin" "$work/wrk.txt"
+    requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     instructions=$(awk '/^totals:/ {print $2}' "$out"*)

@@ -10,10 +10,15 @@ echo "== format and lints"
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-(cd plugins && cargo clippy --target wasm32-wasip2 --quiet -- -D warnings)
+# --all-targets: the plugins' unit tests are linted too, not only their
+# library code.
+(cd plugins && cargo clippy --target wasm32-wasip2 --all-targets --quiet -- -D warnings)
 
 echo "== build"
 cargo build --workspace --bins --quiet
 
 echo "== tests"
 cargo test --workspace
+# plugins/ is its own workspace (excluded above): its guest unit tests (pure
+# helpers of query-affinity and maintenance-window) run on the host target.
+(cd plugins && cargo test --workspace)

@@ -117,8 +117,14 @@ fn bench(c: &mut Criterion) {
         let (_runtime, plugin) = load(options);
         let decision = plugin.call(&facts, &snapshot).expect("call");
         assert!(matches!(decision.route, Route::Prefer(ref ids) if ids.len() == 3));
+        // A failed call (deadline, trap) is fast and would be timed as a
+        // decision: every timed call must succeed.
         group.bench_function(name, |b| {
-            b.iter(|| plugin.call(std::hint::black_box(&facts), &snapshot))
+            b.iter(|| {
+                plugin
+                    .call(std::hint::black_box(&facts), &snapshot)
+                    .expect("plugin call")
+            })
         });
     }
     // What the call costs without the plugin's own work: a plugin that
@@ -127,8 +133,14 @@ fn bench(c: &mut Criterion) {
     let (_runtime, plugin) = load_file(RuntimeOptions::default(), calm, "calm");
     for nodes in [16, 1] {
         let snapshot = sample_snapshot(nodes);
+        let decision = plugin.call(&facts, &snapshot).expect("call");
+        assert!(matches!(decision.route, Route::Default));
         group.bench_function(format!("trivial_plugin_{nodes}_nodes"), |b| {
-            b.iter(|| plugin.call(std::hint::black_box(&facts), &snapshot))
+            b.iter(|| {
+                plugin
+                    .call(std::hint::black_box(&facts), &snapshot)
+                    .expect("plugin call")
+            })
         });
     }
     group.finish();

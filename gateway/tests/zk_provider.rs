@@ -146,6 +146,13 @@ fn settings(connect: &str, layout: Layout) -> ZookeeperSettings {
 
 /// Starts the provider on its own publisher.
 fn follow(settings: ZookeeperSettings) -> ViewPublisher {
+    follow_logged(settings).0
+}
+
+/// Like [`follow`], with the provider's log lines kept (a subscriber of
+/// its own, so tests running side by side do not mix their lines).
+fn follow_logged(settings: ZookeeperSettings) -> (ViewPublisher, Logs) {
+    use tracing::instrument::WithSubscriber;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -153,9 +160,62 @@ fn follow(settings: ZookeeperSettings) -> ViewPublisher {
         )
         .with_test_writer()
         .try_init();
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
     let publisher = ViewPublisher::new();
-    tokio::spawn(zookeeper::run(settings, publisher.clone()));
-    publisher
+    tokio::spawn(zookeeper::run(settings, publisher.clone()).with_subscriber(subscriber));
+    (publisher, logs)
+}
+
+/// What one provider logged.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The ids of the ZooKeeper sessions the provider established, in order.
+    fn sessions(&self) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|l| l.contains("ZooKeeper session established"))
+            .filter_map(|l| {
+                let id = l.split("session=").nth(1)?;
+                Some(id.split_whitespace().next()?.to_string())
+            })
+            .collect()
+    }
+
+    /// Waits up to [`WAIT`] for a line containing `needle`.
+    async fn wait_for_line(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the provider never logged {needle:?}; it logged:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 async fn wait_for(
@@ -366,7 +426,7 @@ async fn follows_membership_data_and_leader() {
 async fn waits_for_zookeeper_then_survives_restart_and_expiry() {
     let mut zk = ZooKeeper::start();
     zk.stop();
-    let views = follow(settings(&zk.connect_string(), Layout::Kylin31));
+    let (views, logs) = follow_logged(settings(&zk.connect_string(), Layout::Kylin31));
     // Unreachable at start: nothing published, so /readyz stays false.
     assert!(
         views
@@ -409,11 +469,28 @@ async fn waits_for_zookeeper_then_survives_restart_and_expiry() {
 
     // Expiry: a frozen server outlives the 2 s session; the provider needs
     // a new session and a full reread.
+    let sessions = logs.sessions();
+    let old_session = sessions
+        .last()
+        .expect("a session before the freeze")
+        .clone();
     zk.signal("STOP");
     wait_for(&views, "stale while frozen", |s| s.view.stale).await;
-    std::thread::sleep(Duration::from_secs(3));
+    // Time itself is what expires the session (on the server's clock, which
+    // runs on while it is frozen): nothing to poll for.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     zk.signal("CONT");
     wait_for(&views, "fresh after expiry", |s| !s.view.stale).await;
+    // The old session did not survive the freeze: the provider saw it
+    // expire and follows on a new one.
+    logs.wait_for_line("ZooKeeper session expired").await;
+    let deadline = Instant::now() + WAIT;
+    while logs.sessions().len() <= sessions.len() {
+        assert!(Instant::now() < deadline, "no new session: {}", logs.text());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let new_session = logs.sessions().last().unwrap().clone();
+    assert_ne!(new_session, old_session, "{}", logs.text());
     let writer = Client::connect(&zk.connect_string()).await.unwrap();
     writer.delete(&format!("{services}/a"), None).await.unwrap();
     create(
@@ -490,7 +567,7 @@ async fn chroot_digest_auth_and_hostnames() {
     let mut without_auth = with_auth.clone();
     without_auth.digest_auth = None;
     let views = follow(with_auth);
-    let denied = follow(without_auth);
+    let (denied, denied_logs) = follow_logged(without_auth);
 
     let resolved = wait_for(&views, "all three, resolution settled", |s| {
         ids(s) == ["n1", "n2", "n3"]
@@ -515,5 +592,15 @@ async fn chroot_digest_auth_and_hostnames() {
         seen.view.nodes.is_empty(),
         "ACLs must hide the nodes: {:?}",
         seen.view.nodes
+    );
+    // Empty because ZooKeeper refused the read (NoAuth), not for some other
+    // reason (a wrong path, a lost session).
+    denied_logs
+        .wait_for_line("ZooKeeper denies reading it (check discovery.auth)")
+        .await;
+    assert!(
+        denied_logs.text().contains("Service(0)"),
+        "the denied read is the service directory: {}",
+        denied_logs.text()
     );
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kylin_gateway_tests::support::backend::Backend;
 use kylin_gateway_tests::support::gateway::{Gateway, TempDir, metric_value, static_discovery};
 use kylin_gateway_tests::support::http::{client, get, send};
-use kylin_gateway_tests::support::{eventually, eventually_async, target_bin};
+use kylin_gateway_tests::support::{eventually, eventually_async, run_with_deadline, target_bin};
 
 async fn refuses_connections(port: u16) -> Option<()> {
     tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -105,11 +105,13 @@ async fn drain_deadline_cuts_off_requests_that_outlast_it() {
 }
 
 fn check_config(file: &Path) -> (i32, String, String) {
-    let output = Command::new(target_bin("kylin-gateway"))
-        .arg("check-config")
-        .arg(file)
-        .output()
-        .expect("run check-config");
+    let output = run_with_deadline(
+        "kylin-gateway check-config",
+        Command::new(target_bin("kylin-gateway"))
+            .arg("check-config")
+            .arg(file),
+        Duration::from_secs(30),
+    );
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -193,14 +195,23 @@ fn bad_configs_exit_2_with_one_line_naming_the_key() {
             "{text:?}: {stderr} does not name {key}"
         );
     }
-    // Serving with a bad config fails the same way.
+    // Serving with a bad config fails the same way. Bounded, and on ports
+    // of its own: if validation regressed, this gateway would serve.
     let file = dir.path.join("bad.toml");
-    std::fs::write(&file, format!("[health]\neject_after = 0\n{node}")).unwrap();
-    let output = Command::new(target_bin("kylin-gateway"))
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[health]\neject_after = 0\n{node}"
+        ),
+    )
+    .unwrap();
+    let output = run_with_deadline(
+        "kylin-gateway",
+        Command::new(target_bin("kylin-gateway"))
+            .arg("--config")
+            .arg(&file),
+        Duration::from_secs(30),
+    );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -270,7 +281,12 @@ async fn metrics_count_requests_latency_retries_ejections_and_view_updates() {
         .unwrap()
         .text();
     let upstream = format!("upstream=\"{}\"", node.addr);
-    let value = |name: &str, labels: &[&str]| metric_value(&metrics, name, labels).unwrap_or(0.0);
+    // Every series asserted on must be exported: a missing one fails
+    // rather than reading as 0.
+    let value = |name: &str, labels: &[&str]| {
+        metric_value(&metrics, name, labels)
+            .unwrap_or_else(|| panic!("no {name} series with {labels:?} in:\n{metrics}"))
+    };
     assert_eq!(
         value(
             "kgw_requests_total",

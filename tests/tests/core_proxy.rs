@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kylin_gateway_tests::support::backend::{Backend, Generated};
-use kylin_gateway_tests::support::gateway::{Gateway, TempDir, static_discovery};
+use kylin_gateway_tests::support::gateway::{Gateway, Launch, TempDir, static_discovery};
 use kylin_gateway_tests::support::http::{client, get, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,9 +166,13 @@ async fn tls_termination_with_a_self_signed_certificate() {
     let key_path = dir.path.join("key.pem");
     std::fs::write(&cert_path, generated.cert.pem()).unwrap();
     std::fs::write(&key_path, generated.signing_key.serialize_pem()).unwrap();
-    let https_port = kylin_gateway_tests::support::free_port();
-    let gateway = Gateway::start_with_listen(
-        &format!("https = \"127.0.0.1:{https_port}\""),
+    // The HTTPS port is picked by Gateway::launch, afresh on every start-up
+    // attempt like the others.
+    let gateway = Gateway::launch(
+        &Launch {
+            https: true,
+            ..Launch::default()
+        },
         &format!(
             "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n{}",
             cert_path.display(),
@@ -177,6 +181,7 @@ async fn tls_termination_with_a_self_signed_certificate() {
         ),
     );
     gateway.wait_ready().await;
+    let https_port = gateway.https_port.expect("an HTTPS port");
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(generated.cert.der().clone()).unwrap();

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use kylin_gateway_tests::support::RefusingPort;
 use kylin_gateway_tests::support::backend::Backend;
-use kylin_gateway_tests::support::free_port;
 use kylin_gateway_tests::support::gateway::Gateway;
 use kylin_gateway_tests::support::http::{TestClient, client, get, send};
 use kylin_gateway_tests::support::plugins::{built, plugin_toml, runtime_toml};
@@ -21,16 +21,17 @@ async fn cluster() -> Vec<Backend> {
 }
 
 fn static_toml(nodes: &[Backend]) -> String {
-    static_toml_with_dead(nodes, 0)
+    static_toml_with_dead(nodes, &[])
 }
 
-/// Like [`static_toml`], plus `dead` query nodes nobody listens on.
-fn static_toml_with_dead(nodes: &[Backend], dead: usize) -> String {
+/// Like [`static_toml`], plus query nodes `dead-<i>` on ports that refuse
+/// connections (held, so no other test can start listening there).
+fn static_toml_with_dead(nodes: &[Backend], dead: &[RefusingPort]) -> String {
     let mut toml = "[discovery]\nkind = \"static\"\n".to_string();
-    for i in 0..dead {
+    for (i, port) in dead.iter().enumerate() {
         toml.push_str(&format!(
-            "[[discovery.nodes]]\naddress = \"127.0.0.1:{}\"\nid = \"dead-{i}\"\nmode = \"query\"\n",
-            free_port()
+            "[[discovery.nodes]]\naddress = \"{}\"\nid = \"dead-{i}\"\nmode = \"query\"\n",
+            port.addr()
         ));
     }
     for (i, node) in nodes.iter().enumerate() {
@@ -84,11 +85,14 @@ fn sql_body(project: &str, sql: &str) -> String {
 async fn query_affinity_pins_each_query_to_one_node_and_spreads_queries() {
     let files = built();
     let nodes = cluster().await;
+    let dead = [RefusingPort::new(), RefusingPort::new()];
     let gateway = Gateway::start(&format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\n{}",
         // Two nodes in the view are down: keys ranked to them must still
         // be served, each by one stable other node.
-        static_toml_with_dead(&nodes, 2),
+        static_toml_with_dead(&nodes, &dead),
+        // Once ejected, they stay ejected for the rest of the test.
+        "[health]\neject_base_ms = 600000",
         runtime_toml(false),
         plugin_toml(
             "affinity",
@@ -145,6 +149,20 @@ async fn query_affinity_pins_each_query_to_one_node_and_spreads_queries() {
 
     // Again, now that the dead nodes are ejected (the plugin sees them
     // unhealthy): every query keeps its node.
+    let view = get(&c, &gateway.admin_url("/admin/nodes"))
+        .await
+        .unwrap()
+        .json();
+    for id in ["dead-0", "dead-1"] {
+        let node = view
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {view}"));
+        assert_eq!(node["ejected"], true, "{id} is not ejected: {node}");
+        assert_eq!(node["healthy"], false, "{node}");
+    }
     for (i, node) in first_pass.iter().enumerate() {
         let reply = query(
             &c,

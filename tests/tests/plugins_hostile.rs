@@ -7,10 +7,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use kylin_gateway_tests::support::backend::Backend;
-use kylin_gateway_tests::support::gateway::{Gateway, TempDir};
+use kylin_gateway_tests::support::gateway::{Gateway, Launch, TempDir};
 use kylin_gateway_tests::support::http::{TestClient, client, get, send};
 use kylin_gateway_tests::support::plugins::{built, plugin_toml, runtime_toml};
-use kylin_gateway_tests::support::target_bin;
+use kylin_gateway_tests::support::{run_with_deadline, target_bin};
 
 fn static_toml(node: &Backend) -> String {
     format!(
@@ -180,11 +180,14 @@ fn broken_components_are_refused_at_start_with_the_reason() {
             ),
         )
         .unwrap();
-        let output = Command::new(target_bin("kylin-gateway"))
-            .arg("--config")
-            .arg(&config_path)
-            .output()
-            .unwrap();
+        // Bounded: a gateway that starts anyway would serve forever.
+        let output = run_with_deadline(
+            "kylin-gateway",
+            Command::new(target_bin("kylin-gateway"))
+                .arg("--config")
+                .arg(&config_path),
+            Duration::from_secs(30),
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "case {i} started");
         assert!(
@@ -198,12 +201,14 @@ fn broken_components_are_refused_at_start_with_the_reason() {
 fn plugin_check_prints_the_decision_or_the_failure() {
     let files = built();
     let run = |path: &std::path::Path, config: &str| {
-        let output = Command::new(target_bin("kylin-gateway"))
-            .args(["plugin", "check"])
-            .arg(path)
-            .args(["--config", config, "--deadline-ms", "100"])
-            .output()
-            .unwrap();
+        let output = run_with_deadline(
+            "kylin-gateway plugin check",
+            Command::new(target_bin("kylin-gateway"))
+                .args(["plugin", "check"])
+                .arg(path)
+                .args(["--config", config, "--deadline-ms", "100"]),
+            Duration::from_secs(60),
+        );
         (
             output.status.success(),
             String::from_utf8_lossy(&output.stdout).into_owned()
@@ -227,41 +232,24 @@ fn plugin_check_prints_the_decision_or_the_failure() {
 async fn plugin_log_lines_are_tagged_and_rate_limited() {
     let files = built();
     let node = Backend::start("a", 0).await;
-    let dir = TempDir::new("kgw-log");
-    let admin_port = kylin_gateway_tests::support::free_port();
-    let http_port = kylin_gateway_tests::support::free_port();
-    let config_path = dir.path.join("gateway.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[listen]\nhttp = \"127.0.0.1:{http_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n{}\n{}\n{}",
+    // Gateway::launch: fresh ports on every start-up attempt, the log kept
+    // in a file.
+    let gateway = Gateway::launch(
+        &Launch {
+            rust_log: Some("warn,plugin=info".into()),
+            log_to_file: true,
+            ..Launch::default()
+        },
+        &format!(
+            "{}\n{}\n{}",
             static_toml(&node),
             runtime_toml(false),
             plugin_toml("chatty", &files.misbehave, "chatty", "fallback")
         ),
-    )
-    .unwrap();
-    let log_path = dir.path.join("gateway.log");
-    let _gateway = kylin_gateway_tests::support::ChildGuard::spawn(
-        "kylin-gateway",
-        Command::new(target_bin("kylin-gateway"))
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "warn,plugin=info")
-            .env("NO_COLOR", "1")
-            // The gateway logs to stdout.
-            .stdout(std::fs::File::create(&log_path).unwrap()),
-    )
-    .unwrap();
+    );
     let c = client();
-    let url = |path: &str| format!("http://127.0.0.1:{http_port}{path}");
-    kylin_gateway_tests::support::eventually_async("ready", Duration::from_secs(30), || async {
-        get(&c, &format!("http://127.0.0.1:{admin_port}/readyz"))
-            .await
-            .ok()
-            .filter(|r| r.status == 200)
-    })
-    .await;
+    let url = |path: &str| gateway.url(path);
+    gateway.wait_ready().await;
 
     const REQUESTS: usize = 100;
     for _ in 0..REQUESTS {
@@ -271,8 +259,8 @@ async fn plugin_log_lines_are_tagged_and_rate_limited() {
         assert_eq!(reply.status, 200);
     }
     let chatty_lines = || -> Vec<String> {
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
+        gateway
+            .log()
             .lines()
             .filter(|l| l.contains("chatty: routing /kylin/api/query"))
             .map(String::from)

@@ -68,6 +68,44 @@ async fn plugin_status(c: &TestClient, gateway: &Gateway) -> serde_json::Value {
         .clone()
 }
 
+/// The hex SHA-256 of a file: the version `/admin/plugins` reports.
+fn sha256_of(path: &Path) -> serde_json::Value {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(std::fs::read(path).unwrap());
+    digest
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into()
+}
+
+/// Calls of the plugin so far, and its failures of every kind: a plugin
+/// that fails falls back to the built-in routing, which (for
+/// query-affinity with its default config, which adds no header) looks
+/// just like it working.
+fn calls_and_failures(status: &serde_json::Value) -> (u64, u64) {
+    let failures = status["stats"]["failures"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no failure counters: {status}"))
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    (status["stats"]["calls"].as_u64().unwrap(), failures)
+}
+
+/// Runs one query and checks that the plugin decided it without failing.
+async fn decides_cleanly(c: &TestClient, gateway: &Gateway) {
+    let (calls, failures) = calls_and_failures(&plugin_status(c, gateway).await);
+    served_by_misbehave(c, gateway).await;
+    let status = plugin_status(c, gateway).await;
+    assert_eq!(
+        calls_and_failures(&status),
+        (calls + 1, failures),
+        "not one clean call: {status}"
+    );
+    assert_eq!(failures, 0, "{status}");
+}
+
 async fn reload(c: &TestClient, gateway: &Gateway) -> serde_json::Value {
     let reply = send(
         c,
@@ -128,29 +166,28 @@ async fn reloads_under_continuous_load_drop_nothing() {
         }));
     }
 
-    let mut sha = plugin_status(&c, &gateway).await["sha256"].clone();
+    assert_eq!(
+        plugin_status(&c, &gateway).await["sha256"],
+        sha256_of(&files.misbehave)
+    );
     for round in 0..6 {
         let (next, is_misbehave) = if round % 2 == 0 {
             (&files.query_affinity, false)
         } else {
             (&files.misbehave, true)
         };
+        let expected = sha256_of(next);
         install(next, &plugin);
-        let before = ok.load(Ordering::Relaxed);
         if round % 3 == 2 {
             gateway.process.signal("HUP");
-            let previous = sha.clone();
-            sha = eventually_async("SIGHUP reload", Duration::from_secs(30), || async {
-                let now = plugin_status(&c, &gateway).await["sha256"].clone();
-                (now != previous).then_some(now)
+            eventually_async("SIGHUP reload", Duration::from_secs(30), || async {
+                (plugin_status(&c, &gateway).await["sha256"] == expected).then_some(())
             })
             .await;
         } else {
             let outcome = reload(&c, &gateway).await;
             assert_eq!(outcome["outcome"], "reloaded", "{outcome}");
-            let now = plugin_status(&c, &gateway).await["sha256"].clone();
-            assert_ne!(now, sha);
-            sha = now;
+            assert_eq!(plugin_status(&c, &gateway).await["sha256"], expected);
         }
         // The swap is visible to the next request.
         assert_eq!(
@@ -158,13 +195,22 @@ async fn reloads_under_continuous_load_drop_nothing() {
             is_misbehave,
             "round {round}"
         );
-        // Let the load run on the new version for a while.
+        // Let the load run on the new version for a while: the plugin
+        // decides those requests itself (at most the 4 in flight were
+        // decided before), without a failure.
+        let (calls, _) = calls_and_failures(&plugin_status(&c, &gateway).await);
+        let before = ok.load(Ordering::Relaxed);
         eventually_async(
             "requests on the new version",
             Duration::from_secs(30),
             || async { (ok.load(Ordering::Relaxed) >= before + 40).then_some(()) },
         )
         .await;
+        let status = plugin_status(&c, &gateway).await;
+        let (calls_now, failures) = calls_and_failures(&status);
+        assert!(calls_now >= calls + 36, "round {round}: {status}");
+        assert_eq!(failures, 0, "round {round}: {status}");
+        assert_eq!(status["sha256"], expected, "round {round}");
     }
     stop.store(true, Ordering::Relaxed);
     for task in load {
@@ -227,7 +273,9 @@ async fn a_file_that_does_not_load_keeps_the_old_plugin_and_says_why() {
     assert_eq!(reload(&c, &gateway).await["outcome"], "reloaded");
     let status = plugin_status(&c, &gateway).await;
     assert!(status["last_reload_error"].is_null(), "{status}");
+    assert_eq!(status["sha256"], sha256_of(&files.query_affinity));
     assert!(!served_by_misbehave(&c, &gateway).await);
+    decides_cleanly(&c, &gateway).await;
     assert_eq!(reload(&c, &gateway).await["outcome"], "unchanged");
 }
 
@@ -248,10 +296,13 @@ async fn a_changed_plugin_file_is_reloaded_without_being_asked() {
     ready(&c, &gateway).await;
     assert!(served_by_misbehave(&c, &gateway).await);
     install(&files.query_affinity, &plugin);
+    let expected = sha256_of(&files.query_affinity);
     eventually_async("file watcher reload", Duration::from_secs(30), || async {
-        (!served_by_misbehave(&c, &gateway).await).then_some(())
+        (plugin_status(&c, &gateway).await["sha256"] == expected).then_some(())
     })
     .await;
+    assert!(!served_by_misbehave(&c, &gateway).await);
+    decides_cleanly(&c, &gateway).await;
 }
 
 /// Cache entries under `dir` (not wasmtime's `.stats` usage files) with
@@ -311,9 +362,47 @@ async fn compiled_components_are_cached_on_disk_across_restarts() {
     drop(first);
 
     // A restart finds the entry (same bytes, same engine) instead of
-    // compiling and writing it again.
+    // compiling and writing it again, and says so: wasmtime's cache
+    // records every hit in the entry's `.stats` file (`usages`: 1 from the
+    // write, +1 per hit). Without a hit the entries would be unchanged as
+    // well if the restart did not use the cache at all.
     let second = Gateway::start(&config);
     ready(&c, &second).await;
     assert!(!served_by_misbehave(&c, &second).await);
+    decides_cleanly(&c, &second).await;
     assert_eq!(cache_entries(&cache), entries, "the restart compiled again");
+    let stats: Vec<_> = entries
+        .iter()
+        .map(|(path, _)| {
+            let mut name = path.file_name().unwrap().to_os_string();
+            name.push(".stats");
+            path.with_file_name(name)
+        })
+        .collect();
+    kylin_gateway_tests::support::eventually(
+        "a cache hit recorded",
+        Duration::from_secs(10),
+        || {
+            stats
+                .iter()
+                .any(|p| std::fs::read_to_string(p).is_ok_and(|t| usages(&t) >= 2))
+                .then_some(())
+        },
+    );
+}
+
+/// `usages = N` of a wasmtime cache `.stats` file.
+fn usages(stats: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("usages")?
+                .trim()
+                .strip_prefix('=')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use kylin_gateway_tests::support::cluster::{
     addresses, leader_address, median, metric, poll_until, zookeeper_gateway,
 };
+use kylin_gateway_tests::support::eventually_async;
 use kylin_gateway_tests::support::http::{TestClient, client, send};
 use kylin_gateway_tests::support::sim::{SimConfig, SimNode};
 use kylin_gateway_tests::support::zookeeper::ZkServer;
@@ -24,20 +25,52 @@ struct JobReply {
     node: String,
 }
 
+/// Job requests sent back to back from some tasks until stopped.
+struct JobTraffic {
+    replies: Arc<Mutex<Vec<JobReply>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl JobTraffic {
+    /// Replies after `since`.
+    fn replies_after(&self, since: Instant) -> Vec<JobReply> {
+        self.replies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.at > since)
+            .cloned()
+            .collect()
+    }
+
+    /// Stops the workers and waits for the requests still in flight, so
+    /// every request sent is in the list (a request held or hanging at
+    /// the gateway is not lost, and fails the wait if it never ends).
+    async fn finish(self) -> Vec<JobReply> {
+        self.stop.send(true).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for worker in self.workers {
+            tokio::time::timeout_at(deadline, worker)
+                .await
+                .expect("a job request still in flight 30 s after the traffic stopped")
+                .expect("a traffic worker panicked");
+        }
+        self.replies.lock().unwrap().clone()
+    }
+}
+
 /// Sends job requests back to back from `workers` tasks until stopped.
-fn job_traffic(
-    c: &TestClient,
-    url: String,
-    workers: usize,
-) -> (Arc<Mutex<Vec<JobReply>>>, tokio::sync::watch::Sender<bool>) {
+fn job_traffic(c: &TestClient, url: String, workers: usize) -> JobTraffic {
     let replies = Arc::new(Mutex::new(Vec::new()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut handles = Vec::new();
     for _ in 0..workers {
         let c = c.clone();
         let url = url.clone();
         let replies = replies.clone();
         let stop_rx = stop_rx.clone();
-        tokio::spawn(async move {
+        handles.push(tokio::spawn(async move {
             while !*stop_rx.borrow() {
                 let reply = send(
                     &c,
@@ -63,9 +96,13 @@ fn job_traffic(
                     node,
                 });
             }
-        });
+        }));
     }
-    (replies, stop_tx)
+    JobTraffic {
+        replies,
+        stop: stop_tx,
+        workers: handles,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,8 +127,12 @@ async fn clean_leader_stop_moves_jobs_with_no_failed_request() {
     })
     .await;
 
-    let (replies, stop) = job_traffic(&c, gateway.url("/kylin/api/cubes/sales/build"), 2);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let traffic = job_traffic(&c, gateway.url("/kylin/api/cubes/sales/build"), 2);
+    let started = Instant::now();
+    eventually_async("job traffic flowing", WAIT, || async {
+        (traffic.replies_after(started).len() >= 10).then_some(())
+    })
+    .await;
     let mut from_signal = Vec::new();
     let mut from_lock_deleted = Vec::new();
     for round in 0..3 {
@@ -115,15 +156,11 @@ async fn clean_leader_stop_moves_jobs_with_no_failed_request() {
         );
         // Job traffic lands on the new leader once the view switched.
         let settled = Instant::now() + Duration::from_millis(150);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let late: Vec<JobReply> = replies
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.at > settled)
-            .cloned()
-            .collect();
-        assert!(!late.is_empty(), "no job traffic after the switch");
+        let late = eventually_async("job traffic after the switch", WAIT, || async {
+            let late = traffic.replies_after(settled);
+            (late.len() >= 10).then_some(late)
+        })
+        .await;
         assert!(
             late.iter().all(|r| r.node == next_name),
             "jobs after the switch went elsewhere: {:?}",
@@ -134,9 +171,7 @@ async fn clean_leader_stop_moves_jobs_with_no_failed_request() {
         );
         candidates[round].terminate();
     }
-    stop.send(true).unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let replies = replies.lock().unwrap().clone();
+    let replies = traffic.finish().await;
     let failed: Vec<&JobReply> = replies.iter().filter(|r| r.status != 200).collect();
     println!(
         "{} job requests during 3 failovers, {} failed; SIGTERM → switch {from_signal:?}, lock deleted → switch {from_lock_deleted:?}",

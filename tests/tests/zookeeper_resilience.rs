@@ -23,6 +23,7 @@ struct QueryTraffic {
     failed: Arc<AtomicU64>,
     stop: tokio::sync::watch::Sender<bool>,
     last_failure: Arc<std::sync::Mutex<Option<String>>>,
+    worker: tokio::task::JoinHandle<()>,
 }
 
 impl QueryTraffic {
@@ -33,7 +34,7 @@ impl QueryTraffic {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (c, url) = (c.clone(), gateway.url("/kylin/api/query"));
         let (ok_task, failed_task, last_task) = (ok.clone(), failed.clone(), last_failure.clone());
-        tokio::spawn(async move {
+        let worker = tokio::spawn(async move {
             while !*stop_rx.borrow() {
                 match send(&c, "POST", &url, &[], r#"{"sql":"select 1"}"#).await {
                     Ok(r) if r.status == 200 => {
@@ -52,6 +53,7 @@ impl QueryTraffic {
             failed,
             stop,
             last_failure,
+            worker,
         }
     }
 
@@ -59,9 +61,14 @@ impl QueryTraffic {
         self.ok.load(Ordering::Relaxed)
     }
 
-    /// Stops the loop and asserts that nothing failed.
-    fn finish(self, what: &str) -> u64 {
+    /// Stops the loop, waits for the query still in flight (so its outcome
+    /// is counted too), and asserts that nothing failed.
+    async fn finish(mut self, what: &str) -> u64 {
         let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(30), &mut self.worker)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: a query still in flight 30 s after the stop"))
+            .expect("the traffic loop panicked");
         let failed = self.failed.load(Ordering::Relaxed);
         assert_eq!(
             failed,
@@ -120,7 +127,7 @@ async fn zookeeper_restart_keeps_queries_flowing() {
         },
     )
     .await;
-    let served = traffic.finish("ZooKeeper restart");
+    let served = traffic.finish("ZooKeeper restart").await;
     println!("{served} queries served across the ZooKeeper restart, none failed");
 }
 
@@ -212,7 +219,7 @@ async fn ensemble_with_one_server_down_keeps_working_and_quorum_loss_keeps_the_l
         addresses(&c, &gateway).await.contains(&late.addr())
     })
     .await;
-    let served = traffic.finish("ensemble member loss and quorum loss");
+    let served = traffic.finish("ensemble member loss and quorum loss").await;
     println!("{served} queries served across member loss and quorum loss, none failed");
     println!("ensemble modes at the end: {:?}", ensemble.modes());
 }

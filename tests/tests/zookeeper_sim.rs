@@ -309,14 +309,24 @@ async fn simulator_and_curator_share_one_election() {
     eventually("curator leads", Duration::from_secs(20), || {
         curator.says_leader().then_some(())
     });
+    let joined = std::time::Instant::now();
     let sim = SimNode::start(&server.connect_string(), &SimConfig::new("sim", "all"));
+    // The sim has campaigned: it queued behind Curator's lock node (or,
+    // wrongly, took the lead), and said so.
+    let (_, campaign) = eventually("the sim campaigns", Duration::from_secs(10), || {
+        sim.logged_since(joined, ", watching ")
+            .or_else(|| sim.logged_since(joined, ": LEADER "))
+    });
+    assert!(
+        !sim.says_leader(),
+        "the sim leads while Curator does: {campaign}"
+    );
     let http = client();
     let reply = get(&http, &curator.url("/curator/leader"))
         .await
         .unwrap()
         .json();
     assert_eq!(reply["leader"], format!("127.0.0.1:{}", curator.port));
-    assert!(!sim.says_leader());
     let since = std::time::Instant::now();
     curator.terminate();
     eventually(

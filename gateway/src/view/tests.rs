@@ -40,39 +40,79 @@ fn publish_keeps_node_state_across_updates_and_drops_leavers() {
     let first = publisher.snapshot();
     assert_eq!(first.query_nodes, vec![0]);
     assert_eq!(first.leader, Some(1));
-    first.nodes[0]
-        .state
-        .in_flight
-        .store(7, std::sync::atomic::Ordering::Relaxed);
+    for (i, in_flight) in [(0, 7), (1, 5)] {
+        first.nodes[i]
+            .state
+            .in_flight
+            .store(in_flight, std::sync::atomic::Ordering::Relaxed);
+    }
 
     view.nodes.push(node("c", 3, Modes::QUERY));
     view.nodes[1].enabled = false;
-    publisher.publish(view);
+    publisher.publish(view.clone());
     let second = publisher.snapshot();
     assert_eq!(second.nodes[0].state.in_flight(), 7);
+    assert_eq!(second.nodes[1].state.in_flight(), 5, "b's state is kept");
     assert_eq!(second.query_nodes, vec![0, 2]);
     assert_eq!(second.leader, None, "a disabled leader is not routable");
     assert!(second.version > first.version);
+
+    // b leaves: its state goes with it, so a node that later registers
+    // under the same id starts afresh.
+    view.nodes.remove(1);
+    publisher.publish(view.clone());
+    let third = publisher.snapshot();
+    assert_eq!(third.position("b"), None);
+    assert_eq!(third.nodes[0].state.in_flight(), 7, "a stayed");
+    view.nodes.push(node("b", 2, Modes::JOB));
+    publisher.publish(view);
+    let fourth = publisher.snapshot();
+    let b = fourth.position("b").expect("b is back");
+    assert_eq!(
+        fourth.nodes[b].state.in_flight(),
+        0,
+        "a node that left came back with the state of its old self"
+    );
+    assert!(!Arc::ptr_eq(&fourth.nodes[b].state, &second.nodes[1].state));
+}
+
+/// Polls `future` once; whether it is still pending.
+async fn pending_after_one_poll(future: &mut (impl std::future::Future + Unpin)) -> bool {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut *future).poll(cx).is_pending())
+    })
+    .await
 }
 
 #[tokio::test]
 async fn wait_for_wakes_on_publish() {
     let publisher = ViewPublisher::new();
-    let p = publisher.clone();
-    let waiter = tokio::spawn(async move {
-        p.wait_for(
-            std::time::Instant::now() + std::time::Duration::from_secs(5),
-            |s| s.leader.is_some(),
-        )
-        .await
-    });
+    let waiter = publisher.wait_for(
+        std::time::Instant::now() + std::time::Duration::from_secs(5),
+        |s| s.leader.is_some(),
+    );
+    tokio::pin!(waiter);
+    // The waiter has looked at the snapshot and blocks on the watch before
+    // anything is published, so only a publish can wake it.
+    assert!(
+        pending_after_one_poll(&mut waiter).await,
+        "nothing published yet, the waiter must wait"
+    );
     let mut view = ClusterView {
         nodes: vec![node("a", 1, Modes::ALL)],
         ..Default::default()
     };
+    // A publish that does not satisfy it: it checks and waits again.
     publisher.publish(view.clone());
+    assert!(
+        pending_after_one_poll(&mut waiter).await,
+        "a view without a leader must not end the wait"
+    );
     view.leader.node_id = Some("a".into());
     publisher.publish(view);
-    let got = waiter.await.unwrap().expect("leader seen");
+    let got = tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+        .await
+        .expect("the publish did not wake the waiter")
+        .expect("leader seen");
     assert_eq!(got.leader, Some(0));
 }

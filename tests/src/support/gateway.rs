@@ -12,59 +12,96 @@ pub struct Gateway {
     pub process: ChildGuard,
     pub http_port: u16,
     pub admin_port: u16,
+    /// Set when launched with [`Launch::https`].
+    pub https_port: Option<u16>,
     pub config_path: PathBuf,
+    /// Where stdout (the gateway's log) goes with [`Launch::log_to_file`].
+    log_path: Option<PathBuf>,
     _dir: TempDir,
+}
+
+/// How to launch the gateway, beyond its config.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Also listen for HTTPS (`[listen] https`) on a free port, like the
+    /// others picked afresh for every start-up attempt.
+    pub https: bool,
+    /// `RUST_LOG` for the gateway (default: `KGW_TEST_LOG`, else `warn`).
+    pub rust_log: Option<String>,
+    /// Keep the gateway's log (stdout, no colours) in a file, read with
+    /// [`Gateway::log`].
+    pub log_to_file: bool,
 }
 
 impl Gateway {
     /// Starts the gateway with `[listen]` filled in (free ports) and the
     /// given TOML for everything else. Waits for `/healthz`.
     pub fn start(rest_of_config: &str) -> Gateway {
-        Gateway::start_with_listen("", rest_of_config)
+        Gateway::launch(&Launch::default(), rest_of_config)
     }
 
-    /// Like [`Gateway::start`], with more `[listen]` keys (e.g. `https`).
-    pub fn start_with_listen(extra_listen: &str, rest_of_config: &str) -> Gateway {
+    /// Like [`Gateway::start`], with the options of `launch`.
+    pub fn launch(launch: &Launch, rest_of_config: &str) -> Gateway {
         // A port picked free can be taken by another test (or handed out
         // twice) before the gateway binds it; the gateway then exits at
         // start-up saying it cannot bind. Such a start is retried with fresh
         // ports; a gateway that fails to start every time still fails.
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
-            let http_port = free_port();
-            let admin_port = std::iter::repeat_with(free_port)
-                .find(|&p| p != http_port)
-                .expect("a second free port");
+            let mut ports = Vec::new();
+            while ports.len() < if launch.https { 3 } else { 2 } {
+                let port = free_port();
+                if !ports.contains(&port) {
+                    ports.push(port);
+                }
+            }
+            let (http_port, admin_port) = (ports[0], ports[1]);
+            let https_port = ports.get(2).copied();
+            let extra_listen = https_port
+                .map(|p| format!("https = \"127.0.0.1:{p}\"\n"))
+                .unwrap_or_default();
             let dir = TempDir::new("kgw");
             let config = format!(
                 "[listen]\nhttp = \"127.0.0.1:{http_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n{extra_listen}\n\n{rest_of_config}"
             );
             let config_path = dir.path.join("gateway.toml");
             std::fs::write(&config_path, config).expect("write config");
-            let process = ChildGuard::spawn(
-                "kylin-gateway",
-                Command::new(target_bin("kylin-gateway"))
-                    .arg("--config")
-                    .arg(&config_path)
-                    .env(
-                        "RUST_LOG",
-                        std::env::var("KGW_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-                    ),
-            )
-            .expect("spawn kylin-gateway");
+            let rust_log = launch
+                .rust_log
+                .clone()
+                .unwrap_or_else(|| std::env::var("KGW_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+            let mut command = Command::new(target_bin("kylin-gateway"));
+            command
+                .arg("--config")
+                .arg(&config_path)
+                .env("RUST_LOG", rust_log);
+            let log_path = launch.log_to_file.then(|| dir.path.join("gateway.log"));
+            if let Some(path) = &log_path {
+                command
+                    .env("NO_COLOR", "1")
+                    .stdout(std::fs::File::create(path).expect("create gateway log"));
+            }
+            let process =
+                ChildGuard::spawn("kylin-gateway", &mut command).expect("spawn kylin-gateway");
             let mut gateway = Gateway {
                 process,
                 http_port,
                 admin_port,
+                https_port,
                 config_path,
+                log_path,
                 _dir: dir,
             };
             let started = super::eventually("gateway listeners", Duration::from_secs(30), || {
                 if let Some(status) = gateway.process.try_wait() {
                     return Some(Err(status));
                 }
-                std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
-                std::net::TcpStream::connect(("127.0.0.1", http_port)).ok()?;
+                for port in [Some(admin_port), Some(http_port), https_port]
+                    .into_iter()
+                    .flatten()
+                {
+                    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+                }
                 Some(Ok(()))
             });
             match started {
@@ -78,6 +115,15 @@ impl Gateway {
             }
         }
         unreachable!("the last attempt returns or panics")
+    }
+
+    /// The gateway's log so far (launched with [`Launch::log_to_file`]).
+    pub fn log(&self) -> String {
+        let path = self
+            .log_path
+            .as_ref()
+            .expect("launched without Launch::log_to_file");
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -169,7 +215,8 @@ pub fn leader_then_query_nodes(nodes: &[super::backend::Backend]) -> String {
 
 /// The value of a Prometheus sample whose line starts with `series`
 /// (name and labels as the exporter writes them, labels in any order are
-/// matched by containment: every `needle` must appear in the line).
+/// matched by containment: every `needle` must appear in the line), summed
+/// over the matching lines; `None` when no line matches.
 pub fn metric_value(metrics: &str, name: &str, needles: &[&str]) -> Option<f64> {
     metrics
         .lines()
@@ -179,6 +226,13 @@ pub fn metric_value(metrics: &str, name: &str, needles: &[&str]) -> Option<f64> 
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
         .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("not a sample: {l}"))
+        })
+        // No matching series is `None`, not a sum of nothing: a gauge that
+        // is never exported must not read as 0.
+        .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
 }

@@ -17,4 +17,4 @@ pub mod watchers;
 pub mod zookeeper;
 
 pub use eventually::{eventually, eventually_async};
-pub use process::{ChildGuard, free_port, target_bin};
+pub use process::{ChildGuard, RefusingPort, free_port, run_with_deadline, target_bin};
