@@ -49,7 +49,8 @@ async fn registrations_and_removals_reach_the_view_within_50ms() {
     const LIMIT: Duration = Duration::from_millis(50);
     let _timing = TIMING.write().await;
     let server = ZkServer::start();
-    let gateway = zookeeper_gateway(&server.connect_string(), "");
+    // Raw watch latency: no removal grace (zookeeper_partitions covers it).
+    let gateway = zookeeper_gateway(&server.connect_string(), "removal_grace_ms = 0");
     let c = client();
     let zk = zookeeper::client(&server.connect_string()).await;
     let _anchor = SimNode::start(&server.connect_string(), &SimConfig::new("anchor", "all"));

@@ -114,7 +114,10 @@ async fn partition_shorter_than_the_session_serves_the_last_view_marked_stale() 
     let seen = watch.finish().await;
     assert!(seen.shrank.is_empty(), "the view shrank: {:?}", seen.shrank);
     assert_eq!(seen.leaderless, 0, "the leader was lost in {seen:?}");
-    let served = (queries.finish("partition"), jobs.finish("partition"));
+    let served = (
+        queries.finish("partition").await,
+        jobs.finish("partition").await,
+    );
     println!(
         "partition {:?}: stale after {:?}, fresh {:?} after resume; {} samples; \
          served {served:?} (queries, jobs), none failed",
@@ -190,7 +193,7 @@ async fn partition_longer_than_the_session_ends_in_a_new_session_and_a_full_resy
         "a new session ({sessions} → {new_sessions})"
     );
     // Queries to the departed nodes were retried on live ones.
-    let served = queries.finish("long partition");
+    let served = queries.finish("long partition").await;
     println!(
         "partition {:?}; full resync {:?} after resume; {served} queries served \
          ({ok_partitioned} before the resume), none failed",
@@ -235,7 +238,7 @@ async fn flapping_link_never_removes_a_node_zookeeper_still_has() {
     assert!(seen.samples > 100, "only {} samples", seen.samples);
     assert!(seen.shrank.is_empty(), "the view shrank: {:?}", seen.shrank);
     assert_eq!(seen.leaderless, 0, "the leader was lost in {seen:?}");
-    let served = queries.finish("flapping link");
+    let served = queries.finish("flapping link").await;
     println!(
         "10 flaps: {reconnects} reconnects, {} view samples never short of a node, \
          {served} queries served, none failed",
@@ -327,7 +330,7 @@ async fn reregistration_within_the_grace_keeps_the_node_routable() {
     );
     assert_eq!(seen.leaderless, 0, "the leader was lost in {seen:?}");
     assert_eq!(counted, paths.len(), "every blip seen and absorbed");
-    let served = (queries.finish("blips"), jobs.finish("blips"));
+    let served = (queries.finish("blips").await, jobs.finish("blips").await);
     println!(
         "{} blips absorbed; {} view samples; served {served:?} (queries, jobs), none failed",
         paths.len(),
@@ -450,7 +453,7 @@ async fn real_departure_leaves_within_the_grace_plus_50ms() {
         departures.push(gone.saturating_duration_since(deleted));
         node.terminate();
     }
-    let served = queries.finish("departures");
+    let served = queries.finish("departures").await;
     println!(
         "instance deleted → gone from /admin/nodes: {departures:?}; {served} queries, none failed"
     );

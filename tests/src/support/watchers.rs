@@ -20,6 +20,7 @@ pub struct Traffic {
     failed: Arc<AtomicU64>,
     last_failure: Arc<Mutex<Option<String>>>,
     stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Traffic {
@@ -39,7 +40,7 @@ impl Traffic {
         let what = format!("{method} {path}");
         let (method, body) = (method.to_string(), body.to_string());
         let (ok_task, failed_task, last_task) = (ok.clone(), failed.clone(), last_failure.clone());
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while !*stop_rx.borrow() {
                 match send(&c, &method, &url, &[], body.clone()).await {
                     Ok(r) if r.status == 200 => {
@@ -59,6 +60,7 @@ impl Traffic {
             failed,
             last_failure,
             stop,
+            task: Some(task),
         }
     }
 
@@ -66,9 +68,17 @@ impl Traffic {
         self.ok.load(Ordering::Relaxed)
     }
 
-    /// Stops the loop, asserts nothing failed, returns how many succeeded.
-    pub fn finish(self, during: &str) -> u64 {
+    /// Stops the loop and waits (up to 30 s) for the request in flight, so
+    /// it is counted too; asserts nothing failed, returns how many
+    /// succeeded.
+    pub async fn finish(mut self, during: &str) -> u64 {
         let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .unwrap_or_else(|_| panic!("{during}: `{}` still running after 30 s", self.what))
+                .expect("traffic task");
+        }
         let failed = self.failed.load(Ordering::Relaxed);
         assert_eq!(
             failed,
@@ -152,7 +162,10 @@ impl ViewWatch {
     pub async fn finish(mut self) -> Seen {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
-            let _ = task.await;
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("the view watch still running after 30 s")
+                .expect("view watch task");
         }
         self.seen()
     }
