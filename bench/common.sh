@@ -100,6 +100,44 @@ CONF
     pids+=($!)
 }
 
+# Starts nginx on 127.0.0.1:$1 as a reverse proxy to 127.0.0.1:$2 (one
+# process, upstream keep-alive): the proxy to measure against. $! is its pid.
+start_nginx_proxy() {
+    local port=$1 backend=$2 dir="$work/nginx-proxy"
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<CONF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 1000000;
+    upstream kylin {
+        server 127.0.0.1:$backend;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://kylin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+    nginx -p "$dir" -c "$dir/nginx.conf" 2>"$dir/stderr.log" &
+    pids+=($!)
+}
+
 # Writes a static-discovery gateway config with one node to file $1.
 gateway_config() {
     local file=$1 http_port=$2 admin_port=$3 node_port=$4

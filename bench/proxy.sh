@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Proxy overhead on loopback: wrk against nginx directly, through
+# nginx as a reverse proxy (upstream keep-alive), through
 # kylin-gateway (release build), through kylin-gateway with the
 # query-affinity plugin deciding every query, and through HAProxy, with the same wrk
 # settings; prints requests/s and latency, and each as a ratio to direct.
@@ -8,6 +9,8 @@
 #
 #   bench/proxy.sh                      # 10 s per target, 2 threads, 64 connections
 #   DURATION=5s CONNECTIONS=32 bench/proxy.sh
+#   GATEWAY_BIN=path BASELINE_BIN=path bench/proxy.sh   # a given build, and
+#                                       # another one as a "baseline" row
 #
 # Needs nginx (Debian nginx-light) and wrk; installs haproxy with apt-get if
 # it is missing and we are root. Starts everything on 127.0.0.1 with its own
@@ -38,7 +41,7 @@ if ! command -v haproxy >/dev/null; then
     fi
 fi
 
-gateway_bin=$(release_gateway)
+gateway_bin=${GATEWAY_BIN:-$(release_gateway)}
 
 nginx_port=$(free_port)
 gateway_port=$(free_port)
@@ -46,13 +49,27 @@ admin_port=$(free_port)
 plugin_port=$(free_port)
 plugin_admin_port=$(free_port)
 haproxy_port=$(free_port)
+nginx_proxy_port=$(free_port)
+baseline_port=$(free_port)
+baseline_admin_port=$(free_port)
 
 start_nginx "$nginx_port"
+start_nginx_proxy "$nginx_proxy_port" "$nginx_port"
+nginx_proxy_pid=$!
 gateway_config "$work/gateway.toml" "$gateway_port" "$admin_port" "$nginx_port"
 # Access logs off for every proxy: HAProxy below logs nothing either.
 RUST_LOG=warn "$gateway_bin" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
 pids+=($!)
 gateway_pid=$!
+
+# Another build of the gateway (BASELINE_BIN), measured in the same run.
+baseline_pid=0
+if [ -n "${BASELINE_BIN:-}" ]; then
+    gateway_config "$work/baseline.toml" "$baseline_port" "$baseline_admin_port" "$nginx_port"
+    RUST_LOG=warn "$BASELINE_BIN" --config "$work/baseline.toml" >"$work/baseline.log" 2>&1 &
+    pids+=($!)
+    baseline_pid=$!
+fi
 
 # The same gateway with the query-affinity plugin deciding every query.
 if [ ! -f "$root/$PLUGIN" ]; then
@@ -100,6 +117,14 @@ wait_port "$nginx_port"
 wait_port "$gateway_port"
 wait_port "$plugin_port"
 wait_port "$haproxy_port"
+wait_port "$nginx_proxy_port"
+targets=(direct:$nginx_port:0 nginx:$nginx_proxy_port:$nginx_proxy_pid
+    kylin-gateway:$gateway_port:$gateway_pid)
+if [ "$baseline_pid" != 0 ]; then
+    wait_port "$baseline_port"
+    targets+=(baseline:$baseline_port:$baseline_pid)
+fi
+targets+=(gateway+affinity:$plugin_port:$plugin_pid haproxy:$haproxy_port:$haproxy_pid)
 
 run_wrk() {
     local name=$1 port=$2
@@ -128,8 +153,7 @@ cpu_ticks() { # user + system clock ticks of a process
 }
 
 declare -A rps p50 p99 cpu_us
-for target in direct:$nginx_port:0 kylin-gateway:$gateway_port:$gateway_pid \
-    gateway+affinity:$plugin_port:$plugin_pid haproxy:$haproxy_port:$haproxy_pid; do
+for target in "${targets[@]}"; do
     IFS=: read -r name port pid <<<"$target"
     echo "wrk: $name ($DURATION, $THREADS threads, $CONNECTIONS connections)..." >&2
     before=0
@@ -153,9 +177,12 @@ done
 
 echo
 echo "POST $REQUEST_PATH on loopback, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPUs"
-printf '%-17s %12s %9s %10s %9s %10s %9s %12s\n' target req/s ratio p50_ms ratio p99_ms ratio proxy_cpu_us
-for name in direct kylin-gateway gateway+affinity haproxy; do
+echo "ratios: req/s, p50 and p99 to direct nginx; proxy CPU per request to nginx as a proxy"
+printf '%-17s %12s %9s %10s %9s %10s %9s %12s %9s\n' target req/s ratio p50_ms ratio p99_ms ratio proxy_cpu_us ratio
+for target in "${targets[@]}"; do
+    name=${target%%:*}
     awk -v n="$name" -v r="${rps[$name]}" -v dr="${rps[direct]}" -v cpu="${cpu_us[$name]}" \
+        -v ncpu="${cpu_us[nginx]}" \
         -v a="${p50[$name]}" -v da="${p50[direct]}" -v b="${p99[$name]}" -v db="${p99[direct]}" \
-        'BEGIN { printf "%-17s %12.0f %9.2f %10.3f %9.2f %10.3f %9.2f %12s\n", n, r, r / dr, a, a / da, b, b / db, cpu }'
+        'BEGIN { printf "%-17s %12.0f %9.2f %10.3f %9.2f %10.3f %9.2f %12s %9s\n", n, r, r / dr, a, a / da, b, b / db, cpu, (cpu == "-" ? "-" : sprintf("%.2f", cpu / ncpu)) }'
 done

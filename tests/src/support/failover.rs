@@ -68,23 +68,25 @@ pub async fn ask(c: &TestClient, method: &str, url: &str, headers: &[(&str, &str
     }
 }
 
-/// Panics listing the first failures if any answer is not a whole 200,
-/// except a write cut by a crash: one in flight while a leader was dying
-/// (sent before the process was gone, answered after the kill) may have
-/// been applied, so it must not be sent again, and its answer is a 502.
+/// A write cut by a crash: one in flight while a leader was dying (sent
+/// before the process was gone, answered after the kill) may have been
+/// applied, so it must not be sent again, and its answer is a 502.
 /// `crashes` are those windows, from the kill signal until the process was
 /// reaped.
+pub fn cut_by_a_crash(answer: &Answer, crashes: &[(Instant, Instant)]) -> bool {
+    !answer.what.starts_with("GET ")
+        && answer.status == 502
+        && crashes
+            .iter()
+            .any(|(killed, reaped)| answer.sent <= *reaped && answer.at >= *killed)
+}
+
+/// Panics listing the first failures if any answer is not a whole 200,
+/// except writes [cut by a crash](cut_by_a_crash).
 pub fn assert_nothing_lost(answers: &[Answer], crashes: &[(Instant, Instant)]) {
-    let cut_by_a_crash = |a: &Answer| {
-        !a.what.starts_with("GET ")
-            && a.status == 502
-            && crashes
-                .iter()
-                .any(|(killed, reaped)| a.sent <= *reaped && a.at >= *killed)
-    };
     let failed: Vec<&Answer> = answers
         .iter()
-        .filter(|a| !a.ok() && !cut_by_a_crash(a))
+        .filter(|a| !a.ok() && !cut_by_a_crash(a, crashes))
         .collect();
     assert!(
         failed.is_empty(),
