@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use kylin_gateway_tests::support::cluster::zookeeper_gateway;
 use kylin_gateway_tests::support::failover::{
-    Answer, Candidates, Death, JobClients, JobNode, cut_by_a_crash, wait_leader_first,
+    Answer, Candidates, Death, JobClients, JobNode, cut_by_a_crash, put_down, wait_leader_first,
 };
 use kylin_gateway_tests::support::http::client;
 use kylin_gateway_tests::support::sim::{SimConfig, SimNode};
@@ -64,17 +64,7 @@ async fn main() {
         for death in [Death::CleanStop, Death::Crash] {
             wait_leader_first(&c, &gateway, &candidates).await;
             let mut dying = candidates.queue.pop_front().expect("a leader");
-            let at = Instant::now();
-            let dying_window = match death {
-                Death::Crash => {
-                    dying.crash();
-                    Some((at, Instant::now()))
-                }
-                Death::CleanStop => {
-                    dying.stop();
-                    None
-                }
-            };
+            let (at, dying_window) = put_down(&mut dying, death);
             let successor = candidates.leader().name().to_string();
             failovers.push(Failover {
                 death,

@@ -347,17 +347,7 @@ pub async fn failover_round<N: JobNode>(
     let dying_name = dying.name().to_string();
     let registration = format!("{}/{dying_name}", candidates.registry);
     let gone = watch_deletion(&candidates.zk, &registration).await;
-    let killed = Instant::now();
-    let crash = match death {
-        Death::Crash => {
-            dying.crash();
-            Some((killed, Instant::now()))
-        }
-        Death::CleanStop => {
-            dying.stop();
-            None
-        }
-    };
+    let (killed, crash) = put_down(&mut dying, death);
     let successor = candidates.leader().name().to_string();
     let mut in_flight = Vec::new();
     for ((task, slow), (_, _, arrived)) in tasks.into_iter().zip(&calls) {
@@ -390,6 +380,22 @@ pub async fn failover_round<N: JobNode>(
     }
 }
 
+/// Crashes or stops `leader`. Returns when the signal went, and for a crash
+/// the window from then until the process was reaped.
+pub fn put_down<N: JobNode>(leader: &mut N, death: Death) -> (Instant, Option<(Instant, Instant)>) {
+    let signalled = Instant::now();
+    match death {
+        Death::Crash => {
+            leader.crash();
+            (signalled, Some((signalled, Instant::now())))
+        }
+        Death::CleanStop => {
+            leader.stop();
+            (signalled, None)
+        }
+    }
+}
+
 /// Watches `path` (which must exist) and resolves to when it was deleted.
 async fn watch_deletion(zk: &str, path: &str) -> JoinHandle<Instant> {
     let client = super::zookeeper::client(zk).await;
@@ -411,38 +417,27 @@ async fn watch_deletion(zk: &str, path: &str) -> JoinHandle<Instant> {
     })
 }
 
-impl JobNode for super::sim::SimNode {
-    fn name(&self) -> &str {
-        &self.name
-    }
+/// Both node kinds name these the same way.
+macro_rules! job_node {
+    ($($node:ty),*) => {$(
+        impl JobNode for $node {
+            fn name(&self) -> &str {
+                &self.name
+            }
 
-    fn crash(&mut self) {
-        self.kill();
-    }
+            fn crash(&mut self) {
+                self.kill();
+            }
 
-    fn stop(&mut self) {
-        self.process_signal_term();
-    }
+            fn stop(&mut self) {
+                self.process_signal_term();
+            }
 
-    fn wait_logged(&self, since: Instant, needle: &str, timeout: Duration) -> LogLine {
-        self.wait_logged_since(since, needle, timeout)
-    }
+            fn wait_logged(&self, since: Instant, needle: &str, timeout: Duration) -> LogLine {
+                self.wait_logged_since(since, needle, timeout)
+            }
+        }
+    )*};
 }
 
-impl JobNode for super::curator::CuratorNode {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn crash(&mut self) {
-        self.kill();
-    }
-
-    fn stop(&mut self) {
-        self.process_signal_term();
-    }
-
-    fn wait_logged(&self, since: Instant, needle: &str, timeout: Duration) -> LogLine {
-        self.wait_logged_since(since, needle, timeout)
-    }
-}
+job_node!(super::sim::SimNode, super::curator::CuratorNode);
