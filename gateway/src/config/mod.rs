@@ -56,6 +56,16 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub plugins: Vec<PluginSpec>,
     pub plugin_runtime: PluginRuntime,
+    pub admin: AdminSettings,
+}
+
+/// `[admin]`: who may use the admin API. The token itself is not part of
+/// the config: the binary reads it (`crate::admin::auth`).
+#[derive(Clone, Debug, Serialize)]
+pub struct AdminSettings {
+    pub token_file: Option<PathBuf>,
+    /// Whether `/metrics` answers without the token.
+    pub public_metrics: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub plugins: Vec<RawPlugin>,
     #[serde(default)]
     pub plugin_runtime: RawPluginRuntime,
+    #[serde(default)]
+    pub admin: RawAdmin,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,4 +143,11 @@ pub struct RawPluginRuntime {
     pub memory_mb: Option<u64>,
     pub cache_dir: Option<String>,
     pub watch_files: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub token_file: Option<String>,
+    pub public_metrics: Option<bool>,
 }

@@ -161,6 +161,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             cache_dir: raw.plugin_runtime.cache_dir.map(Into::into),
             watch_files: raw.plugin_runtime.watch_files.unwrap_or(true),
         },
+        admin: AdminSettings {
+            token_file: raw.admin.token_file.map(Into::into),
+            public_metrics: raw.admin.public_metrics.unwrap_or(true),
+        },
     })
 }
 
