@@ -256,6 +256,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>) -> anyhow::Result<
             None,
             stopped(),
             config.drain_timeout,
+            config.limits,
         ));
     }
     if let (Some(address), Some(files)) = (config.listen.https, &config.tls) {
@@ -274,6 +275,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>) -> anyhow::Result<
             Some(acceptor),
             stopped(),
             config.drain_timeout,
+            config.limits,
         ));
     }
     // The admin listener starts last, so /readyz answers only once every

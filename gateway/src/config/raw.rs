@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub plugin_runtime: RawPluginRuntime,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub limits: RawLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,4 +152,13 @@ pub struct RawPluginRuntime {
 pub struct RawAdmin {
     pub token_file: Option<String>,
     pub public_metrics: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub header_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_in_flight: Option<usize>,
 }
