@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use kylin_gateway::admin::auth::{self, AdminToken};
 use kylin_gateway::admin::{self, Admin};
 use kylin_gateway::config::{self, Config, Discovery};
 use kylin_gateway::discovery::leader_check::LeaderCheckStatus;
@@ -64,7 +65,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => {
-            match load_config(&file, cli.kylin_properties.as_deref()) {
+            match load_config(&file, cli.kylin_properties.as_deref())
+                .and_then(|config| load_admin_token(&config).map(|_| config))
+            {
                 Ok(config) => {
                     println!(
                         "{}",
@@ -89,9 +92,13 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(error) => return config_failure(&error),
             };
+            let admin_token = match load_admin_token(&config) {
+                Ok(token) => token,
+                Err(error) => return config_failure(&error),
+            };
             let _log_writer = init_tracing();
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(run(config)) {
+            match runtime.block_on(run(config, admin_token)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");
@@ -156,6 +163,20 @@ fn load_config(file: &Path, kylin_properties: Option<&Path>) -> anyhow::Result<C
     Ok(config)
 }
 
+/// The admin API's token, from `admin.token_file` or the environment;
+/// required when the admin listener is not on loopback.
+fn load_admin_token(config: &Config) -> anyhow::Result<Option<AdminToken>> {
+    let file_text = match &config.admin.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("admin.token_file: cannot read {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let env = std::env::var(auth::TOKEN_ENV).ok();
+    Ok(auth::resolve(config, file_text.as_deref(), env.as_deref())?)
+}
+
 /// Logs (the per-request access log included) go to stdout through a
 /// background writer thread, so a request never waits on the stdout lock or
 /// a `write` syscall. Keep the guard alive: dropping it flushes what is queued.
@@ -174,7 +195,7 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, admin_token: Option<AdminToken>) -> anyhow::Result<()> {
     let metrics = admin::install_recorder();
     let views = ViewPublisher::new();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -203,6 +224,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         plugins: plugins
             .clone()
             .map(|chain| Arc::new(chain) as Arc<dyn PluginControl>),
+        token: admin_token,
+        public_metrics: config.admin.public_metrics,
     };
     let _plugin_file_watch = match &plugins {
         Some(chain) => {
@@ -233,6 +256,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             None,
             stopped(),
             config.drain_timeout,
+            config.limits,
         ));
     }
     if let (Some(address), Some(files)) = (config.listen.https, &config.tls) {
@@ -251,6 +275,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Some(acceptor),
             stopped(),
             config.drain_timeout,
+            config.limits,
         ));
     }
     // The admin listener starts last, so /readyz answers only once every

@@ -393,6 +393,7 @@ async fn a_held_job_request_goes_to_the_leader_once_one_is_elected() {
             let _ = stop_rx.await;
         },
         Duration::from_secs(1),
+        config.limits,
     ));
 
     let c = client();

@@ -2,6 +2,7 @@
 //! gateway sees it, plugin control, Prometheus metrics and a status page.
 //! It reads the same snapshots as the data path and never blocks it.
 
+pub mod auth;
 mod metrics_export;
 mod status_page;
 
@@ -39,6 +40,10 @@ pub struct Admin {
     /// True once shutdown began: `/readyz` then answers 503 so load
     /// balancers stop sending while open requests drain.
     pub draining: tokio::sync::watch::Receiver<bool>,
+    /// With a token, every endpoint but the probes (and, if public,
+    /// `/metrics`) needs `Authorization: Bearer <token>`.
+    pub token: Option<auth::AdminToken>,
+    pub public_metrics: bool,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -70,6 +75,15 @@ impl Admin {
     }
 
     pub async fn handle(&self, request: Request<Incoming>) -> AdminResponse {
+        if !self.authorized(&request) {
+            metrics::counter!("kgw_admin_unauthorized_total").increment(1);
+            let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
         let snapshot = self.views.snapshot();
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -128,6 +142,28 @@ impl Admin {
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+}
+
+impl Admin {
+    /// Whether the request may see its endpoint: a public one, no token
+    /// configured, or the token presented.
+    fn authorized(&self, request: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let public = match request.uri().path() {
+            "/healthz" | "/readyz" => true,
+            "/metrics" => self.public_metrics,
+            _ => false,
+        };
+        public
+            || token.authorizes(
+                request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+            )
     }
 }
 

@@ -56,6 +56,33 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub plugins: Vec<PluginSpec>,
     pub plugin_runtime: PluginRuntime,
+    pub admin: AdminSettings,
+    pub limits: Limits,
+}
+
+/// `[admin]`: who may use the admin API. The token itself is not part of
+/// the config: the binary reads it (`crate::admin::auth`).
+#[derive(Clone, Debug, Serialize)]
+pub struct AdminSettings {
+    pub token_file: Option<PathBuf>,
+    /// Whether `/metrics` answers without the token.
+    pub public_metrics: bool,
+}
+
+/// `[limits]`: bounds on what a client may hold of the gateway.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Limits {
+    /// A new connection's first request head must be complete in this time.
+    #[serde(rename = "header_read_timeout_ms", with = "ms")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection's next request head must be complete this
+    /// long after the previous answer.
+    #[serde(rename = "idle_timeout_ms", with = "ms")]
+    pub idle_timeout: Duration,
+    /// Open downstream connections per listener; more are closed at once.
+    pub max_connections: usize,
+    /// Requests being handled at once; more are answered 503.
+    pub max_in_flight: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]

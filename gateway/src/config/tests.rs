@@ -239,3 +239,27 @@ memory_mb = 32
         assert!(printed.contains(key), "missing {key:?} in\n{printed}");
     }
 }
+
+#[test]
+fn limits_and_admin_have_defaults_and_reject_zero() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.limits.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(config.limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(config.limits.max_connections, 10_000);
+    assert_eq!(config.limits.max_in_flight, 10_000);
+    assert!(config.admin.public_metrics);
+    assert!(config.admin.token_file.is_none());
+    for (line, key) in [
+        (
+            "header_read_timeout_ms = 0",
+            "limits.header_read_timeout_ms",
+        ),
+        ("idle_timeout_ms = 0", "limits.idle_timeout_ms"),
+        ("max_connections = 0", "limits.max_connections"),
+        ("max_in_flight = 0", "limits.max_in_flight"),
+        ("max_in_flight = -1", "limits.max_in_flight"),
+    ] {
+        let error = error_of(&format!("{MINIMAL}[limits]\n{line}\n"));
+        assert!(error.starts_with(key), "{line}: {error}");
+    }
+}

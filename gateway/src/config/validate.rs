@@ -161,6 +161,29 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             cache_dir: raw.plugin_runtime.cache_dir.map(Into::into),
             watch_files: raw.plugin_runtime.watch_files.unwrap_or(true),
         },
+        admin: AdminSettings {
+            token_file: raw.admin.token_file.map(Into::into),
+            public_metrics: raw.admin.public_metrics.unwrap_or(true),
+        },
+        limits: limits(raw.limits)?,
+    })
+}
+
+fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
+    let at_least_one = |key: &str, value: Option<usize>| match value {
+        Some(0) => Err(ConfigError::new(key, "must be at least 1")),
+        v => Ok(v.unwrap_or(10_000)),
+    };
+    Ok(Limits {
+        header_read_timeout: ms(
+            "limits.header_read_timeout_ms",
+            raw.header_read_timeout_ms,
+            10_000,
+            1,
+        )?,
+        idle_timeout: ms("limits.idle_timeout_ms", raw.idle_timeout_ms, 60_000, 1)?,
+        max_connections: at_least_one("limits.max_connections", raw.max_connections)?,
+        max_in_flight: at_least_one("limits.max_in_flight", raw.max_in_flight)?,
     })
 }
 

@@ -21,6 +21,8 @@ pub enum GatewayError {
     Upstream(String),
     #[error("the request body could not be read: {0}")]
     ClientBody(String),
+    #[error("the gateway is at its limit of requests in flight")]
+    Overloaded,
     #[error("{message}")]
     Rejected { status: StatusCode, message: String },
 }
@@ -28,9 +30,10 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::NoUpstream(_) | GatewayError::NoLeader | GatewayError::ConnectFailed => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::NoUpstream(_)
+            | GatewayError::NoLeader
+            | GatewayError::ConnectFailed
+            | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::ClientBody(_) => StatusCode::BAD_REQUEST,
@@ -71,6 +74,7 @@ mod tests {
             (GatewayError::NoUpstream(TrafficClass::Query), 503, true),
             (GatewayError::NoLeader, 503, true),
             (GatewayError::ConnectFailed, 503, true),
+            (GatewayError::Overloaded, 503, true),
             (GatewayError::UpstreamTimeout, 504, false),
             (GatewayError::Upstream("reset".into()), 502, false),
             (GatewayError::ClientBody("eof".into()), 400, false),

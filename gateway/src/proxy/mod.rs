@@ -10,6 +10,7 @@
 mod body;
 mod error;
 mod headers;
+mod limits;
 pub mod server;
 
 pub use body::{RequestBody, ResponseBody};
@@ -37,6 +38,7 @@ use crate::config::{BalanceKind, Config, HashKey, Routing};
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
 use crate::view::{RequestCounters, RoutableNode, Snapshot, ViewPublisher};
 use body::{BodySlot, InFlight, Recoverable};
+use limits::InFlightLimit;
 
 type UpstreamClient = Client<HttpConnector, Recoverable>;
 
@@ -71,6 +73,10 @@ pub struct Proxy {
     /// `kgw_request_duration_seconds` by class, registered on first use (the
     /// recorder is installed by then).
     durations: [OnceLock<metrics::Histogram>; TrafficClass::ALL.len()],
+    /// `limits.max_in_flight`: requests past it are shed with a 503.
+    in_flight: InFlightLimit,
+    /// `kgw_requests_shed_total`, registered on first use.
+    shed: OnceLock<metrics::Counter>,
 }
 
 /// The connection a request arrived on.
@@ -118,6 +124,8 @@ impl Proxy {
             policy,
             unrouted: Arc::new(RequestCounters::new(Arc::from("-"))),
             durations: Default::default(),
+            in_flight: InFlightLimit::new(config.limits.max_in_flight),
+            shed: OnceLock::new(),
         }
     }
 
@@ -135,12 +143,22 @@ impl Proxy {
         let method = request.method().clone();
         let mut class = self.classifier.classify(&method, request.uri().path());
         let mut outcome = Outcome::default();
-        let response = match self
-            .forward(request, downstream, &mut class, &mut outcome)
-            .await
-        {
+        // Held until the answer's head is out; past the cap, shed at once.
+        let admitted = self.in_flight.try_enter();
+        let result = if admitted.is_some() {
+            self.forward(request, downstream, &mut class, &mut outcome)
+                .await
+        } else {
+            Err(GatewayError::Overloaded)
+        };
+        let response = match result {
             Ok(response) => response,
             Err(error) => {
+                if matches!(error, GatewayError::Overloaded) {
+                    self.shed
+                        .get_or_init(|| metrics::counter!("kgw_requests_shed_total"))
+                        .increment(1);
+                }
                 if matches!(
                     error,
                     GatewayError::NoUpstream(_)

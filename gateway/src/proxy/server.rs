@@ -1,19 +1,24 @@
-//! Accepting downstream connections (HTTP/1.1 and h2c, or TLS) and draining
-//! them on shutdown.
+//! Accepting downstream connections (HTTP/1.1 and h2c, or TLS), bounding
+//! them (`[limits]`: connection cap, first-head deadline, idle timeout) and
+//! draining them on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::limits::{FirstRequest, first_request_within};
 use super::{Downstream, Proxy};
+use crate::config::Limits;
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and
 /// waits up to `drain` for open connections to finish their requests.
@@ -23,9 +28,12 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
+    limits: Limits,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = connection_builder(&limits);
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let refused = metrics::counter!("kgw_connections_refused_total");
     tokio::pin!(shutdown);
     loop {
         let (stream, client) = tokio::select! {
@@ -40,55 +48,24 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let downstream = Downstream {
-            client,
-            tls: tls.is_some(),
+        // Past the cap, closed at once (not left in the backlog).
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            refused.increment(1);
+            drop(stream);
+            continue;
         };
-        let proxy = proxy.clone();
-        let service = service_fn(move |request| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, downstream).await) }
-        });
-        match &tls {
-            None => {
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%client, error = %error, "connection ended with an error");
-                    }
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(
-                        Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%client, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    if let Err(error) = watcher.watch(connection).await {
-                        tracing::debug!(%client, error = %error, "connection ended with an error");
-                    }
-                });
-            }
-        }
+        let _ = stream.set_nodelay(true);
+        let accepted = Accepted {
+            stream,
+            client,
+            permit,
+        };
+        let connection = serve_one(accepted, &proxy, tls.clone(), builder.clone(), &graceful);
+        tokio::spawn(first_request_within(
+            limits.header_read_timeout,
+            connection.first,
+            connection.future,
+        ));
     }
     drop(listener);
     tracing::info!("stopped accepting; draining open connections");
@@ -100,5 +77,93 @@ pub async fn serve(
             ?drain,
             "drain deadline passed; closing remaining connections"
         );
+    }
+}
+
+/// HTTP/1.1 and h2c. hyper's header read timeout runs from the moment a
+/// connection waits for a request head, so on a keep-alive connection it
+/// bounds the idle time plus the next head: that is `idle_timeout`. The
+/// first head's shorter deadline is [`first_request_within`].
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout);
+    builder
+}
+
+/// An accepted connection and its place under `limits.max_connections`.
+struct Accepted {
+    stream: TcpStream,
+    client: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// A connection ready to run, and the flag its first request sets.
+struct Connection<F> {
+    first: FirstRequest,
+    future: F,
+}
+
+fn serve_one(
+    accepted: Accepted,
+    proxy: &Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+) -> Connection<impl Future<Output = ()> + Send + 'static> {
+    let Accepted {
+        stream,
+        client,
+        permit,
+    } = accepted;
+    let downstream = Downstream {
+        client,
+        tls: tls.is_some(),
+    };
+    let first = FirstRequest::default();
+    let arrived = first.clone();
+    let proxy = proxy.clone();
+    let service = service_fn(move |request| {
+        arrived.arrived();
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(request, downstream).await) }
+    });
+    let watcher = graceful.watcher();
+    let future = async move {
+        let _permit = permit;
+        let result = match tls {
+            None => {
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                watcher.watch(connection.into_owned()).await
+            }
+            Some(acceptor) => {
+                let Some(stream) = handshake(&acceptor, stream, client).await else {
+                    return;
+                };
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                watcher.watch(connection.into_owned()).await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%client, error = %error, "connection ended with an error");
+        }
+    };
+    Connection { first, future }
+}
+
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    client: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%client, %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
     }
 }

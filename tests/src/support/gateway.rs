@@ -31,6 +31,9 @@ pub struct Launch {
     /// Keep the gateway's log (stdout, no colours) in a file, read with
     /// [`Gateway::log`].
     pub log_to_file: bool,
+    /// Environment variables for the gateway. `KYLIN_GATEWAY_ADMIN_TOKEN`
+    /// is not inherited from the test's environment, only set from here.
+    pub env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -74,7 +77,9 @@ impl Gateway {
             command
                 .arg("--config")
                 .arg(&config_path)
-                .env("RUST_LOG", rust_log);
+                .env("RUST_LOG", rust_log)
+                .env_remove("KYLIN_GATEWAY_ADMIN_TOKEN")
+                .envs(launch.env.iter().map(|(k, v)| (k, v)));
             let log_path = launch.log_to_file.then(|| dir.path.join("gateway.log"));
             if let Some(path) = &log_path {
                 command

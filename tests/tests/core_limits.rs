@@ -1,0 +1,192 @@
+//! `[limits]` against hostile or broken clients: a connection that does not
+//! finish its first request head in time is closed while others are
+//! served; an idle keep-alive connection is closed after the idle timeout;
+//! past `max_connections` a new connection is closed at once (counted) and
+//! accepted again once one closes; past `max_in_flight` a request gets 503
+//! + `Retry-After` (counted) and the place is given back after.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use kylin_gateway_tests::support::backend::Backend;
+use kylin_gateway_tests::support::eventually_async;
+use kylin_gateway_tests::support::gateway::{Gateway, metric_value, static_discovery};
+use kylin_gateway_tests::support::http::{client, get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+async fn start(limits: &str) -> (Backend, Gateway) {
+    let node = Backend::start("n", 0).await;
+    let gateway = Gateway::start(&format!(
+        "[limits]\n{limits}\n{}",
+        static_discovery(&[(node.addr, "all", true)])
+    ));
+    gateway.wait_ready().await;
+    (node, gateway)
+}
+
+/// One HTTP/1.1 connection of the test's own: its request sender, and the
+/// task driving it, which ends when the gateway closes the connection.
+struct Conn {
+    sender: SendRequest<Empty<Bytes>>,
+    driver: JoinHandle<()>,
+}
+
+impl Conn {
+    /// A connection that the gateway served one request on, or `None`.
+    async fn served(port: u16) -> Option<Conn> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut conn = Conn { sender, driver };
+        (conn.get("/kylin/api/projects").await? == 200).then_some(conn)
+    }
+
+    async fn get(&mut self, path: &str) -> Option<u16> {
+        let request = http::Request::get(path)
+            .header("Host", "gateway")
+            .body(Empty::new())
+            .ok()?;
+        let response = self.sender.send_request(request).await.ok()?;
+        let status = response.status().as_u16();
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .ok()?;
+        Some(status)
+    }
+}
+
+/// Waits (up to `within`) for the gateway to close `stream`; how long that
+/// took from `since`.
+async fn closed_by_gateway(stream: &mut TcpStream, since: Instant, within: Duration) -> Duration {
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(within, stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => since.elapsed(),
+        Ok(Ok(n)) => panic!(
+            "the gateway answered instead of closing: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(_) => panic!("the connection was still open after {within:?}"),
+    }
+}
+
+async fn counter(gateway: &Gateway, name: &str) -> f64 {
+    let metrics = get(&client(), &gateway.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text();
+    metric_value(&metrics, name, &[]).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_first_request_head_is_cut_off_while_others_are_served() {
+    let (_node, gateway) = start("header_read_timeout_ms = 300\nidle_timeout_ms = 30000").await;
+    let address = ("127.0.0.1", gateway.http_port);
+    let opened = Instant::now();
+    let mut trickling = TcpStream::connect(address).await.unwrap();
+    trickling
+        .write_all(b"GET /kylin/api/projects HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(address).await.unwrap();
+    // Meanwhile another client is served, and a request whose head came in
+    // time is not cut off by the deadline though its answer takes longer.
+    let reply = get(&client(), &gateway.url("/__kgw/sleep?ms=600"))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    for stream in [&mut trickling, &mut silent] {
+        let took = closed_by_gateway(stream, opened, Duration::from_secs(5)).await;
+        assert!(took >= Duration::from_millis(250), "closed early: {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let (_node, gateway) = start("header_read_timeout_ms = 10000\nidle_timeout_ms = 400").await;
+    let mut conn = Conn::served(gateway.http_port)
+        .await
+        .expect("a served connection");
+    // The next request within the idle time is served on the same one.
+    assert_eq!(conn.get("/kylin/api/projects").await, Some(200));
+    let idle_since = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), &mut conn.driver)
+        .await
+        .expect("the idle connection was still open after 5 s")
+        .unwrap();
+    let took = idle_since.elapsed();
+    assert!(took >= Duration::from_millis(300), "closed early: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_a_new_connection_is_closed_at_once_and_counted() {
+    let (_node, gateway) = start("max_connections = 2").await;
+    let port = gateway.http_port;
+    // Retried: the start-up probe's connection may still hold a place.
+    let serve = || async move { Conn::served(port).await };
+    let mut first = eventually_async("a first connection", Duration::from_secs(10), serve).await;
+    let second = eventually_async("a second connection", Duration::from_secs(10), serve).await;
+    let refused_before = counter(&gateway, "kgw_connections_refused_total").await;
+
+    let mut third = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    third
+        .write_all(b"GET /kylin/api/projects HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    closed_by_gateway(&mut third, Instant::now(), Duration::from_secs(2)).await;
+    let refused = counter(&gateway, "kgw_connections_refused_total").await;
+    assert_eq!(refused, refused_before + 1.0);
+    // The two admitted connections still work.
+    assert_eq!(first.get("/kylin/api/projects").await, Some(200));
+
+    drop(second);
+    eventually_async(
+        "a connection served after one closed",
+        Duration::from_secs(10),
+        serve,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_in_flight_a_request_is_shed_with_503_and_counted() {
+    let (node, gateway) = start("max_in_flight = 1").await;
+    let hits_before = node.hits();
+    let slow_url = gateway.url("/__kgw/sleep?ms=1500");
+    let slow = tokio::spawn(async move { get(&client(), &slow_url).await.unwrap() });
+    eventually_async(
+        "the slow request at the node",
+        Duration::from_secs(10),
+        || async { (node.hits() > hits_before).then_some(()) },
+    )
+    .await;
+
+    let shed = get(&client(), &gateway.url("/kylin/api/projects"))
+        .await
+        .unwrap();
+    assert_eq!(shed.status, 503, "{}", shed.text());
+    assert!(
+        shed.headers.contains_key("retry-after"),
+        "{:?}",
+        shed.headers
+    );
+    assert_eq!(counter(&gateway, "kgw_requests_shed_total").await, 1.0);
+    assert!(
+        !slow.is_finished(),
+        "the slow request ended before the check"
+    );
+
+    assert_eq!(slow.await.unwrap().status, 200);
+    let after = get(&client(), &gateway.url("/kylin/api/projects"))
+        .await
+        .unwrap();
+    assert_eq!(after.status, 200, "the place was not given back");
+}
