@@ -28,8 +28,20 @@ struct Failover {
     successor: String,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    // `run` drops what it started (ZooKeeper, nodes, the gateway: their
+    // guards stop the processes) before the exit code is chosen.
+    let failed = runtime.block_on(run());
+    std::process::exit(i32::from(failed > 0));
+}
+
+/// Runs the failovers and returns how many requests failed.
+async fn run() -> usize {
     let arg = |n: usize, default: u64| {
         std::env::args()
             .nth(n)
@@ -78,8 +90,7 @@ async fn main() {
     }
     wait_leader_first(&c, &gateway, &candidates).await;
     let answers = job_clients.finish().await;
-    let failed = report(&failovers, &answers);
-    std::process::exit(i32::from(failed > 0));
+    report(&failovers, &answers)
 }
 
 /// Prints a line per failover and the worst case; returns the failures
