@@ -3,83 +3,18 @@
 //! ensemble down (everything still follows), and with the quorum lost (the
 //! last view keeps serving, stale, until the quorum is back).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kylin_gateway_tests::support::cluster::{
     addresses, leader_address, poll_until, view, zookeeper_gateway,
 };
 use kylin_gateway_tests::support::gateway::Gateway;
-use kylin_gateway_tests::support::http::{TestClient, client, send};
+use kylin_gateway_tests::support::http::{TestClient, client};
 use kylin_gateway_tests::support::sim::{SimConfig, SimNode};
+use kylin_gateway_tests::support::watchers::Traffic;
 use kylin_gateway_tests::support::zookeeper::{ZkEnsemble, ZkServer};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Counts query outcomes from a background loop.
-struct QueryTraffic {
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    stop: tokio::sync::watch::Sender<bool>,
-    last_failure: Arc<std::sync::Mutex<Option<String>>>,
-    worker: tokio::task::JoinHandle<()>,
-}
-
-impl QueryTraffic {
-    fn start(c: &TestClient, gateway: &Gateway) -> QueryTraffic {
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let last_failure = Arc::new(std::sync::Mutex::new(None));
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let (c, url) = (c.clone(), gateway.url("/kylin/api/query"));
-        let (ok_task, failed_task, last_task) = (ok.clone(), failed.clone(), last_failure.clone());
-        let worker = tokio::spawn(async move {
-            while !*stop_rx.borrow() {
-                match send(&c, "POST", &url, &[], r#"{"sql":"select 1"}"#).await {
-                    Ok(r) if r.status == 200 => {
-                        ok_task.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => {
-                        failed_task.fetch_add(1, Ordering::Relaxed);
-                        *last_task.lock().unwrap() = Some(format!("{other:?}"));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        QueryTraffic {
-            ok,
-            failed,
-            stop,
-            last_failure,
-            worker,
-        }
-    }
-
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Stops the loop, waits for the query still in flight (so its outcome
-    /// is counted too), and asserts that nothing failed.
-    async fn finish(mut self, what: &str) -> u64 {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(30), &mut self.worker)
-            .await
-            .unwrap_or_else(|_| panic!("{what}: a query still in flight 30 s after the stop"))
-            .expect("the traffic loop panicked");
-        let failed = self.failed.load(Ordering::Relaxed);
-        assert_eq!(
-            failed,
-            0,
-            "{what}: {failed} queries failed (last: {:?}), {} ok",
-            self.last_failure.lock().unwrap(),
-            self.ok()
-        );
-        self.ok()
-    }
-}
 
 async fn stale(c: &TestClient, gateway: &Gateway) -> Option<bool> {
     view(c, gateway).await["stale"].as_bool()
@@ -101,7 +36,13 @@ async fn zookeeper_restart_keeps_queries_flowing() {
     .await;
     assert_eq!(stale(&c, &gateway).await, Some(false));
 
-    let traffic = QueryTraffic::start(&c, &gateway);
+    let traffic = Traffic::start(
+        &c,
+        &gateway,
+        "POST",
+        "/kylin/api/query",
+        r#"{"sql":"select 1"}"#,
+    );
     server.stop();
     poll_until("view marked stale", WAIT, || async {
         stale(&c, &gateway).await == Some(true)
@@ -144,7 +85,13 @@ async fn ensemble_with_one_server_down_keeps_working_and_quorum_loss_keeps_the_l
         addresses(&c, &gateway).await.len() == 2
     })
     .await;
-    let traffic = QueryTraffic::start(&c, &gateway);
+    let traffic = Traffic::start(
+        &c,
+        &gateway,
+        "POST",
+        "/kylin/api/query",
+        r#"{"sql":"select 1"}"#,
+    );
 
     // One of three down: the quorum holds, membership still follows. If the
     // stopped server led the ensemble, the others elect a new leader and drop
