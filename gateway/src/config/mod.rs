@@ -272,6 +272,30 @@ pub struct PluginRuntime {
     pub memory_bytes: u64,
     pub cache_dir: Option<PathBuf>,
     pub watch_files: bool,
+    /// Idle instances kept per plugin version: more calls at once than
+    /// this make instances that are dropped after use. The instance pool
+    /// (address space reserved up front) is sized from it.
+    pub idle_instances: usize,
+}
+
+impl PluginRuntime {
+    /// Default `idle_instances`: two per core, since a call runs to the end
+    /// on the worker thread that made it.
+    pub fn default_idle_instances() -> usize {
+        2 * std::thread::available_parallelism().map_or(2, usize::from)
+    }
+}
+
+impl Default for PluginRuntime {
+    fn default() -> Self {
+        PluginRuntime {
+            deadline: std::time::Duration::from_millis(2),
+            memory_bytes: 16 << 20,
+            cache_dir: None,
+            watch_files: true,
+            idle_instances: PluginRuntime::default_idle_instances(),
+        }
+    }
 }
 
 mod ms {

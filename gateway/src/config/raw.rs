@@ -145,6 +145,7 @@ pub struct RawPluginRuntime {
     pub memory_mb: Option<u64>,
     pub cache_dir: Option<String>,
     pub watch_files: Option<bool>,
+    pub idle_instances: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

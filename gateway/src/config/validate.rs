@@ -160,6 +160,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             },
             cache_dir: raw.plugin_runtime.cache_dir.map(Into::into),
             watch_files: raw.plugin_runtime.watch_files.unwrap_or(true),
+            idle_instances: idle_instances(raw.plugin_runtime.idle_instances)?,
         },
         admin: AdminSettings {
             token_file: raw.admin.token_file.map(Into::into),
@@ -535,4 +536,16 @@ fn plugins(raw: Vec<RawPlugin>) -> Result<Vec<PluginSpec>, ConfigError> {
             })
         })
         .collect()
+}
+
+/// `plugin_runtime.idle_instances`: 1 to 1024.
+fn idle_instances(raw: Option<u64>) -> Result<usize, ConfigError> {
+    match raw {
+        None => Ok(PluginRuntime::default_idle_instances()),
+        Some(n @ 1..=1024) => Ok(n as usize),
+        Some(n) => Err(ConfigError::new(
+            "plugin_runtime.idle_instances",
+            format!("must be between 1 and 1024, got {n}"),
+        )),
+    }
 }

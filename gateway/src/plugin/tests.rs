@@ -3,7 +3,6 @@
 //! `tests/tests/plugins_*.rs`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -187,19 +186,13 @@ fn view_marks_the_leader_and_load_follows_the_nodes() {
 }
 
 #[test]
-fn the_deadline_is_rounded_up_to_whole_ticks() {
-    let runtime = |deadline| PluginRuntime {
-        deadline,
-        memory_bytes: 1 << 20,
-        cache_dir: None,
-        watch_files: false,
+fn the_pool_is_sized_by_plugins_and_idle_instances() {
+    let runtime = PluginRuntime {
+        idle_instances: 4,
+        ..PluginRuntime::default()
     };
-    assert_eq!(
-        Limits::from_runtime(&runtime(Duration::from_millis(2))).deadline_ticks,
-        2
-    );
-    assert_eq!(
-        Limits::from_runtime(&runtime(Duration::from_micros(10))).deadline_ticks,
-        1
-    );
+    let one = Limits::from_runtime(&runtime, 1).pool_slots;
+    let three = Limits::from_runtime(&runtime, 3).pool_slots;
+    assert_eq!(three, 3 * one);
+    assert!(one < 100, "a few instances per core, not wasmtime's 1000");
 }
