@@ -83,6 +83,20 @@ pub struct Limits {
     pub max_connections: usize,
     /// Requests being handled at once; more are answered 503.
     pub max_in_flight: usize,
+    /// A request body must make progress (a new chunk) this often.
+    #[serde(rename = "body_read_timeout_ms", with = "ms")]
+    pub body_read_timeout: Duration,
+    /// The largest request head (HTTP/1.1 request line and headers, or an
+    /// HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// Streams an HTTP/2 client may reset before the gateway accepted them
+    /// (a "rapid reset" flood) before the connection is closed.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// Streams the gateway may have to reset for one client's protocol
+    /// errors before the connection is closed.
+    pub h2_max_local_error_reset_streams: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -162,4 +162,9 @@ pub struct RawLimits {
     pub idle_timeout_ms: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_in_flight: Option<usize>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub max_header_bytes: Option<usize>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub h2_max_pending_accept_reset_streams: Option<usize>,
+    pub h2_max_local_error_reset_streams: Option<usize>,
 }

@@ -185,7 +185,64 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
         idle_timeout: ms("limits.idle_timeout_ms", raw.idle_timeout_ms, 60_000, 1)?,
         max_connections: at_least_one("limits.max_connections", raw.max_connections)?,
         max_in_flight: at_least_one("limits.max_in_flight", raw.max_in_flight)?,
+        body_read_timeout: ms(
+            "limits.body_read_timeout_ms",
+            raw.body_read_timeout_ms,
+            60_000,
+            1,
+        )?,
+        max_header_bytes: within(
+            "limits.max_header_bytes",
+            raw.max_header_bytes,
+            64 * 1024,
+            MIN_HEADER_BYTES..=16 << 20,
+        )?,
+        h2_max_concurrent_streams: within(
+            "limits.h2_max_concurrent_streams",
+            raw.h2_max_concurrent_streams,
+            128,
+            1..=u32::MAX,
+        )?,
+        h2_max_pending_accept_reset_streams: within(
+            "limits.h2_max_pending_accept_reset_streams",
+            raw.h2_max_pending_accept_reset_streams,
+            20,
+            1..=usize::MAX,
+        )?,
+        h2_max_local_error_reset_streams: within(
+            "limits.h2_max_local_error_reset_streams",
+            raw.h2_max_local_error_reset_streams,
+            1024,
+            1..=usize::MAX,
+        )?,
     })
+}
+
+/// hyper's smallest HTTP/1 read buffer.
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// `value` (or `default`) when it lies in `range`.
+fn within<T>(
+    key: &str,
+    value: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        return Ok(v);
+    }
+    Err(ConfigError::new(
+        key,
+        format!(
+            "must be between {} and {}, got {v}",
+            range.start(),
+            range.end()
+        ),
+    ))
 }
 
 fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {

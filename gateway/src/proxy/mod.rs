@@ -37,7 +37,7 @@ use crate::classify::{Classifier, TrafficClass};
 use crate::config::{BalanceKind, Config, HashKey, Routing};
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
 use crate::view::{RequestCounters, RoutableNode, Snapshot, ViewPublisher};
-use body::{BodySlot, InFlight, Recoverable};
+use body::{BodySlot, ClientFault, InFlight, Recoverable};
 use limits::InFlightLimit;
 
 type UpstreamClient = Client<HttpConnector, Recoverable>;
@@ -55,6 +55,9 @@ pub struct Proxy {
     ejection: Ejection,
     retries: u32,
     response_header_timeout: Duration,
+    /// `limits.body_read_timeout_ms`: a request body that stalls this long
+    /// is cut off.
+    body_read_timeout: Duration,
     /// Replay-safe requests: answers up to this size are read whole before
     /// they are forwarded (0: never).
     replay_response_bytes: usize,
@@ -118,6 +121,7 @@ impl Proxy {
             ejection: config.health,
             retries: config.upstream.retries,
             response_header_timeout: config.upstream.response_header_timeout,
+            body_read_timeout: config.limits.body_read_timeout,
             replay_response_bytes: config.upstream.replay_response_bytes,
             client,
             once,
@@ -158,6 +162,9 @@ impl Proxy {
                     self.shed
                         .get_or_init(|| metrics::counter!("kgw_requests_shed_total"))
                         .increment(1);
+                }
+                if matches!(error, GatewayError::ClientStalled(_)) {
+                    metrics::counter!("kgw_client_body_timeouts_total").increment(1);
                 }
                 if matches!(
                     error,
@@ -210,7 +217,7 @@ impl Proxy {
         let (mut parts, incoming) = request.into_parts();
         // A reference-counted copy of the request target, not a new string.
         outcome.path = parts.uri.path_and_query().cloned();
-        let mut body = RequestBody::new(incoming);
+        let mut body = RequestBody::new(incoming, self.body_read_timeout);
         let mut snapshot = self.views.snapshot();
 
         let decision = self
@@ -275,9 +282,7 @@ impl Proxy {
         };
         let want = policy.body_prefix_len(class);
         if want > 0 {
-            body.read_prefix(want)
-                .await
-                .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+            body.read_prefix(want).await.map_err(GatewayError::from)?;
         }
         let facts = RequestFacts {
             method: &parts.method,
@@ -301,7 +306,7 @@ impl Proxy {
         if self.routing.job_hold_body_bytes > 0 {
             body.read_prefix(self.routing.job_hold_body_bytes as usize)
                 .await
-                .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+                .map_err(GatewayError::from)?;
         }
         metrics::counter!("kgw_job_holds_total").increment(1);
         self.views
@@ -330,7 +335,7 @@ impl Proxy {
         {
             body.read_prefix(REPLAY_BODY_LIMIT)
                 .await
-                .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+                .map_err(GatewayError::from)?;
         }
         Ok(replay_safe)
     }
@@ -374,6 +379,15 @@ impl Proxy {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
+            // The client stopped sending (or broke) its body: the node saw
+            // an aborted request and is not to blame.
+            if let Some(fault) = slot.client_fault() {
+                return Err(match fault {
+                    ClientFault::Stalled => GatewayError::ClientStalled(self.body_read_timeout),
+                    ClientFault::Failed => GatewayError::ClientBody(failure.to_string()),
+                });
+            }
+            self.record_failure(node);
             let retry = match &failure {
                 Failure::Connect(_) => slot.intact(),
                 Failure::Broke(_) => replay_safe && slot.intact(),
@@ -434,7 +448,8 @@ impl Proxy {
         Ok((snapshot, index))
     }
 
-    /// The send phase: one attempt at one node. For a replay-safe request
+    /// The send phase: one attempt at one node (a failure is counted
+    /// against the node by the caller, unless the client caused it). For a replay-safe request
     /// (`buffer_limit` set) a response whose `Content-Length` fits is read
     /// whole before its head goes downstream, so a node failing mid-answer
     /// is retried rather than truncating it.
@@ -453,7 +468,6 @@ impl Proxy {
         let (mut head, incoming) = match answered {
             Ok(Ok(response)) => response.into_parts(),
             Ok(Err(error)) => {
-                self.record_failure(node);
                 let text = error_chain(&error);
                 return Err(if error.is_connect() {
                     Failure::Connect(text)
@@ -462,7 +476,6 @@ impl Proxy {
                 });
             }
             Err(_elapsed) => {
-                self.record_failure(node);
                 return Err(Failure::Timeout);
             }
         };
@@ -470,11 +483,9 @@ impl Proxy {
             Some(_) => match tokio::time::timeout_at(deadline, incoming.collect()).await {
                 Ok(Ok(whole)) => ResponseBody::full(whole.to_bytes()),
                 Ok(Err(error)) => {
-                    self.record_failure(node);
                     return Err(Failure::Broke(error_chain(&error)));
                 }
                 Err(_elapsed) => {
-                    self.record_failure(node);
                     return Err(Failure::Timeout);
                 }
             },
