@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::limits::{FirstRequest, first_request_within};
+use super::limits::{ClientIo, FirstRequest, first_request_within};
 use super::{Downstream, Proxy};
 use crate::config::Limits;
 
@@ -140,6 +140,7 @@ fn serve_one(
     };
     let first = FirstRequest::default();
     let arrived = first.clone();
+    let io_first = first.clone();
     let proxy = proxy.clone();
     let service = service_fn(move |request| {
         arrived.arrived();
@@ -151,7 +152,8 @@ fn serve_one(
         let _permit = permit;
         let result = match tls {
             None => {
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let io = ClientIo::new(stream, io_first);
+                let connection = builder.serve_connection(TokioIo::new(io), service);
                 watcher.watch(connection.into_owned()).await
             }
             Some(acceptor) => {
