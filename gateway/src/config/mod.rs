@@ -100,6 +100,9 @@ pub struct TlsFiles {
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+// Built once at start-up and read by discovery alone, never per request:
+// boxing the ZooKeeper settings would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Discovery {
     Static(StaticDiscovery),
     Zookeeper(ZookeeperSettings),
