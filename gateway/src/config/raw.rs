@@ -56,6 +56,7 @@ pub struct RawDiscovery {
     pub connect: Option<String>,
     pub metadata_prefix: Option<String>,
     pub base_path: Option<String>,
+    pub kylin5_base_path: Option<String>,
     pub layout: Option<String>,
     pub session_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,

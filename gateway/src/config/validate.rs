@@ -253,6 +253,7 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
                 ("connect", raw.connect.is_some()),
                 ("metadata_prefix", raw.metadata_prefix.is_some()),
                 ("base_path", raw.base_path.is_some()),
+                ("kylin5_base_path", raw.kylin5_base_path.is_some()),
                 ("layout", raw.layout.is_some()),
                 ("kylin_properties", raw.kylin_properties.is_some()),
             ] {
@@ -319,43 +320,18 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
             }
             let (hosts, chroot) = kylin_properties::split_connect(&connect)
                 .map_err(|p| ConfigError::new("discovery.connect", p))?;
-            let base_path = match (&raw.base_path, &raw.metadata_prefix) {
-                (Some(_), Some(_)) => {
-                    return Err(ConfigError::new(
-                        "discovery.base_path",
-                        "set base_path or metadata_prefix, not both",
-                    ));
-                }
-                (Some(path), None) => {
-                    if !path.starts_with('/') || (path.len() > 1 && path.ends_with('/')) {
-                        return Err(ConfigError::new(
-                            "discovery.base_path",
-                            format!("'{path}' must start with '/' and not end with one"),
-                        ));
-                    }
-                    path.clone()
-                }
-                (None, prefix) => format!(
-                    "/kylin/{}",
-                    kylin_properties::metadata_prefix(
-                        prefix.as_deref().unwrap_or("kylin_metadata")
-                    )
-                ),
+            let base_path = base_path(&raw)?;
+            let layout = layout(raw.layout.as_deref())?;
+            let kylin5_base_path = match &raw.kylin5_base_path {
+                Some(path) => absolute_path("discovery.kylin5_base_path", path)?,
+                None => base_path.clone(),
             };
-            let layout = match raw.layout.as_deref().unwrap_or("auto") {
-                "auto" => Layout::Auto,
-                "kap-2.4" => Layout::Kap24,
-                "kylin-3.0" => Layout::Kylin30,
-                "kylin-3.1" => Layout::Kylin31,
-                other => {
-                    return Err(ConfigError::new(
-                        "discovery.layout",
-                        format!(
-                            "unknown layout '{other}' (expected auto, kap-2.4, kylin-3.0 or kylin-3.1)"
-                        ),
-                    ));
-                }
-            };
+            if raw.kylin5_base_path.is_some() && !matches!(layout, Layout::Auto | Layout::Kylin5) {
+                return Err(ConfigError::new(
+                    "discovery.kylin5_base_path",
+                    "only valid with layout \"auto\" or \"kylin-5\"",
+                ));
+            }
             let digest_auth = match raw.auth.as_deref() {
                 None => None,
                 Some(a) => Some(
@@ -371,6 +347,7 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
                 hosts,
                 chroot,
                 base_path,
+                kylin5_base_path,
                 layout,
                 session_timeout: ms(
                     "discovery.session_timeout_ms",
@@ -397,6 +374,7 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
                 address_map,
                 kylin_properties: raw.kylin_properties.clone().map(Into::into),
                 base_path_explicit: raw.base_path.is_some() || raw.metadata_prefix.is_some(),
+                kylin5_base_path_explicit: raw.kylin5_base_path.is_some(),
             }))
         }
         other => Err(ConfigError::new(
@@ -404,6 +382,50 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
             format!("unknown kind '{other}' (expected static or zookeeper)"),
         )),
     }
+}
+
+/// `discovery.base_path`, or `/kylin/<metadata_prefix>` (not both).
+fn base_path(raw: &RawDiscovery) -> Result<String, ConfigError> {
+    match (&raw.base_path, &raw.metadata_prefix) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "discovery.base_path",
+            "set base_path or metadata_prefix, not both",
+        )),
+        (Some(path), None) => absolute_path("discovery.base_path", path),
+        (None, prefix) => Ok(format!(
+            "/kylin/{}",
+            kylin_properties::metadata_prefix(prefix.as_deref().unwrap_or("kylin_metadata"))
+        )),
+    }
+}
+
+/// A znode path: starts with `/`, no trailing `/` (except the root).
+fn absolute_path(key: &str, path: &str) -> Result<String, ConfigError> {
+    if !path.starts_with('/') || (path.len() > 1 && path.ends_with('/')) {
+        return Err(ConfigError::new(
+            key,
+            format!("'{path}' must start with '/' and not end with one"),
+        ));
+    }
+    Ok(path.to_string())
+}
+
+fn layout(raw: Option<&str>) -> Result<Layout, ConfigError> {
+    Ok(match raw.unwrap_or("auto") {
+        "auto" => Layout::Auto,
+        "kap-2.4" => Layout::Kap24,
+        "kylin-3.0" => Layout::Kylin30,
+        "kylin-3.1" => Layout::Kylin31,
+        "kylin-5" => Layout::Kylin5,
+        other => {
+            return Err(ConfigError::new(
+                "discovery.layout",
+                format!(
+                    "unknown layout '{other}' (expected auto, kap-2.4, kylin-3.0, kylin-3.1 or kylin-5)"
+                ),
+            ));
+        }
+    })
 }
 
 fn routing(raw: RawRouting) -> Result<Routing, ConfigError> {

@@ -38,6 +38,7 @@ pub fn sample_snapshot(count: usize) -> Arc<Snapshot> {
             ..LeaderInfo::default()
         },
         nodes,
+        job_routing: Default::default(),
         stale: false,
         source: "sample",
     });

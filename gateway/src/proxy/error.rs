@@ -11,7 +11,9 @@ use crate::classify::TrafficClass;
 pub enum GatewayError {
     #[error("no healthy node serves {0} traffic")]
     NoUpstream(TrafficClass),
-    #[error("no job-engine leader is elected")]
+    /// No leader is elected (or, in a cluster without election, no
+    /// job-capable node is known).
+    #[error("no job-engine leader is elected (or no job-capable node is known)")]
     NoLeader,
     #[error("every node tried refused or could not be reached")]
     ConnectFailed,

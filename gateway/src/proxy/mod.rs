@@ -36,7 +36,7 @@ use crate::balance::{Balancer, Tried, hash_key};
 use crate::classify::{Classifier, TrafficClass};
 use crate::config::{BalanceKind, Config, HashKey, Routing};
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
-use crate::view::{RequestCounters, RoutableNode, Snapshot, ViewPublisher};
+use crate::view::{JobRouting, RequestCounters, RoutableNode, Snapshot, ViewPublisher};
 use body::{BodySlot, ClientFault, InFlight, Recoverable};
 use limits::InFlightLimit;
 
@@ -115,7 +115,11 @@ impl Proxy {
         };
         Proxy {
             views,
-            classifier: Classifier::new(config.routing.rules.clone(), &config.routing.api_base),
+            classifier: Classifier::for_generation(
+                config.routing.rules.clone(),
+                &config.routing.api_base,
+                config.discovery.api_generation(),
+            ),
             balancer,
             routing: config.routing.clone(),
             ejection: config.health,
@@ -252,9 +256,7 @@ impl Proxy {
             preferred,
             hold_deadline: Instant::now() + self.routing.job_hold,
         };
-        if class == TrafficClass::Job
-            && snapshot.leader.is_none()
-            && !self.routing.job_hold.is_zero()
+        if class == TrafficClass::Job && !snapshot.routes_jobs() && !self.routing.job_hold.is_zero()
         {
             snapshot = self
                 .hold_for_leader(&mut body, target.hold_deadline)
@@ -297,7 +299,8 @@ impl Proxy {
     }
 
     /// Leaderless window: holds a job request (its body unread, up to the
-    /// configured size buffered) until a leader is elected.
+    /// configured size buffered) until a leader is elected (in a cluster
+    /// without election: until a job-capable node is known).
     async fn hold_for_leader(
         &self,
         body: &mut RequestBody,
@@ -310,7 +313,7 @@ impl Proxy {
         }
         metrics::counter!("kgw_job_holds_total").increment(1);
         self.views
-            .wait_for(deadline, |s| s.leader.is_some())
+            .wait_for(deadline, Snapshot::routes_jobs)
             .await
             .ok_or(GatewayError::NoLeader)
     }
@@ -409,9 +412,9 @@ impl Proxy {
     }
 
     /// The choose phase: a node of `snapshot` not yet tried. Job traffic
-    /// goes to the leader; when the leader was tried, it waits (within the
-    /// hold) for the election to name one that was not, and returns the
-    /// snapshot that did.
+    /// goes to the leader (or, without election, a job-capable node); when
+    /// none is untried, it waits (within the hold) for a snapshot that
+    /// names one, and returns that snapshot.
     async fn choose(
         &self,
         snapshot: Arc<Snapshot>,
@@ -431,25 +434,45 @@ impl Proxy {
                 .ok_or_else(exhausted)?;
             return Ok((snapshot, index));
         }
-        let untried_leader = |s: &Snapshot| s.leader.filter(|&i| !tried.contains_node(s, i));
-        if let Some(index) = untried_leader(&snapshot) {
+        if let Some(index) = self.pick_job_node(&snapshot, tried) {
             return Ok((snapshot, index));
         }
         let snapshot = self
             .views
-            .wait_for(target.hold_deadline, |s| untried_leader(s).is_some())
+            .wait_for(target.hold_deadline, |s| {
+                self.pick_job_node(s, tried).is_some()
+            })
             .await
             .ok_or(if tried.is_empty() {
                 GatewayError::NoLeader
             } else {
                 GatewayError::ConnectFailed
             })?;
-        let index = untried_leader(&snapshot).ok_or(GatewayError::NoLeader)?;
+        let index = self
+            .pick_job_node(&snapshot, tried)
+            .ok_or(GatewayError::NoLeader)?;
         Ok((snapshot, index))
     }
 
+    /// Job traffic: the untried leader; in a cluster without election
+    /// (Kylin 5), an untried job-capable node by the balancer. Consistent
+    /// hashing has no key here (Kylin 5 forwards a job call to its
+    /// project's owner anyway), so it spreads like P2C.
+    fn pick_job_node(&self, snapshot: &Snapshot, tried: &Tried) -> Option<usize> {
+        match snapshot.view.job_routing {
+            JobRouting::Leader => snapshot
+                .leader
+                .filter(|&i| !tried.contains_node(snapshot, i)),
+            JobRouting::AnyJobNode => {
+                self.balancer
+                    .pick(snapshot, &snapshot.job_nodes, None, tried, now_ms())
+            }
+        }
+    }
+
     /// The send phase: one attempt at one node (a failure is counted
-    /// against the node by the caller, unless the client caused it). For a replay-safe request
+    /// against the node by the caller, unless the client caused it). For a
+    /// replay-safe request
     /// (`buffer_limit` set) a response whose `Content-Length` fits is read
     /// whole before its head goes downstream, so a node failing mid-answer
     /// is retried rather than truncating it.
