@@ -472,9 +472,9 @@ impl Proxy {
 
     /// The send phase: one attempt at one node (a failure is counted
     /// against the node by the caller, unless the client caused it). For a
-    /// replay-safe request
-    /// (`buffer_limit` set) a response whose `Content-Length` fits is read
-    /// whole before its head goes downstream, so a node failing mid-answer
+    /// replay-safe request (`buffer_limit` set) a response whose
+    /// `Content-Length` fits is read whole before its head goes
+    /// downstream, so a node failing mid-answer
     /// is retried rather than truncating it.
     async fn send(
         &self,
