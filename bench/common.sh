@@ -101,9 +101,10 @@ CONF
 }
 
 # Starts nginx on 127.0.0.1:$1 as a reverse proxy to 127.0.0.1:$2 (one
-# process, upstream keep-alive): the proxy to measure against. $! is its pid.
+# process, upstream keep-alive): the proxy to measure against. $3: more
+# directives for its http block. $! is its pid.
 start_nginx_proxy() {
-    local port=$1 backend=$2 dir="$work/nginx-proxy"
+    local port=$1 backend=$2 extra=${3:-} dir="$work/nginx-proxy"
     mkdir -p "$dir"
     cat >"$dir/nginx.conf" <<CONF
 worker_processes 1;
@@ -111,9 +112,10 @@ master_process off;
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
-events { worker_connections 4096; }
+events { worker_connections 16384; }
 http {
     access_log off;
+    $extra
     client_body_temp_path $dir/body;
     proxy_temp_path $dir/proxy;
     fastcgi_temp_path $dir/fastcgi;

@@ -211,18 +211,20 @@ async fn answer_then_close(stream: &mut TcpStream, within: Duration) -> String {
 
 /// A slow POST: the head and part of the body, then nothing. The client is
 /// answered 408 and its connection closed once the body stalls for
-/// `body_read_timeout_ms`; a body that was being streamed to the node
-/// arrives there aborted, never complete; the node is not blamed.
+/// `body_read_timeout_ms`; a small body never reaches a node, a large one
+/// that was being streamed to the node arrives there aborted, never
+/// complete; the node is not blamed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_is_cut_off_and_the_node_sees_it_aborted() {
     let (node, gateway) =
         start("body_read_timeout_ms = 500\n[health]\neject_after = 1\n[routing]\njob_hold_ms = 0")
             .await;
-    // A job write is streamed to the node as it arrives; a query (small,
-    // replay-safe) is read whole first and never reaches the node.
-    for (path, reaches_node) in [
-        ("/kylin/api/cubes/sales/segments", true),
-        ("/kylin/api/query", false),
+    // A large body is streamed to the node as it arrives; a small one
+    // (up to 64 KiB) is read whole first and never reaches the node.
+    for (path, length, reaches_node) in [
+        ("/kylin/api/cubes/sales/segments", 100_000, true),
+        ("/kylin/api/cubes/sales/segments", 1000, false),
+        ("/kylin/api/query", 1000, false),
     ] {
         let hits_before = node.hits();
         let aborted_before = node
@@ -235,7 +237,7 @@ async fn a_stalled_request_body_is_cut_off_and_the_node_sees_it_aborted() {
         slow.write_all(
             format!(
                 "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n\
-                 Content-Length: 1000\r\n\r\n{{\"sql\": \"select"
+                 Content-Length: {length}\r\n\r\n{{\"sql\": \"select"
             )
             .as_bytes(),
         )
@@ -277,7 +279,7 @@ async fn a_stalled_request_body_is_cut_off_and_the_node_sees_it_aborted() {
     }
     assert_eq!(
         counter(&gateway, "kgw_client_body_timeouts_total").await,
-        2.0
+        3.0
     );
     // With eject_after = 1, blaming the node would have ejected it.
     assert_eq!(counter(&gateway, "kgw_ejections_total").await, 0.0);

@@ -262,7 +262,7 @@ impl Proxy {
                 .hold_for_leader(&mut body, target.hold_deadline)
                 .await?;
         }
-        let replay_safe = self.read_ahead_for_replay(&parts, &mut body).await?;
+        let replay_safe = self.read_ahead_small_body(&parts, &mut body).await?;
         let slot = BodySlot::new(body);
         let replay_safe = replay_safe && slot.replayable();
         self.attempts(&parts, &slot, replay_safe, &target, snapshot, outcome)
@@ -318,19 +318,22 @@ impl Proxy {
             .ok_or(GatewayError::NoLeader)
     }
 
-    /// A request that only reads (a safe method, or Kylin's query
-    /// execution) is retried even after it reached a node that then failed
-    /// before answering, when its body is small enough to keep: a node
-    /// dying mid-request costs the client nothing. Anything that may write
-    /// is never sent twice. Returns whether the request is replay-safe.
-    async fn read_ahead_for_replay(
+    /// A body small enough to keep (by `Content-Length`) is read whole
+    /// before a node is chosen. Two reasons: a request that only reads (a
+    /// safe method, or Kylin's query execution) can then be retried even
+    /// after it reached a node that failed before answering, so a node
+    /// dying mid-request costs the client nothing; and a client that
+    /// trickles a small body (a slow POST) holds only the gateway, never a
+    /// node's request thread, as nginx's request buffering does. Anything
+    /// that may write is still never sent twice. Returns whether the
+    /// request is replay-safe.
+    async fn read_ahead_small_body(
         &self,
         parts: &http::request::Parts,
         body: &mut RequestBody,
     ) -> Result<bool, GatewayError> {
         let replay_safe = self.classifier.replay_safe(&parts.method, parts.uri.path());
-        if replay_safe
-            && !body.is_end_stream()
+        if !body.is_end_stream()
             && body
                 .size_hint()
                 .upper()
