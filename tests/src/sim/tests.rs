@@ -9,6 +9,7 @@ fn registration(layout: Layout, description: &str, curator5: bool) -> String {
         id: "6f7d1c52-0000-4000-8000-000000000001",
         address: "node1",
         port: 7070,
+        ssl_port: None,
         description,
         curator5,
         enabled: true,

@@ -146,6 +146,7 @@ pub struct Registration<'a> {
     pub id: &'a str,
     pub address: &'a str,
     pub port: u16,
+    pub ssl_port: Option<u16>,
     pub description: &'a str,
     pub curator5: bool,
     pub enabled: bool,
@@ -171,7 +172,7 @@ pub fn instance_json(r: &Registration<'_>) -> Vec<u8> {
         id: r.id,
         address: r.address,
         port: r.port,
-        ssl_port: None,
+        ssl_port: r.ssl_port,
         payload: Payload {
             class: r.curator5.then_some("java.util.LinkedHashMap"),
             description: r.description,
