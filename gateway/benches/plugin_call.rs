@@ -43,8 +43,9 @@ fn load_file(options: RuntimeOptions, path: PathBuf, config: &str) -> (Runtime, 
         memory_bytes: 16 << 20,
         cache_dir: None,
         watch_files: false,
+        ..PluginRuntime::default()
     };
-    let runtime = Runtime::with_options(&settings, options).expect("runtime");
+    let runtime = Runtime::with_options(&settings, 1, options).expect("runtime");
     let spec = PluginSpec {
         name: "affinity".into(),
         path,

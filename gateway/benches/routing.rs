@@ -61,6 +61,7 @@ fn sixteen_nodes() -> ViewPublisher {
             node_id: Some("node-0".into()),
             ..LeaderInfo::default()
         },
+        job_routing: Default::default(),
         stale: false,
         source: "bench",
     });

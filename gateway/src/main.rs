@@ -365,7 +365,7 @@ async fn load_plugins(config: &Config) -> anyhow::Result<Option<PluginChain>> {
     let specs = config.plugins.clone();
     let settings = config.plugin_runtime.clone();
     let chain = tokio::task::spawn_blocking(move || {
-        let runtime = plugin::Runtime::new(&settings)
+        let runtime = plugin::Runtime::new(&settings, specs.len())
             .map_err(|e| anyhow::anyhow!("plugin_runtime: {e:#}"))?;
         anyhow::Ok(PluginChain::load(runtime, specs)?)
     })

@@ -130,6 +130,7 @@ fn settings(connect: &str, layout: Layout) -> ZookeeperSettings {
         hosts: connect.to_string(),
         chroot: None,
         base_path: BASE.into(),
+        kylin5_base_path: BASE.into(),
         layout,
         session_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
@@ -141,6 +142,7 @@ fn settings(connect: &str, layout: Layout) -> ZookeeperSettings {
         address_map: Default::default(),
         kylin_properties: None,
         base_path_explicit: true,
+        kylin5_base_path_explicit: false,
     }
 }
 

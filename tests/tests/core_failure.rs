@@ -378,6 +378,7 @@ async fn a_held_job_request_goes_to_the_leader_once_one_is_elected() {
     views.publish(ClusterView {
         nodes: nodes.clone(),
         leader: LeaderInfo::default(),
+        job_routing: Default::default(),
         stale: false,
         source: "test",
     });
@@ -426,6 +427,7 @@ async fn a_held_job_request_goes_to_the_leader_once_one_is_elected() {
             node_id: Some("job".into()),
             ..LeaderInfo::default()
         },
+        job_routing: Default::default(),
         stale: false,
         source: "test",
     });

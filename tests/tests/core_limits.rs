@@ -1,6 +1,6 @@
 //! `[limits]` against hostile or broken clients: a connection that does not
-//! finish its first request head in time is closed while others are
-//! served; an idle keep-alive connection is closed after the idle timeout;
+//! finish its first request head in time is answered 408 and closed while
+//! others are served; a request body that stalls is cut off with 408; an idle keep-alive connection is closed after the idle timeout;
 //! past `max_connections` a new connection is closed at once (counted) and
 //! accepted again once one closes; past `max_in_flight` a request gets 503
 //! + `Retry-After` (counted) and the place is given back after.
@@ -103,10 +103,14 @@ async fn an_unfinished_first_request_head_is_cut_off_while_others_are_served() {
         .await
         .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
-    for stream in [&mut trickling, &mut silent] {
-        let took = closed_by_gateway(stream, opened, Duration::from_secs(5)).await;
-        assert!(took >= Duration::from_millis(250), "closed early: {took:?}");
-    }
+    // A client that sent part of a head is told why (408); one that sent
+    // nothing is closed silently.
+    let answer = answer_then_close(&mut trickling, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let took = opened.elapsed();
+    assert!(took >= Duration::from_millis(250), "closed early: {took:?}");
+    let took = closed_by_gateway(&mut silent, opened, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(250), "closed early: {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,4 +194,95 @@ async fn past_max_in_flight_a_request_is_shed_with_503_and_counted() {
         .await
         .unwrap();
     assert_eq!(after.status, 200, "the place was not given back");
+}
+
+/// Reads what the gateway sends until it closes the connection (or
+/// `within` passes): the answer to a request it cut off.
+async fn answer_then_close(stream: &mut TcpStream, within: Duration) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(within, stream.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the connection was still open after {within:?}: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A slow POST: the head and part of the body, then nothing. The client is
+/// answered 408 and its connection closed once the body stalls for
+/// `body_read_timeout_ms`; a body that was being streamed to the node
+/// arrives there aborted, never complete; the node is not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_is_cut_off_and_the_node_sees_it_aborted() {
+    let (node, gateway) =
+        start("body_read_timeout_ms = 500\n[health]\neject_after = 1\n[routing]\njob_hold_ms = 0")
+            .await;
+    // A job write is streamed to the node as it arrives; a query (small,
+    // replay-safe) is read whole first and never reaches the node.
+    for (path, reaches_node) in [
+        ("/kylin/api/cubes/sales/segments", true),
+        ("/kylin/api/query", false),
+    ] {
+        let hits_before = node.hits();
+        let aborted_before = node
+            .aborted_bodies
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut slow = TcpStream::connect(("127.0.0.1", gateway.http_port))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        slow.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n\
+                 Content-Length: 1000\r\n\r\n{{\"sql\": \"select"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        // Meanwhile, other clients are served.
+        let reply = get(&client(), &gateway.url("/kylin/api/projects"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        let answer = answer_then_close(&mut slow, Duration::from_secs(10)).await;
+        let took = started.elapsed();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(
+            took >= Duration::from_millis(450),
+            "{path}: cut off after {took:?}"
+        );
+        let aborted = node
+            .aborted_bodies
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if reaches_node {
+            eventually_async(
+                "the node saw the body abort",
+                Duration::from_secs(5),
+                || async {
+                    (node
+                        .aborted_bodies
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        > aborted_before)
+                        .then_some(())
+                },
+            )
+            .await;
+        } else {
+            assert_eq!(aborted, aborted_before, "{path}");
+            // Only the /projects request above reached it.
+            assert_eq!(node.hits(), hits_before + 1, "{path} reached the node");
+        }
+    }
+    assert_eq!(
+        counter(&gateway, "kgw_client_body_timeouts_total").await,
+        2.0
+    );
+    // With eject_after = 1, blaming the node would have ejected it.
+    assert_eq!(counter(&gateway, "kgw_ejections_total").await, 0.0);
+    let reply = get(&client(), &gateway.url("/kylin/api/projects"))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
 }

@@ -19,8 +19,9 @@ fn load(path: &std::path::Path, config: &str) -> (Runtime, LoadedPlugin) {
         memory_bytes: 16 << 20,
         cache_dir: None,
         watch_files: false,
+        ..PluginRuntime::default()
     };
-    let runtime = Runtime::new(&settings).unwrap();
+    let runtime = Runtime::new(&settings, 1).unwrap();
     let spec = PluginSpec {
         name: "t".into(),
         path: path.to_path_buf(),

@@ -233,6 +233,7 @@ pub fn leader_json(snapshot: &Snapshot) -> serde_json::Value {
         "participant": info.participant,
         "znode": info.znode,
         "reason": info.reason,
+        "job_routing": snapshot.view.job_routing.as_str(),
         "stale": snapshot.view.stale,
     })
 }

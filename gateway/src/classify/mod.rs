@@ -3,6 +3,13 @@
 //! rules from config are evaluated first, in order, and the first match wins.
 //! Built-in rules are grouped by their first segment after the API base, so a
 //! request is checked only against the few rules that could match it.
+//!
+//! Most rules hold for every Kylin generation (a path one generation does
+//! not serve is never sent by its clients). Where a path means different
+//! things, the rules are per [`ApiGeneration`]: Kylin 5's
+//! `/models/{model}/segments` builds segments, but in Kylin 3.x
+//! `DELETE /models/{project}/{model}` deletes a model's metadata (a model
+//! named `segments` would be taken for a job call).
 
 mod pattern;
 
@@ -59,6 +66,21 @@ impl std::fmt::Display for TrafficClass {
     }
 }
 
+/// Which Kylin generation's REST API the built-in rules follow, from the
+/// discovery layout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ApiGeneration {
+    /// KAP 2.4, Kylin 3.x and 4.0: the common rules only.
+    Kylin3,
+    /// Kylin 5: the common rules and Kylin 5's model/index job calls.
+    Kylin5,
+    /// Not known (`layout = "auto"`, static discovery): every rule; where
+    /// generations differ Kylin 5's wins, which costs a 3.x cluster at most
+    /// a metadata call sent to its leader (a leader serves any call).
+    #[default]
+    Any,
+}
+
 /// One rule: methods (empty = any) and a path pattern give a class.
 #[derive(Clone, Debug)]
 pub struct Rule {
@@ -87,9 +109,19 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// `operator_rules` take precedence over the built-in rules for Kylin's
-    /// REST API rooted at `api_base` (normally `/kylin/api`).
+    /// `operator_rules` take precedence over the built-in rules (of every
+    /// generation) for Kylin's REST API rooted at `api_base` (normally
+    /// `/kylin/api`).
     pub fn new(operator_rules: Vec<Rule>, api_base: &str) -> Classifier {
+        Classifier::for_generation(operator_rules, api_base, ApiGeneration::Any)
+    }
+
+    /// Like [`Classifier::new`], with the built-in rules of `generation`.
+    pub fn for_generation(
+        operator_rules: Vec<Rule>,
+        api_base: &str,
+        generation: ApiGeneration,
+    ) -> Classifier {
         let base = api_base.trim_end_matches('/');
         let read_only_posts = ["/query", "/query/prestate"]
             .iter()
@@ -98,7 +130,7 @@ impl Classifier {
         Classifier {
             operator_rules,
             base: base.to_string(),
-            builtin: builtin_rules(base),
+            builtin: builtin_rules(base, generation),
             read_only_posts,
         }
     }
@@ -135,9 +167,10 @@ impl Classifier {
     }
 }
 
-/// Kylin's job and query endpoints (see `../shared/kylin-zookeeper.md`).
-/// `{x}` matches one path segment, `**` the rest of the path.
-const BUILTIN: &[(&str, &str, TrafficClass)] = {
+/// Kylin's job and query endpoints common to every generation (see
+/// `../shared/kylin-zookeeper.md`). `{x}` matches one path segment, `**`
+/// the rest of the path.
+const COMMON: &[(&str, &str, TrafficClass)] = {
     use TrafficClass::{Job, Query};
     &[
         // Cube builds and segment management: the job engine schedules them.
@@ -160,6 +193,8 @@ const BUILTIN: &[(&str, &str, TrafficClass)] = {
         ("DELETE", "/cubes/{cube}/segs/{seg}", Job),
         ("DELETE", "/cubes/{cube}/segs2/{id}", Job),
         ("DELETE", "/cubes/{cube}", Job),
+        // Kylin 5's v2 (`application/vnd.apache.kylin-v2+json`) cube calls.
+        ("PUT", "/cubes/{cube}/segments", Job),
         // Job inspection and actions.
         ("GET", "/jobs", Job),
         ("GET", "/jobs/overview", Job),
@@ -171,7 +206,15 @@ const BUILTIN: &[(&str, &str, TrafficClass)] = {
         ("PUT", "/jobs/{id}/pause", Job),
         ("PUT", "/jobs/{id}/steps/{step}/rollback", Job),
         ("DELETE", "/jobs/{id}/drop", Job),
+        // Kylin 5's job control, details and statistics.
+        ("PUT", "/jobs/status", Job),
+        ("DELETE", "/jobs", Job),
+        ("GET", "/jobs/{id}/detail", Job),
+        ("GET", "/jobs/**", Job),
         ("PUT", "/tables/{project}/{tables}/cardinality", Job),
+        // Kylin 5's table sampling and snapshot builds.
+        ("POST", "/tables/sampling_jobs", Job),
+        ("POST,PUT", "/snapshots", Job),
         // Queries.
         ("POST", "/query", Query),
         ("POST", "/query/prestate", Query),
@@ -181,19 +224,48 @@ const BUILTIN: &[(&str, &str, TrafficClass)] = {
         ("GET,POST", "/query/format/{fmt}", Query),
         ("GET", "/query/runningQueries", Query),
         ("PUT", "/query/{id}/stop", Query),
-        // KAP's asynchronous and sequence queries.
+        // KAP's and Kylin 5's asynchronous queries, KAP's sequence queries.
         ("POST,DELETE", "/async_query", Query),
         ("GET", "/async_query/{id}/status", Query),
         ("GET", "/async_query/{id}/result", Query),
+        ("GET", "/async_query/{id}/file_status", Query),
+        ("GET", "/async_query/{id}/metadata", Query),
+        ("GET", "/async_query/{id}/result_download", Query),
+        ("GET", "/async_query/{id}/result_path", Query),
+        ("DELETE", "/async_query/{id}", Query),
         ("", "/sequence_sql/**", Query),
     ]
 };
 
-/// The built-in rules under `base`, grouped by the first segment of their
-/// path (always a literal in [`BUILTIN`]).
-fn builtin_rules(base: &str) -> Vec<(&'static str, Vec<Rule>)> {
+/// Kylin 5's segment and index builds under `/models` (a 3.x model is
+/// `/models/{project}/{model}`: not in the Kylin 3 rules).
+const KYLIN5: &[(&str, &str, TrafficClass)] = {
+    use TrafficClass::Job;
+    &[
+        ("POST,PUT,DELETE", "/models/{model}/segments", Job),
+        ("POST", "/models/{model}/segments/completion", Job),
+        ("POST", "/models/{model}/indices", Job),
+        ("POST", "/models/{model}/indexes", Job),
+        ("PUT", "/models/{model}/model_segments", Job),
+        ("POST", "/models/{model}/model_segments/indexes", Job),
+        ("POST", "/models/{model}/model_segments/all_indexes", Job),
+        (
+            "POST",
+            "/models/{model}/model_segments/multi_partition",
+            Job,
+        ),
+    ]
+};
+
+/// The built-in rules of `generation` under `base`, grouped by the first
+/// segment of their path (always a literal in the tables).
+fn builtin_rules(base: &str, generation: ApiGeneration) -> Vec<(&'static str, Vec<Rule>)> {
+    let kylin5: &[_] = match generation {
+        ApiGeneration::Kylin3 => &[],
+        ApiGeneration::Kylin5 | ApiGeneration::Any => KYLIN5,
+    };
     let mut groups: Vec<(&'static str, Vec<Rule>)> = Vec::new();
-    for &(methods, path, class) in BUILTIN {
+    for &(methods, path, class) in COMMON.iter().chain(kylin5) {
         let first = first_segment(path);
         let rule = Rule {
             methods: methods

@@ -88,6 +88,106 @@ fn every_query_path_is_query_with_and_without_trailing_slash() {
     }
 }
 
+/// Asserts `class` for every `METHOD /path` line (under `/kylin/api`, with
+/// and without a trailing slash) with the rules of `generation`.
+fn assert_all(generation: ApiGeneration, lines: &[&str], class: TrafficClass) {
+    let classifier = Classifier::for_generation(Vec::new(), "/kylin/api", generation);
+    for line in lines {
+        let (method, path) = line.split_once(' ').unwrap();
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        for suffix in ["", "/"] {
+            let full = format!("/kylin/api{path}{suffix}");
+            assert_eq!(
+                classifier.classify(&method, &full),
+                class,
+                "{method} {full} ({generation:?})"
+            );
+        }
+    }
+}
+
+/// Kylin 5's job-creating and job-control calls (branch `kylin5`).
+const KYLIN5_JOBS: &[&str] = &[
+    "POST /models/m1/segments",
+    "PUT /models/m1/segments",
+    "DELETE /models/m1/segments",
+    "POST /models/m1/segments/completion",
+    "POST /models/m1/indices",
+    "POST /models/m1/indexes",
+    "PUT /models/m1/model_segments",
+    "POST /models/m1/model_segments/indexes",
+    "POST /models/m1/model_segments/all_indexes",
+    "POST /models/m1/model_segments/multi_partition",
+    "PUT /cubes/c1/rebuild",
+    "PUT /cubes/c1/segments",
+    "POST /snapshots",
+    "PUT /snapshots",
+    "POST /tables/sampling_jobs",
+    "PUT /jobs/status",
+    "DELETE /jobs",
+    "PUT /jobs/j1/resume",
+    "GET /jobs",
+    "GET /jobs/j1/detail",
+    "GET /jobs/j1/steps/j1_00/output",
+    "GET /jobs/statistics",
+    "GET /jobs/statistics/count",
+];
+
+/// Kylin 5's synchronous and asynchronous queries.
+const KYLIN5_QUERIES: &[&str] = &[
+    "POST /query",
+    "POST /query/prestate",
+    "POST /async_query",
+    "GET /async_query/q1/status",
+    "GET /async_query/q1/file_status",
+    "GET /async_query/q1/metadata",
+    "GET /async_query/q1/result_download",
+    "GET /async_query/q1/result_path",
+    "DELETE /async_query/q1",
+];
+
+#[test]
+fn every_kylin5_job_path_is_job() {
+    assert_all(ApiGeneration::Kylin5, KYLIN5_JOBS, TrafficClass::Job);
+    assert_all(ApiGeneration::Any, KYLIN5_JOBS, TrafficClass::Job);
+}
+
+#[test]
+fn every_kylin5_query_path_is_query_in_every_generation() {
+    for generation in [
+        ApiGeneration::Kylin5,
+        ApiGeneration::Kylin3,
+        ApiGeneration::Any,
+    ] {
+        assert_all(generation, KYLIN5_QUERIES, TrafficClass::Query);
+    }
+}
+
+/// `DELETE /models/{project}/{model}` is a Kylin 3.x metadata call; the
+/// same shape is Kylin 5's segment deletion for a model.
+#[test]
+fn models_paths_are_job_calls_only_for_kylin5() {
+    assert_all(
+        ApiGeneration::Kylin3,
+        &[
+            "DELETE /models/learn_kylin/segments",
+            "POST /models/m1/indices",
+        ],
+        TrafficClass::Other,
+    );
+    assert_all(
+        ApiGeneration::Kylin5,
+        &["DELETE /models/learn_kylin/segments"],
+        TrafficClass::Job,
+    );
+    // Model metadata reads stay `other` everywhere.
+    assert_all(
+        ApiGeneration::Kylin5,
+        &["GET /models/m1/segments", "GET /models"],
+        TrafficClass::Other,
+    );
+}
+
 #[test]
 fn reads_and_ui_are_other() {
     for (method, path) in [
@@ -188,7 +288,7 @@ fn only_reads_are_replay_safe() {
 #[test]
 fn builtin_rules_start_with_a_literal_segment() {
     // The grouping by first segment relies on it.
-    for (_, path, _) in BUILTIN {
+    for (_, path, _) in COMMON.iter().chain(KYLIN5) {
         let first = first_segment(path);
         assert!(
             !first.is_empty() && !first.contains(['{', '*']),

@@ -1,5 +1,14 @@
 //! Reading what the gateway needs from an operator's `kylin.properties`:
-//! the ZooKeeper connect string, the metadata prefix and ZooKeeper auth.
+//! the ZooKeeper connect string, the base paths (from `kylin.metadata.url`)
+//! and ZooKeeper auth.
+//!
+//! `kylin.metadata.url` is Kylin's `StorageURL`:
+//! `IDENTIFIER@SCHEME[,PARAM=VALUE...]`, split on commas outside quotes
+//! (Kylin 5 quotes a value that holds commas, e.g. a MySQL host list);
+//! the identifier is what precedes the last `@` of the first part
+//! (`kylin_metadata` when empty). Kylin 3.x/4.0 and KAP live under
+//! `/kylin/<identifier>`; Kylin 5 under `/kylin/<unique id>`, which adds the
+//! JDBC `url` parameter (see [`metadata_url_unique_id`]).
 
 use std::collections::BTreeMap;
 
@@ -33,17 +42,83 @@ pub fn parse(text: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// The metadata prefix from `kylin.metadata.url`: the part before the last
-/// `@`, then only what follows the last `/` (as KAP does); empty →
-/// `kylin_metadata`.
+/// The metadata prefix from `kylin.metadata.url`: the identifier, then
+/// only what follows its last `/` (as KAP does); empty → `kylin_metadata`.
 pub fn metadata_prefix(url: &str) -> String {
-    let before_at = url.rsplit_once('@').map_or(url, |(head, _)| head);
-    let tail = before_at.rsplit('/').next().unwrap_or(before_at).trim();
+    let identifier = metadata_identifier(url);
+    let tail = identifier.rsplit('/').next().unwrap_or(identifier).trim();
     if tail.is_empty() {
         "kylin_metadata".into()
     } else {
         tail.into()
     }
+}
+
+/// `StorageURL.getIdentifier()`: the first comma-separated part up to its
+/// last `@`, trimmed; `kylin_metadata` when empty.
+pub fn metadata_identifier(url: &str) -> &str {
+    let head = storage_url_parts(url).next().unwrap_or("");
+    let identifier = head.rsplit_once('@').map_or(head, |(id, _)| id).trim();
+    if identifier.is_empty() {
+        "kylin_metadata"
+    } else {
+        identifier
+    }
+}
+
+/// `StorageURL.getParameter(name)`: the value of `name=value` after the
+/// first part, trimmed and with quotes stripped from both ends (the last
+/// occurrence wins, as in Kylin's map).
+pub fn metadata_parameter<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    storage_url_parts(url)
+        .skip(1)
+        .filter_map(|part| {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            (key.trim() == name).then(|| value.trim().trim_matches(['"', '\'']))
+        })
+        .last()
+}
+
+/// Kylin 5's `KylinConfigBase.getMetadataUrlUniqueId()`: the identifier,
+/// plus `_` and the JDBC `url` parameter up to its first `?` when there is
+/// one, then every character but `[A-Za-z0-9_]` replaced by `_` (Java's
+/// `\W`). (Kylin's cloud channel uses the bare identifier; not supported.)
+pub fn metadata_url_unique_id(url: &str) -> String {
+    let mut id = metadata_identifier(url).to_string();
+    if let Some(jdbc) = metadata_parameter(url, "url") {
+        id.push('_');
+        id.push_str(jdbc.split('?').next().unwrap_or(""));
+    }
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The comma-separated parts of a metadata URL, as Kylin 5 splits them: a
+/// comma splits only where an even number of quote characters (`"` or `'`)
+/// follows it.
+fn storage_url_parts(url: &str) -> impl Iterator<Item = &str> {
+    let mut quotes_after = url.chars().filter(|c| matches!(c, '"' | '\'')).count();
+    let mut start = 0;
+    let mut cuts = Vec::new();
+    for (i, c) in url.char_indices() {
+        match c {
+            '"' | '\'' => quotes_after -= 1,
+            ',' if quotes_after % 2 == 0 => {
+                cuts.push((start, i));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    cuts.push((start, url.len()));
+    cuts.into_iter().map(move |(from, to)| &url[from..to])
 }
 
 /// Splits `h1:2181,h2:2181/chroot` into hosts and chroot.
@@ -69,10 +144,14 @@ pub fn split_connect(connect: &str) -> Result<(String, Option<String>), String> 
     Ok((hosts.to_string(), chroot))
 }
 
-/// Fills connect string, base path and auth from properties, where the
+/// Fills connect string, base paths and auth from properties, where the
 /// gateway's own config left them unset. Kylin 3.x's base path is
 /// `kylin.env.zookeeper-base-path` + `/` + `kylin.server.cluster-name`;
 /// both default so that every version lives under `/kylin/<prefix>`.
+/// Kylin 5's is always `/kylin/<unique id>` (its `application.yaml`:
+/// `spring.cloud.zookeeper.discovery.root:
+/// /kylin/${kylin.metadata.url.unique-id}/services`); an explicit
+/// `base_path` is taken for it too.
 pub fn apply(
     settings: &mut ZookeeperSettings,
     props: &BTreeMap<String, String>,
@@ -85,8 +164,12 @@ pub fn apply(
         settings.hosts = hosts;
         settings.chroot = chroot;
     }
+    let metadata_url = props.get("kylin.metadata.url").map_or("", String::as_str);
+    if !settings.base_path_explicit && !settings.kylin5_base_path_explicit {
+        settings.kylin5_base_path = format!("/kylin/{}", metadata_url_unique_id(metadata_url));
+    }
     if !settings.base_path_explicit {
-        let prefix = metadata_prefix(props.get("kylin.metadata.url").map_or("", String::as_str));
+        let prefix = metadata_prefix(metadata_url);
         let base = props
             .get("kylin.env.zookeeper-base-path")
             .map_or("/kylin", |s| s.trim_end_matches('/'));

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::balance::health::Ejection;
-use crate::classify::Rule;
+use crate::classify::{ApiGeneration, Rule};
 use crate::view::Modes;
 
 pub use validate::parse;
@@ -83,6 +83,20 @@ pub struct Limits {
     pub max_connections: usize,
     /// Requests being handled at once; more are answered 503.
     pub max_in_flight: usize,
+    /// A request body must make progress (a new chunk) this often.
+    #[serde(rename = "body_read_timeout_ms", with = "ms")]
+    pub body_read_timeout: Duration,
+    /// The largest request head (HTTP/1.1 request line and headers, or an
+    /// HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// Streams an HTTP/2 client may reset before the gateway accepted them
+    /// (a "rapid reset" flood) before the connection is closed.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// Streams the gateway may have to reset for one client's protocol
+    /// errors before the connection is closed.
+    pub h2_max_local_error_reset_streams: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -160,9 +174,27 @@ pub enum TlsVersion {
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+// Built once at start-up and read by discovery alone, never per request:
+// boxing the ZooKeeper settings would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Discovery {
     Static(StaticDiscovery),
     Zookeeper(ZookeeperSettings),
+}
+
+impl Discovery {
+    /// Whose REST API the built-in classification rules follow: the
+    /// layout's generation when one is named, every generation otherwise.
+    pub fn api_generation(&self) -> ApiGeneration {
+        match self {
+            Discovery::Static(_) => ApiGeneration::Any,
+            Discovery::Zookeeper(z) => match z.layout {
+                Layout::Auto => ApiGeneration::Any,
+                Layout::Kap24 | Layout::Kylin30 | Layout::Kylin31 => ApiGeneration::Kylin3,
+                Layout::Kylin5 => ApiGeneration::Kylin5,
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -188,7 +220,11 @@ pub struct StaticNode {
 /// Which znode layout to read (see `../shared/kylin-zookeeper.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Layout {
-    /// Read both service names (`kylin` and `cluster_servers`).
+    /// Read every layout at once: both Curator service names (`kylin`,
+    /// `cluster_servers`) under the base path and Kylin 5's
+    /// `services/{all,job,query}` under the Kylin 5 base path. The cluster
+    /// is taken for a Kylin 5 one (no election) while one of the latter
+    /// directories exists and no job-engine leader is elected.
     #[serde(rename = "auto")]
     Auto,
     /// KAP 2.4: `service/kylin`, leader data is a bare IP.
@@ -197,9 +233,13 @@ pub enum Layout {
     /// Kylin 3.0.x: `service/kylin`.
     #[serde(rename = "kylin-3.0")]
     Kylin30,
-    /// Kylin 3.1.x: `service/cluster_servers`.
+    /// Kylin 3.1.x and 4.0.x: `service/cluster_servers`.
     #[serde(rename = "kylin-3.1")]
     Kylin31,
+    /// Kylin 5: Spring Cloud ZooKeeper's `services/<mode>/<uuid>` under
+    /// `/kylin/<metadata url unique id>`; no job-engine election.
+    #[serde(rename = "kylin-5")]
+    Kylin5,
 }
 
 #[derive(Clone)]
@@ -210,6 +250,9 @@ pub struct ZookeeperSettings {
     pub chroot: Option<String>,
     /// Base path under the chroot, e.g. `/kylin/kylin_metadata`.
     pub base_path: String,
+    /// Kylin 5's base path (`/kylin/<unique id>`, above `services/`); the
+    /// same as `base_path` unless set or derived from `kylin.properties`.
+    pub kylin5_base_path: String,
     pub layout: Layout,
     pub session_timeout: Duration,
     pub connect_timeout: Duration,
@@ -235,6 +278,9 @@ pub struct ZookeeperSettings {
     /// Whether `base_path` or `metadata_prefix` was set in the gateway's
     /// config (then `kylin.properties` does not override it).
     pub base_path_explicit: bool,
+    /// Whether `kylin5_base_path` was set in the gateway's config (then
+    /// `kylin.properties` does not override it).
+    pub kylin5_base_path_explicit: bool,
 }
 
 /// Hand-written so the digest credentials never reach a log line.
@@ -244,6 +290,7 @@ impl std::fmt::Debug for ZookeeperSettings {
             .field("hosts", &self.hosts)
             .field("chroot", &self.chroot)
             .field("base_path", &self.base_path)
+            .field("kylin5_base_path", &self.kylin5_base_path)
             .field("layout", &self.layout)
             .field("session_timeout", &self.session_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -343,6 +390,30 @@ pub struct PluginRuntime {
     pub memory_bytes: u64,
     pub cache_dir: Option<PathBuf>,
     pub watch_files: bool,
+    /// Idle instances kept per plugin version: more calls at once than
+    /// this make instances that are dropped after use. The instance pool
+    /// (address space reserved up front) is sized from it.
+    pub idle_instances: usize,
+}
+
+impl PluginRuntime {
+    /// Default `idle_instances`: two per core, since a call runs to the end
+    /// on the worker thread that made it.
+    pub fn default_idle_instances() -> usize {
+        2 * std::thread::available_parallelism().map_or(2, usize::from)
+    }
+}
+
+impl Default for PluginRuntime {
+    fn default() -> Self {
+        PluginRuntime {
+            deadline: std::time::Duration::from_millis(2),
+            memory_bytes: 16 << 20,
+            cache_dir: None,
+            watch_files: true,
+            idle_instances: PluginRuntime::default_idle_instances(),
+        }
+    }
 }
 
 mod ms {
@@ -413,9 +484,10 @@ impl Serialize for ZookeeperSettings {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let connect = format!("{}{}", self.hosts, self.chroot.as_deref().unwrap_or(""));
-        let mut st = s.serialize_struct("zookeeper", 11)?;
+        let mut st = s.serialize_struct("zookeeper", 12)?;
         st.serialize_field("connect", &connect)?;
         st.serialize_field("base_path", &self.base_path)?;
+        st.serialize_field("kylin5_base_path", &self.kylin5_base_path)?;
         st.serialize_field("layout", &self.layout)?;
         st.serialize_field(
             "session_timeout_ms",

@@ -69,6 +69,7 @@ pub struct RawDiscovery {
     pub connect: Option<String>,
     pub metadata_prefix: Option<String>,
     pub base_path: Option<String>,
+    pub kylin5_base_path: Option<String>,
     pub layout: Option<String>,
     pub session_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
@@ -162,6 +163,7 @@ pub struct RawPluginRuntime {
     pub memory_mb: Option<u64>,
     pub cache_dir: Option<String>,
     pub watch_files: Option<bool>,
+    pub idle_instances: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,4 +180,9 @@ pub struct RawLimits {
     pub idle_timeout_ms: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_in_flight: Option<usize>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub max_header_bytes: Option<usize>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub h2_max_pending_accept_reset_streams: Option<usize>,
+    pub h2_max_local_error_reset_streams: Option<usize>,
 }

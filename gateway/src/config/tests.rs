@@ -177,6 +177,105 @@ fn kylin_properties_fill_connect_base_path_and_auth() {
     assert_eq!(kylin_properties::metadata_prefix(""), "kylin_metadata");
 }
 
+#[test]
+fn kylin5_unique_id_matches_kylin_for_postgresql_and_mysql() {
+    use kylin_properties::metadata_url_unique_id as unique_id;
+    assert_eq!(
+        unique_id(
+            "kylin_metadata@jdbc,driverClassName=org.postgresql.Driver,url=jdbc:postgresql://localhost:5432/kylin,username=postgres"
+        ),
+        "kylin_metadata_jdbc_postgresql___localhost_5432_kylin"
+    );
+    // MySQL, with a query string (cut at '?') and a password holding '@'.
+    assert_eq!(
+        unique_id(
+            "kylin_metadata@jdbc,driverClassName=com.mysql.jdbc.Driver,url=jdbc:mysql://10.1.2.3:3306/kylin?useUnicode=true&characterEncoding=utf8,username=root,password=p@ss"
+        ),
+        "kylin_metadata_jdbc_mysql___10_1_2_3_3306_kylin"
+    );
+    // A quoted MySQL host list: its commas do not split the URL.
+    assert_eq!(
+        unique_id(
+            "k5@jdbc,url=\"jdbc:mysql:loadbalance://h1:3306,h2:3306/kylin?x=1\",username=root"
+        ),
+        "k5_jdbc_mysql_loadbalance___h1_3306_h2_3306_kylin"
+    );
+    // No url parameter: the identifier alone (non-word characters replaced).
+    assert_eq!(unique_id("my-meta@hdfs"), "my_meta");
+    assert_eq!(unique_id(""), "kylin_metadata");
+}
+
+#[test]
+fn the_metadata_identifier_ignores_at_signs_in_parameters() {
+    let kylin4 = "kylin_metadata@jdbc,url=jdbc:mysql://db:3306/kylin,username=kylin,password=a@b/c";
+    assert_eq!(
+        kylin_properties::metadata_identifier(kylin4),
+        "kylin_metadata"
+    );
+    assert_eq!(kylin_properties::metadata_prefix(kylin4), "kylin_metadata");
+    assert_eq!(
+        kylin_properties::metadata_parameter(kylin4, "password"),
+        Some("a@b/c")
+    );
+    assert_eq!(
+        kylin_properties::metadata_identifier("@jdbc,url=x"),
+        "kylin_metadata"
+    );
+}
+
+/// With a JDBC metadata URL the two generations live apart: Kylin 4.0
+/// under `/kylin/<identifier>`, Kylin 5 under `/kylin/<unique id>`; both
+/// are filled in so `layout = "auto"` reads either.
+#[test]
+fn kylin_properties_fill_both_base_paths() {
+    let props = kylin_properties::parse(
+        "kylin.env.zookeeper-connect-string=zk1:2181\n\
+         kylin.metadata.url=kylin_metadata@jdbc,driverClassName=org.postgresql.Driver,url=jdbc:postgresql://pg:5432/kylin?ssl=true,username=postgres\n",
+    );
+    let zookeeper = |extra: &str| {
+        let text = format!("[discovery]\nkind = \"zookeeper\"\nkylin_properties = \"/k\"\n{extra}");
+        let Discovery::Zookeeper(mut z) = parse(&text).unwrap().discovery else {
+            panic!("zookeeper")
+        };
+        kylin_properties::apply(&mut z, &props).unwrap();
+        z
+    };
+    let z = zookeeper("");
+    assert_eq!(z.base_path, "/kylin/kylin_metadata");
+    assert_eq!(
+        z.kylin5_base_path,
+        "/kylin/kylin_metadata_jdbc_postgresql___pg_5432_kylin"
+    );
+    let z = zookeeper("layout = \"kylin-5\"\nbase_path = \"/kylin/mine\"\n");
+    assert_eq!(z.layout, Layout::Kylin5);
+    assert_eq!(
+        z.kylin5_base_path, "/kylin/mine",
+        "an explicit base path wins"
+    );
+    let z = zookeeper("kylin5_base_path = \"/kylin/k5\"\n");
+    assert_eq!(z.kylin5_base_path, "/kylin/k5");
+    assert_eq!(z.base_path, "/kylin/kylin_metadata");
+}
+
+#[test]
+fn kylin5_base_path_needs_a_layout_that_reads_it() {
+    let error = parse(
+        "[discovery]\nkind = \"zookeeper\"\nconnect = \"zk:2181\"\nlayout = \"kylin-3.1\"\nkylin5_base_path = \"/kylin/x\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.starts_with("discovery.kylin5_base_path: only valid with layout"),
+        "{error}"
+    );
+    let error = parse(
+        "[discovery]\nkind = \"zookeeper\"\nconnect = \"zk:2181\"\nkylin5_base_path = \"k\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("must start with '/'"), "{error}");
+}
+
 /// The effective config printed by `check-config` uses the input's keys, so
 /// it parses back to the same config.
 #[test]

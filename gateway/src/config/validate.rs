@@ -157,6 +157,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             },
             cache_dir: raw.plugin_runtime.cache_dir.map(Into::into),
             watch_files: raw.plugin_runtime.watch_files.unwrap_or(true),
+            idle_instances: idle_instances(raw.plugin_runtime.idle_instances)?,
         },
         admin: AdminSettings {
             token_file: raw.admin.token_file.map(Into::into),
@@ -252,7 +253,64 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
         idle_timeout: ms("limits.idle_timeout_ms", raw.idle_timeout_ms, 60_000, 1)?,
         max_connections: at_least_one("limits.max_connections", raw.max_connections)?,
         max_in_flight: at_least_one("limits.max_in_flight", raw.max_in_flight)?,
+        body_read_timeout: ms(
+            "limits.body_read_timeout_ms",
+            raw.body_read_timeout_ms,
+            60_000,
+            1,
+        )?,
+        max_header_bytes: within(
+            "limits.max_header_bytes",
+            raw.max_header_bytes,
+            64 * 1024,
+            MIN_HEADER_BYTES..=16 << 20,
+        )?,
+        h2_max_concurrent_streams: within(
+            "limits.h2_max_concurrent_streams",
+            raw.h2_max_concurrent_streams,
+            128,
+            1..=u32::MAX,
+        )?,
+        h2_max_pending_accept_reset_streams: within(
+            "limits.h2_max_pending_accept_reset_streams",
+            raw.h2_max_pending_accept_reset_streams,
+            20,
+            1..=usize::MAX,
+        )?,
+        h2_max_local_error_reset_streams: within(
+            "limits.h2_max_local_error_reset_streams",
+            raw.h2_max_local_error_reset_streams,
+            1024,
+            1..=usize::MAX,
+        )?,
     })
+}
+
+/// hyper's smallest HTTP/1 read buffer.
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// `value` (or `default`) when it lies in `range`.
+fn within<T>(
+    key: &str,
+    value: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        return Ok(v);
+    }
+    Err(ConfigError::new(
+        key,
+        format!(
+            "must be between {} and {}, got {v}",
+            range.start(),
+            range.end()
+        ),
+    ))
 }
 
 fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
@@ -263,6 +321,7 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
                 ("connect", raw.connect.is_some()),
                 ("metadata_prefix", raw.metadata_prefix.is_some()),
                 ("base_path", raw.base_path.is_some()),
+                ("kylin5_base_path", raw.kylin5_base_path.is_some()),
                 ("layout", raw.layout.is_some()),
                 ("kylin_properties", raw.kylin_properties.is_some()),
             ] {
@@ -336,43 +395,18 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
             }
             let (hosts, chroot) = kylin_properties::split_connect(&connect)
                 .map_err(|p| ConfigError::new("discovery.connect", p))?;
-            let base_path = match (&raw.base_path, &raw.metadata_prefix) {
-                (Some(_), Some(_)) => {
-                    return Err(ConfigError::new(
-                        "discovery.base_path",
-                        "set base_path or metadata_prefix, not both",
-                    ));
-                }
-                (Some(path), None) => {
-                    if !path.starts_with('/') || (path.len() > 1 && path.ends_with('/')) {
-                        return Err(ConfigError::new(
-                            "discovery.base_path",
-                            format!("'{path}' must start with '/' and not end with one"),
-                        ));
-                    }
-                    path.clone()
-                }
-                (None, prefix) => format!(
-                    "/kylin/{}",
-                    kylin_properties::metadata_prefix(
-                        prefix.as_deref().unwrap_or("kylin_metadata")
-                    )
-                ),
+            let base_path = base_path(&raw)?;
+            let layout = layout(raw.layout.as_deref())?;
+            let kylin5_base_path = match &raw.kylin5_base_path {
+                Some(path) => absolute_path("discovery.kylin5_base_path", path)?,
+                None => base_path.clone(),
             };
-            let layout = match raw.layout.as_deref().unwrap_or("auto") {
-                "auto" => Layout::Auto,
-                "kap-2.4" => Layout::Kap24,
-                "kylin-3.0" => Layout::Kylin30,
-                "kylin-3.1" => Layout::Kylin31,
-                other => {
-                    return Err(ConfigError::new(
-                        "discovery.layout",
-                        format!(
-                            "unknown layout '{other}' (expected auto, kap-2.4, kylin-3.0 or kylin-3.1)"
-                        ),
-                    ));
-                }
-            };
+            if raw.kylin5_base_path.is_some() && !matches!(layout, Layout::Auto | Layout::Kylin5) {
+                return Err(ConfigError::new(
+                    "discovery.kylin5_base_path",
+                    "only valid with layout \"auto\" or \"kylin-5\"",
+                ));
+            }
             let digest_auth = match raw.auth.as_deref() {
                 None => None,
                 Some(a) => Some(
@@ -388,6 +422,7 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
                 hosts,
                 chroot,
                 base_path,
+                kylin5_base_path,
                 layout,
                 session_timeout: ms(
                     "discovery.session_timeout_ms",
@@ -414,6 +449,7 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
                 address_map,
                 kylin_properties: raw.kylin_properties.clone().map(Into::into),
                 base_path_explicit: raw.base_path.is_some() || raw.metadata_prefix.is_some(),
+                kylin5_base_path_explicit: raw.kylin5_base_path.is_some(),
             }))
         }
         other => Err(ConfigError::new(
@@ -421,6 +457,50 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
             format!("unknown kind '{other}' (expected static or zookeeper)"),
         )),
     }
+}
+
+/// `discovery.base_path`, or `/kylin/<metadata_prefix>` (not both).
+fn base_path(raw: &RawDiscovery) -> Result<String, ConfigError> {
+    match (&raw.base_path, &raw.metadata_prefix) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "discovery.base_path",
+            "set base_path or metadata_prefix, not both",
+        )),
+        (Some(path), None) => absolute_path("discovery.base_path", path),
+        (None, prefix) => Ok(format!(
+            "/kylin/{}",
+            kylin_properties::metadata_prefix(prefix.as_deref().unwrap_or("kylin_metadata"))
+        )),
+    }
+}
+
+/// A znode path: starts with `/`, no trailing `/` (except the root).
+fn absolute_path(key: &str, path: &str) -> Result<String, ConfigError> {
+    if !path.starts_with('/') || (path.len() > 1 && path.ends_with('/')) {
+        return Err(ConfigError::new(
+            key,
+            format!("'{path}' must start with '/' and not end with one"),
+        ));
+    }
+    Ok(path.to_string())
+}
+
+fn layout(raw: Option<&str>) -> Result<Layout, ConfigError> {
+    Ok(match raw.unwrap_or("auto") {
+        "auto" => Layout::Auto,
+        "kap-2.4" => Layout::Kap24,
+        "kylin-3.0" => Layout::Kylin30,
+        "kylin-3.1" => Layout::Kylin31,
+        "kylin-5" => Layout::Kylin5,
+        other => {
+            return Err(ConfigError::new(
+                "discovery.layout",
+                format!(
+                    "unknown layout '{other}' (expected auto, kap-2.4, kylin-3.0, kylin-3.1 or kylin-5)"
+                ),
+            ));
+        }
+    })
 }
 
 fn routing(raw: RawRouting) -> Result<Routing, ConfigError> {
@@ -620,4 +700,16 @@ fn plugins(raw: Vec<RawPlugin>) -> Result<Vec<PluginSpec>, ConfigError> {
             })
         })
         .collect()
+}
+
+/// `plugin_runtime.idle_instances`: 1 to 1024.
+fn idle_instances(raw: Option<u64>) -> Result<usize, ConfigError> {
+    match raw {
+        None => Ok(PluginRuntime::default_idle_instances()),
+        Some(n @ 1..=1024) => Ok(n as usize),
+        Some(n) => Err(ConfigError::new(
+            "plugin_runtime.idle_instances",
+            format!("must be between 1 and 1024, got {n}"),
+        )),
+    }
 }

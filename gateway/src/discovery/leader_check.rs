@@ -5,7 +5,10 @@
 //! or `false`; Kylin 3.x and 4.x, not KAP 2.4). A `false` opens a drift
 //! episode: shown on `/admin/leader`, counted once and logged once; the
 //! episode ends when the leader agrees again or another node leads.
-//! Routing still follows ZooKeeper: this only tells the operator.
+//! Routing still follows ZooKeeper: this only tells the operator. A
+//! cluster without election (Kylin 5) has no leader to ask: the check is
+//! not run for `layout = "kylin-5"` and says so for a Kylin 5 cluster found
+//! by `auto`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,8 +20,9 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
 use crate::config::Layout;
+use crate::discovery::zookeeper::kylin5::NO_ELECTION;
 use crate::tls::{NodeConnector, UpstreamTls};
-use crate::view::{Snapshot, ViewPublisher};
+use crate::view::{JobRouting, Snapshot, ViewPublisher};
 
 pub const ACTIVE_JOB_NODE_PATH: &str = "/kylin/api/service_discovery/state/is_active_job_node";
 /// Counter: drift episodes (the elected leader said its scheduler is not
@@ -69,6 +73,14 @@ impl LeaderCheckStatus {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Records that the check does not apply to this cluster at all (it
+    /// is not run).
+    pub fn set_not_applicable(&self, reason: &str) {
+        self.set(Check::NotApplicable {
+            reason: reason.into(),
+        });
+    }
+
     fn set(&self, check: Check) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = check;
     }
@@ -79,7 +91,7 @@ impl LeaderCheckStatus {
 /// Kylin 3.x node (KAP 2.4 writes a bare IP).
 pub fn applies(layout: Layout, participant: Option<&str>) -> bool {
     match layout {
-        Layout::Kap24 => false,
+        Layout::Kap24 | Layout::Kylin5 => false,
         Layout::Kylin30 | Layout::Kylin31 => true,
         Layout::Auto => participant.is_some_and(|p| crate::discovery::split_host_port(p).is_some()),
     }
@@ -174,6 +186,12 @@ async fn check_once(
     previous: &Check,
     timeout: Duration,
 ) -> Check {
+    if snapshot.view.job_routing == JobRouting::AnyJobNode {
+        end_episode(previous);
+        return Check::NotApplicable {
+            reason: NO_ELECTION.into(),
+        };
+    }
     let Some(leader) = snapshot.leader.map(|i| &snapshot.nodes[i]) else {
         end_episode(previous);
         return Check::NotApplicable {
@@ -263,6 +281,7 @@ mod tests {
     #[test]
     fn only_kylin_3_layouts_are_asked() {
         assert!(!applies(Layout::Kap24, Some("10.0.0.5:7070")));
+        assert!(!applies(Layout::Kylin5, Some("10.0.0.5:7070")));
         assert!(applies(Layout::Kylin30, Some("10.0.0.5")));
         assert!(applies(Layout::Kylin31, None));
         assert!(applies(Layout::Auto, Some("node1:7070")));

@@ -11,7 +11,7 @@ pub mod zookeeper;
 pub use resolve::Resolver;
 pub use static_nodes::static_view;
 
-use crate::config::Discovery;
+use crate::config::{Discovery, Layout};
 use crate::tls::UpstreamTls;
 use crate::view::ViewPublisher;
 use leader_check::LeaderCheckStatus;
@@ -32,7 +32,9 @@ pub async fn run(
             publisher.publish(view);
         }
         Discovery::Zookeeper(settings) => {
-            if !settings.leader_check_interval.is_zero() {
+            if settings.layout == Layout::Kylin5 {
+                leader_check.set_not_applicable(zookeeper::kylin5::NO_ELECTION);
+            } else if !settings.leader_check_interval.is_zero() {
                 tokio::spawn(leader_check::run(
                     settings.leader_check_interval,
                     settings.layout,

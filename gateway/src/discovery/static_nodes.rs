@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{Resolver, split_host_port};
 use crate::config::StaticDiscovery;
-use crate::view::{ClusterView, LeaderInfo, Node};
+use crate::view::{ClusterView, JobRouting, LeaderInfo, Node};
 
 /// Builds the view for a static node list, resolving every address.
 pub async fn static_view(settings: &StaticDiscovery, resolver: &Resolver) -> ClusterView {
@@ -42,6 +42,7 @@ pub async fn static_view(settings: &StaticDiscovery, resolver: &Resolver) -> Clu
     ClusterView {
         nodes,
         leader,
+        job_routing: JobRouting::Leader,
         stale: false,
         source: "static",
     }

@@ -38,6 +38,7 @@ pub fn sample_snapshot(count: usize) -> Arc<Snapshot> {
             ..LeaderInfo::default()
         },
         nodes,
+        job_routing: Default::default(),
         stale: false,
         source: "sample",
     });
@@ -67,8 +68,9 @@ pub fn check(
         memory_bytes: 16 << 20,
         cache_dir: None,
         watch_files: false,
+        ..PluginRuntime::default()
     };
-    let runtime = Runtime::new(&settings).map_err(LoadError::Compile)?;
+    let runtime = Runtime::new(&settings, 1).map_err(LoadError::Compile)?;
     let spec = PluginSpec {
         name: "check".into(),
         path: "check.wasm".into(),

@@ -10,6 +10,7 @@ use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{HostImports, LogLevel};
+use super::limits::CpuDeadline;
 
 /// A burst of this many lines, then [`LOG_LINES_PER_SECOND`].
 const LOG_BURST: f64 = 20.0;
@@ -24,6 +25,8 @@ pub struct HostState {
     limits: StoreLimits,
     hit_memory_cap: bool,
     log: Arc<PluginLog>,
+    /// The running call's deadline, checked by the store's epoch callback.
+    pub deadline: CpuDeadline,
 }
 
 impl HostState {
@@ -34,6 +37,7 @@ impl HostState {
             limits,
             hit_memory_cap: false,
             log,
+            deadline: CpuDeadline::default(),
         }
     }
 

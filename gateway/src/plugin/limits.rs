@@ -1,6 +1,8 @@
 //! Every resource bound a plugin runs under, in one place: the engine's
-//! pooling allocator, the per-call epoch deadline and its ticker thread, and
-//! the per-store memory cap.
+//! pooling allocator, sized to the instances the gateway can use at once;
+//! the per-call deadline, charged in the calling thread's CPU time; the
+//! epoch ticker thread that wakes the deadline check; and the per-store
+//! memory cap.
 //!
 //! The deadline uses epochs, not fuel: epoch checks are a load and compare at
 //! function entries and loop back-edges, while fuel counts every basic block
@@ -15,38 +17,40 @@ use std::time::Duration;
 
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits,
-    StoreLimitsBuilder,
+    StoreLimitsBuilder, UpdateDeadline,
 };
 
 use crate::config::PluginRuntime;
 
-/// How often the epoch ticks. The deadline is counted in ticks, so a call
-/// is interrupted between `deadline` and `deadline + EPOCH_TICK`.
+/// How often the epoch ticks: how often a running call's CPU time is
+/// checked against its deadline.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Component instances the pooling allocator keeps slots for, across all
-/// plugins and versions alive at once (old versions live until their last
-/// in-flight call ends). Wasmtime's default; slots are address space
-/// reserved up front (about 4 GiB of it per memory), not resident memory.
-/// Beyond this, instantiation fails and is counted as `instantiate`.
-const POOLED_INSTANCES: u32 = 1000;
+/// Versions of one plugin that may hold instances at once: the current one,
+/// a new one being loaded and an old one whose last calls are finishing.
+const VERSIONS_ALIVE: usize = 3;
 
-/// Bounds derived from `[plugin_runtime]`.
+/// Bounds derived from `[plugin_runtime]` and the number of plugins.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    pub deadline_ticks: u64,
+    /// CPU time a call may use.
+    pub deadline: Duration,
     pub memory_bytes: usize,
+    /// Idle instances kept per plugin version.
+    pub idle_instances: usize,
+    /// Instances the pooling allocator has slots for, across all plugins.
+    pub pool_slots: u32,
 }
 
 impl Limits {
-    pub fn from_runtime(runtime: &PluginRuntime) -> Limits {
-        let ticks = runtime
-            .deadline
-            .as_micros()
-            .div_ceil(EPOCH_TICK.as_micros());
+    /// `plugins`: how many plugins the runtime will hold.
+    pub fn from_runtime(runtime: &PluginRuntime, plugins: usize) -> Limits {
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
         Limits {
-            deadline_ticks: u64::try_from(ticks).unwrap_or(u64::MAX).max(1),
+            deadline: runtime.deadline,
             memory_bytes: usize::try_from(runtime.memory_bytes).unwrap_or(usize::MAX),
+            idle_instances: runtime.idle_instances,
+            pool_slots: pool_slots(plugins, runtime.idle_instances, threads),
         }
     }
 
@@ -64,9 +68,15 @@ impl Limits {
     }
 
     /// The engine every plugin shares: epoch interruption on, pooling
-    /// allocator sized for [`POOLED_INSTANCES`], compiled code cached on disk
-    /// in `cache_dir` when set (wasmtime keys entries by a hash of the
+    /// allocator with [`Limits::pool_slots`] slots, compiled code cached on
+    /// disk in `cache_dir` when set (wasmtime keys entries by a hash of the
     /// component bytes, the compiler settings and the wasmtime version).
+    ///
+    /// Each memory reserves only `memory_mb` of address space (plus a guard)
+    /// instead of wasmtime's 4 GiB: the pool reserves every slot up front,
+    /// and 1,000 slots of 4 GiB made a process of 4 TB `VmSize` that a
+    /// `ulimit -v` or `vm.overcommit_memory=2` refuses. The price is explicit
+    /// bounds checks on memory accesses (`benches/plugin_call.rs`).
     pub fn engine(
         &self,
         cache_dir: Option<&std::path::Path>,
@@ -75,17 +85,11 @@ impl Limits {
         let mut config = Config::new();
         config.epoch_interruption(true);
         if pooling {
-            let mut pool = PoolingAllocationConfig::default();
-            pool.total_component_instances(POOLED_INSTANCES)
-                .total_core_instances(POOLED_INSTANCES * 8)
-                .total_memories(POOLED_INSTANCES)
-                .total_tables(POOLED_INSTANCES * 4)
-                .total_stacks(POOLED_INSTANCES)
-                .max_memory_size(self.memory_bytes)
-                .max_memories_per_component(4)
-                .max_tables_per_component(8)
-                .max_core_instances_per_component(16);
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            config
+                .memory_reservation(self.memory_bytes as u64)
+                .memory_reservation_for_growth(0)
+                .memory_guard_size(MEMORY_GUARD);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(self.pool()));
         }
         if let Some(dir) = cache_dir {
             let mut cache = wasmtime::CacheConfig::new();
@@ -94,6 +98,79 @@ impl Limits {
         }
         Engine::new(&config)
     }
+
+    fn pool(&self) -> PoolingAllocationConfig {
+        let slots = self.pool_slots;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots)
+            .total_tables(slots * 4)
+            .total_stacks(slots)
+            .max_memory_size(self.memory_bytes)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(16);
+        pool
+    }
+}
+
+/// Address space after each memory that traps an access past its end.
+const MEMORY_GUARD: u64 = 2 << 20;
+
+/// Pool slots for `plugins` plugins when `threads` worker threads call
+/// them: per version, its idle instances plus one in use per thread (a call
+/// runs to completion on its thread) plus one being made by a loader.
+/// Past the slots an instantiation fails and is counted as `instantiate`.
+pub fn pool_slots(plugins: usize, idle_instances: usize, threads: usize) -> u32 {
+    let per_version = idle_instances + threads + 1;
+    let slots = plugins.max(1) * VERSIONS_ALIVE * per_version;
+    u32::try_from(slots).unwrap_or(u32::MAX)
+}
+
+/// The deadline of the call running in a store, charged in the CPU time of
+/// the thread running it: a call is interrupted once it has run `budget`
+/// since the first epoch tick it saw (so it gets between `budget` and
+/// `budget + EPOCH_TICK` in all). Time the thread spent preempted is not
+/// the plugin's: a wall-clock deadline failed well-behaved calls under
+/// load, and those requests lost their routing decision.
+///
+/// Nothing is measured for the many calls that finish before the next
+/// tick; the callback runs at most once per tick.
+#[derive(Debug, Default)]
+pub struct CpuDeadline {
+    budget: Duration,
+    /// The thread's CPU time at the first tick of this call.
+    started: Option<Duration>,
+}
+
+impl CpuDeadline {
+    /// A call with `budget` of CPU time starts. Arm the store's epoch
+    /// deadline one tick ahead (`store.set_epoch_deadline(1)`).
+    pub fn start(&mut self, budget: Duration) {
+        self.budget = budget;
+        self.started = None;
+    }
+
+    /// An epoch tick passed during the call; `cpu_now` is the thread's CPU
+    /// time. Pure: the caller reads the clock.
+    pub fn on_tick(&mut self, cpu_now: Duration) -> UpdateDeadline {
+        let started = *self.started.get_or_insert(cpu_now);
+        if cpu_now.saturating_sub(started) >= self.budget {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(1)
+        }
+    }
+}
+
+/// CPU time used by the calling thread so far (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_time() -> Duration {
+    let time = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(time.tv_sec).unwrap_or(0),
+        u32::try_from(time.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Increments the engine's epoch every [`EPOCH_TICK`] on a thread of its
@@ -122,5 +199,60 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn continues(update: UpdateDeadline) -> bool {
+        matches!(update, UpdateDeadline::Continue(1))
+    }
+
+    #[test]
+    fn preemption_is_not_charged_to_the_call() {
+        let mut deadline = CpuDeadline::default();
+        deadline.start(Duration::from_millis(2));
+        let ms = Duration::from_millis;
+        assert!(continues(deadline.on_tick(ms(100))), "first tick");
+        // Many ticks passed while the thread was preempted: 0.1 ms of CPU.
+        assert!(continues(deadline.on_tick(ms(100) + ms(1) / 10)));
+        assert!(continues(deadline.on_tick(ms(101))));
+        assert!(matches!(
+            deadline.on_tick(ms(102)),
+            UpdateDeadline::Interrupt
+        ));
+    }
+
+    #[test]
+    fn a_new_call_starts_a_new_budget() {
+        let mut deadline = CpuDeadline::default();
+        deadline.start(Duration::from_millis(2));
+        deadline.on_tick(Duration::from_millis(10));
+        deadline.start(Duration::from_millis(2));
+        assert!(continues(deadline.on_tick(Duration::from_millis(50))));
+        assert!(continues(deadline.on_tick(Duration::from_millis(51))));
+    }
+
+    #[test]
+    fn the_thread_cpu_clock_advances_with_work() {
+        let before = thread_cpu_time();
+        let wall = std::time::Instant::now();
+        let mut x = 0u64;
+        while thread_cpu_time() <= before && wall.elapsed() < Duration::from_secs(5) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(
+            thread_cpu_time() > before,
+            "no CPU time counted in 5 s of work"
+        );
+    }
+
+    #[test]
+    fn pool_slots_follow_plugins_idle_instances_and_threads() {
+        assert_eq!(pool_slots(1, 4, 2), 3 * 7);
+        assert_eq!(pool_slots(3, 4, 2), 3 * 3 * 7);
+        assert_eq!(pool_slots(0, 4, 2), pool_slots(1, 4, 2));
     }
 }

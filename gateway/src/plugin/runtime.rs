@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use wasmtime::component::{Component, Linker};
@@ -20,7 +20,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 
 use super::bindings::{self, RoutingPlugin, RoutingPluginPre};
 use super::host::{HostState, PluginLog};
-use super::limits::{EpochTicker, Limits};
+use super::limits::{EpochTicker, Limits, thread_cpu_time};
 use super::policy::{Decision, RequestFacts, Route};
 use crate::balance::health::now_ms;
 use crate::classify::TrafficClass;
@@ -30,11 +30,8 @@ use crate::view::Snapshot;
 /// Upper bound on `needs.body-prefix-len`.
 pub const MAX_BODY_PREFIX: usize = 64 * 1024;
 /// `init` and `needs` run once per instance and may parse config; they get
-/// this many epoch ticks (1 s) instead of the per-request deadline.
-const INIT_DEADLINE_TICKS: u64 = 1000;
-/// Idle instances kept per plugin version; more concurrent calls than this
-/// instantiate extra instances that are dropped after use.
-const MAX_IDLE_INSTANCES: usize = 32;
+/// this much CPU time instead of the per-request deadline.
+const INIT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -195,15 +192,17 @@ impl Default for RuntimeOptions {
 }
 
 impl Runtime {
-    pub fn new(settings: &PluginRuntime) -> wasmtime::Result<Runtime> {
-        Runtime::with_options(settings, RuntimeOptions::default())
+    /// A runtime for `plugins` plugins (the instance pool is sized for them).
+    pub fn new(settings: &PluginRuntime, plugins: usize) -> wasmtime::Result<Runtime> {
+        Runtime::with_options(settings, plugins, RuntimeOptions::default())
     }
 
     pub fn with_options(
         settings: &PluginRuntime,
+        plugins: usize,
         options: RuntimeOptions,
     ) -> wasmtime::Result<Runtime> {
-        let limits = Limits::from_runtime(settings);
+        let limits = Limits::from_runtime(settings, plugins);
         let engine = limits.engine(settings.cache_dir.as_deref(), options.pooling)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -252,7 +251,7 @@ impl Runtime {
             idle: Mutex::new(Vec::new()),
         };
         let mut first = plugin.instantiate()?;
-        first.store.set_epoch_deadline(INIT_DEADLINE_TICKS);
+        arm_deadline(&mut first.store, INIT_DEADLINE);
         let needs = drive(first.plugin.call_needs(&mut first.store))
             .map_err(|e| LoadError::Needs(format!("{e:#}")))?;
         for class in &needs.classes {
@@ -325,7 +324,10 @@ impl LoadedPlugin {
             HostState::new(self.limits.store_limits(), self.log.clone()),
         );
         store.limiter(|state| state as &mut dyn ResourceLimiter);
-        store.set_epoch_deadline(INIT_DEADLINE_TICKS);
+        store.epoch_deadline_callback(|mut store| {
+            Ok(store.data_mut().deadline.on_tick(thread_cpu_time()))
+        });
+        arm_deadline(&mut store, INIT_DEADLINE);
         let plugin =
             drive(self.pre.instantiate_async(&mut store)).map_err(LoadError::Instantiate)?;
         drive(plugin.call_init(&mut store, &self.config))
@@ -360,7 +362,7 @@ impl LoadedPlugin {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE_INSTANCES {
+        if idle.len() < self.limits.idle_instances {
             idle.push(instance);
         }
     }
@@ -401,7 +403,7 @@ impl LoadedPlugin {
         } = &mut instance;
         let view_key = (snapshot.version, snapshot.published_at);
         if *seen_view != Some(view_key) {
-            store.set_epoch_deadline(self.limits.deadline_ticks);
+            arm_deadline(store, self.limits.deadline);
             drive(plugin.call_view_changed(&mut *store, &view_of(snapshot)))
                 .map_err(|error| failure_of(store, error))?;
             *seen_view = Some(view_key);
@@ -409,7 +411,7 @@ impl LoadedPlugin {
         let prefix = &facts.body_prefix[..facts.body_prefix.len().min(self.body_prefix_len)];
         fill_request(request, facts, prefix, self.wants_headers);
         fill_load(load, snapshot);
-        store.set_epoch_deadline(self.limits.deadline_ticks);
+        arm_deadline(store, self.limits.deadline);
         // On error the instance is dropped: its state may be corrupt.
         let decision = drive(plugin.call_route(&mut *store, request, load))
             .map_err(|error| failure_of(store, error))?;
@@ -419,6 +421,13 @@ impl LoadedPlugin {
 }
 
 /// Classifies a failed call.
+/// Starts a call's CPU-time deadline; the store's epoch callback checks it
+/// at each tick ([`super::limits::CpuDeadline`]).
+fn arm_deadline(store: &mut Store<HostState>, budget: Duration) {
+    store.data_mut().deadline.start(budget);
+    store.set_epoch_deadline(1);
+}
+
 fn failure_of(store: &Store<HostState>, error: wasmtime::Error) -> CallFailure {
     let kind = if store.data().hit_memory_cap() {
         FailureKind::Memory

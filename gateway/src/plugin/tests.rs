@@ -3,7 +3,6 @@
 //! `tests/tests/plugins_*.rs`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -187,19 +186,85 @@ fn view_marks_the_leader_and_load_follows_the_nodes() {
 }
 
 #[test]
-fn the_deadline_is_rounded_up_to_whole_ticks() {
-    let runtime = |deadline| PluginRuntime {
-        deadline,
-        memory_bytes: 1 << 20,
-        cache_dir: None,
-        watch_files: false,
+fn the_pool_is_sized_by_plugins_and_idle_instances() {
+    let runtime = PluginRuntime {
+        idle_instances: 4,
+        ..PluginRuntime::default()
     };
-    assert_eq!(
-        Limits::from_runtime(&runtime(Duration::from_millis(2))).deadline_ticks,
-        2
-    );
-    assert_eq!(
-        Limits::from_runtime(&runtime(Duration::from_micros(10))).deadline_ticks,
-        1
-    );
+    let one = Limits::from_runtime(&runtime, 1).pool_slots;
+    let three = Limits::from_runtime(&runtime, 3).pool_slots;
+    assert_eq!(three, 3 * one);
+    assert!(one < 100, "a few instances per core, not wasmtime's 1000");
+}
+
+mod properties {
+    //! Decision conversion fed arbitrary guest answers (the stand-in for
+    //! fuzzing it; see `gateway/tests/properties.rs`): a guest can return
+    //! anything the WIT types allow, and nothing it returns may panic the
+    //! host or pass through invalid.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn route() -> impl Strategy<Value = bindings::Route> {
+        prop_oneof![
+            Just(bindings::Route::Default),
+            prop::collection::vec(prop_oneof!["node-[0-5]", any::<String>()], 0..6)
+                .prop_map(bindings::Route::Prefer),
+            (any::<u16>(), any::<String>()).prop_map(|(status, message)| {
+                bindings::Route::Reject(bindings::Rejection { status, message })
+            }),
+            prop::sample::select(vec![
+                bindings::TrafficClass::Query,
+                bindings::TrafficClass::Job,
+                bindings::TrafficClass::Other,
+            ])
+            .prop_map(bindings::Route::Reclassify),
+        ]
+    }
+
+    fn header() -> impl Strategy<Value = (String, String)> {
+        (
+            prop_oneof![
+                "x-[a-z-]{1,12}",
+                prop::sample::select(vec!["host", "Content-Length", "te", "x ", ""])
+                    .prop_map(String::from),
+                any::<String>(),
+            ],
+            prop_oneof!["[ -~]{0,20}", any::<String>()],
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_guest_decision_converts_to_a_valid_one_or_is_malformed(
+            route in route(),
+            add_headers in prop::collection::vec(header(), 0..4),
+        ) {
+            let snapshot = sample_snapshot(4);
+            let stats = PluginStats::new("p");
+            let decision = bindings::Decision { route, add_headers };
+            match convert_decision(decision, &snapshot, &stats) {
+                Ok(converted) => {
+                    match converted.route {
+                        Route::Prefer(ids) => {
+                            prop_assert!(!ids.is_empty());
+                            prop_assert!(ids.iter().all(|id| snapshot.position(id).is_some()));
+                        }
+                        Route::Reject { status, .. } => {
+                            prop_assert!((400..=599).contains(&status.as_u16()));
+                        }
+                        Route::Default | Route::Reclassify(_) => {}
+                    }
+                    for (name, _) in &converted.add_headers {
+                        prop_assert!(!["host", "content-length", "transfer-encoding", "connection", "upgrade", "te"]
+                            .contains(&name.as_str()));
+                    }
+                }
+                Err(failure) => prop_assert_eq!(failure.kind, FailureKind::Malformed),
+            }
+        }
+    }
 }

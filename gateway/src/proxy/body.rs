@@ -1,59 +1,131 @@
 //! Body plumbing for the streaming proxy: request bodies that can be taken
-//! back after a connect failure, a body prefix read ahead for policies, and
-//! response bodies that release their node's in-flight slot when done.
+//! back after a connect failure, a body prefix read ahead for policies, a
+//! client that stops sending its body cut off, and response bodies that
+//! release their node's in-flight slot when done.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::view::NodeState;
 
+/// Why a request body could not be read from the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("the client's body failed: {0}")]
+    Failed(#[from] hyper::Error),
+    #[error("the client sent no body bytes for {0:?}")]
+    Stalled(Duration),
+}
+
+impl ClientBodyError {
+    fn fault(&self) -> ClientFault {
+        match self {
+            ClientBodyError::Failed(_) => ClientFault::Failed,
+            ClientBodyError::Stalled(_) => ClientFault::Stalled,
+        }
+    }
+}
+
+/// What went wrong on the client's side of a request body, if anything:
+/// an attempt that failed because of it is the client's fault, not the
+/// node's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFault {
+    Failed = 1,
+    Stalled = 2,
+}
+
 /// The downstream request body, possibly with bytes already read ahead.
+/// Waiting for the client's next bytes longer than `stall_timeout` fails
+/// the body (a slow-POST client is cut off).
 pub struct RequestBody {
     prefix: Option<Bytes>,
     trailers: Option<HeaderMap>,
     inner: Option<Incoming>,
+    stall_timeout: Duration,
+    /// Armed while waiting for the client, made on the first wait only:
+    /// bodies that arrive with their head never allocate one.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame arrived since `stall` was last armed.
+    progressed: bool,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming) -> RequestBody {
+    pub fn new(inner: Incoming, stall_timeout: Duration) -> RequestBody {
         RequestBody {
             prefix: None,
             trailers: None,
             inner: Some(inner),
+            stall_timeout,
+            stall: None,
+            progressed: false,
+        }
+    }
+
+    /// The next frame from the client, failing when it takes longer than
+    /// `stall_timeout` to come. `None` once the body ended.
+    fn poll_client(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.inner = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(frame)) => {
+                self.progressed = true;
+                Poll::Ready(Some(frame.map_err(ClientBodyError::from)))
+            }
+            Poll::Pending => {
+                let progressed = std::mem::take(&mut self.progressed);
+                let timeout = self.stall_timeout;
+                let stall = match &mut self.stall {
+                    Some(stall) => {
+                        if progressed {
+                            stall.as_mut().reset(deadline_after(timeout));
+                        }
+                        stall
+                    }
+                    None => self.stall.insert(Box::pin(tokio::time::sleep(timeout))),
+                };
+                ready!(stall.as_mut().poll(cx));
+                self.inner = None;
+                Poll::Ready(Some(Err(ClientBodyError::Stalled(self.stall_timeout))))
+            }
         }
     }
 
     /// Reads until at least `limit` bytes are buffered or the body ends, and
     /// returns what was read (possibly more than `limit`: whole frames are
     /// kept). Those bytes are still sent upstream, first.
-    pub async fn read_prefix(&mut self, limit: usize) -> Result<&Bytes, hyper::Error> {
+    pub async fn read_prefix(&mut self, limit: usize) -> Result<&Bytes, ClientBodyError> {
         let mut buf = BytesMut::new();
         if let Some(prefix) = self.prefix.take() {
             buf.extend_from_slice(&prefix);
         }
         while buf.len() < limit {
-            let Some(inner) = self.inner.as_mut() else {
+            let frame = std::future::poll_fn(|cx| self.poll_client(cx)).await;
+            let Some(frame) = frame else {
                 break;
             };
-            match inner.frame().await {
-                None => {
+            match frame?.into_data() {
+                Ok(data) => buf.extend_from_slice(&data),
+                Err(frame) => {
+                    self.trailers = frame.into_trailers().ok();
                     self.inner = None;
-                    break;
                 }
-                Some(frame) => match frame?.into_data() {
-                    Ok(data) => buf.extend_from_slice(&data),
-                    Err(frame) => {
-                        self.trailers = frame.into_trailers().ok();
-                        self.inner = None;
-                    }
-                },
             }
         }
         Ok(self.prefix.insert(buf.freeze()))
@@ -70,6 +142,9 @@ impl RequestBody {
             prefix: Some(bytes),
             trailers: None,
             inner: None,
+            stall_timeout: Duration::MAX,
+            stall: None,
+            progressed: false,
         }
     }
 
@@ -81,21 +156,28 @@ impl RequestBody {
     }
 }
 
+fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    // A timeout too long to add is as good as none (a year is far enough).
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         if let Some(prefix) = self.prefix.take().filter(|p| !p.is_empty()) {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
-        if let Some(inner) = self.inner.as_mut() {
-            match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(None) => self.inner = None,
-                other => return other,
+        if self.inner.is_some() {
+            match ready!(self.poll_client(cx)) {
+                None => {}
+                other => return Poll::Ready(other),
             }
         }
         Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
@@ -128,10 +210,18 @@ impl Body for RequestBody {
 /// A body read completely ahead (small, or empty) is kept instead and
 /// every attempt gets its own copy: it can be replayed even after it was sent.
 pub struct BodySlot {
-    slot: Arc<Mutex<Option<RequestBody>>>,
+    shared: Arc<Shared>,
     replay: Option<Bytes>,
     end_stream: bool,
     size_hint: SizeHint,
+}
+
+/// What a request's attempts share: the body until one takes it, and what
+/// went wrong reading it from the client.
+struct Shared {
+    body: Mutex<Option<RequestBody>>,
+    /// 0, or a [`ClientFault`].
+    fault: AtomicU8,
 }
 
 impl BodySlot {
@@ -140,7 +230,10 @@ impl BodySlot {
         BodySlot {
             end_stream: body.is_end_stream(),
             size_hint: body.size_hint(),
-            slot: Arc::new(Mutex::new(if replay.is_some() { None } else { Some(body) })),
+            shared: Arc::new(Shared {
+                body: Mutex::new(if replay.is_some() { None } else { Some(body) }),
+                fault: AtomicU8::new(0),
+            }),
             replay,
         }
     }
@@ -148,7 +241,7 @@ impl BodySlot {
     /// A handle to send upstream.
     pub fn handle(&self) -> Recoverable {
         Recoverable {
-            slot: self.slot.clone(),
+            shared: self.shared.clone(),
             taken: self.replay.clone().map(RequestBody::from_bytes),
             end_stream: self.end_stream,
             size_hint: self.size_hint,
@@ -158,18 +251,34 @@ impl BodySlot {
     /// True while the body can still be sent in full: it is replayable, or
     /// no attempt has started sending it.
     pub fn intact(&self) -> bool {
-        self.replay.is_some() || self.slot.lock().map(|s| s.is_some()).unwrap_or(false)
+        self.replay.is_some()
+            || self
+                .shared
+                .body
+                .lock()
+                .map(|s| s.is_some())
+                .unwrap_or(false)
     }
 
     /// Whether every attempt gets the whole body (it was read ahead).
     pub fn replayable(&self) -> bool {
         self.replay.is_some()
     }
+
+    /// Whether reading the body from the client failed while an attempt
+    /// sent it: then that attempt's failure is the client's.
+    pub fn client_fault(&self) -> Option<ClientFault> {
+        match self.shared.fault.load(Ordering::Relaxed) {
+            1 => Some(ClientFault::Failed),
+            2 => Some(ClientFault::Stalled),
+            _ => None,
+        }
+    }
 }
 
 /// The upstream side of a [`BodySlot`].
 pub struct Recoverable {
-    slot: Arc<Mutex<Option<RequestBody>>>,
+    shared: Arc<Shared>,
     taken: Option<RequestBody>,
     end_stream: bool,
     size_hint: SizeHint,
@@ -177,22 +286,28 @@ pub struct Recoverable {
 
 impl Body for Recoverable {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         if self.taken.is_none() {
             // Uncontended: only this request touches its slot.
-            let body = self.slot.lock().ok().and_then(|mut s| s.take());
+            let body = self.shared.body.lock().ok().and_then(|mut s| s.take());
             match body {
                 Some(body) => self.taken = Some(body),
                 None => return Poll::Ready(None),
             }
         }
         let body = self.taken.as_mut().expect("set above");
-        Pin::new(body).poll_frame(cx)
+        let frame = ready!(Pin::new(body).poll_frame(cx));
+        if let Some(Err(error)) = &frame {
+            self.shared
+                .fault
+                .store(error.fault() as u8, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -290,6 +405,7 @@ impl Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     async fn collect(body: Recoverable) -> Bytes {
         body.collect().await.expect("body").to_bytes()

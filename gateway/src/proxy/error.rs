@@ -11,7 +11,9 @@ use crate::classify::TrafficClass;
 pub enum GatewayError {
     #[error("no healthy node serves {0} traffic")]
     NoUpstream(TrafficClass),
-    #[error("no job-engine leader is elected")]
+    /// No leader is elected (or, in a cluster without election, no
+    /// job-capable node is known).
+    #[error("no job-engine leader is elected (or no job-capable node is known)")]
     NoLeader,
     #[error("every node tried refused or could not be reached")]
     ConnectFailed,
@@ -21,10 +23,21 @@ pub enum GatewayError {
     Upstream(String),
     #[error("the request body could not be read: {0}")]
     ClientBody(String),
+    #[error("the client sent no body bytes for {0:?}")]
+    ClientStalled(std::time::Duration),
     #[error("the gateway is at its limit of requests in flight")]
     Overloaded,
     #[error("{message}")]
     Rejected { status: StatusCode, message: String },
+}
+
+impl From<super::body::ClientBodyError> for GatewayError {
+    fn from(error: super::body::ClientBodyError) -> GatewayError {
+        match error {
+            super::body::ClientBodyError::Stalled(after) => GatewayError::ClientStalled(after),
+            failed => GatewayError::ClientBody(failed.to_string()),
+        }
+    }
 }
 
 impl GatewayError {
@@ -37,8 +50,16 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            GatewayError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Rejected { status, .. } => *status,
         }
+    }
+
+    fn client_broke_its_body(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::ClientBody(_) | GatewayError::ClientStalled(_)
+        )
     }
 
     /// Whether the same request may succeed later (then `Retry-After` is set).
@@ -60,6 +81,11 @@ impl GatewayError {
         if self.retryable() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
         }
+        if self.client_broke_its_body() {
+            // The rest of the body will not be read: the connection cannot
+            // carry another request.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -78,6 +104,11 @@ mod tests {
             (GatewayError::UpstreamTimeout, 504, false),
             (GatewayError::Upstream("reset".into()), 502, false),
             (GatewayError::ClientBody("eof".into()), 400, false),
+            (
+                GatewayError::ClientStalled(std::time::Duration::from_secs(60)),
+                408,
+                false,
+            ),
         ];
         for (error, status, retry) in cases {
             let response = error.into_response(TrafficClass::Job, 7);

@@ -36,8 +36,8 @@ use crate::classify::{Classifier, TrafficClass};
 use crate::config::{BalanceKind, Config, HashKey, Routing};
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
 use crate::tls::{NodeConnector, UpstreamTls};
-use crate::view::{RequestCounters, RoutableNode, Snapshot, ViewPublisher};
-use body::{BodySlot, InFlight, Recoverable};
+use crate::view::{JobRouting, RequestCounters, RoutableNode, Snapshot, ViewPublisher};
+use body::{BodySlot, ClientFault, InFlight, Recoverable};
 use limits::InFlightLimit;
 
 type UpstreamClient = Client<NodeConnector, Recoverable>;
@@ -55,6 +55,9 @@ pub struct Proxy {
     ejection: Ejection,
     retries: u32,
     response_header_timeout: Duration,
+    /// `limits.body_read_timeout_ms`: a request body that stalls this long
+    /// is cut off.
+    body_read_timeout: Duration,
     /// Replay-safe requests: answers up to this size are read whole before
     /// they are forwarded (0: never).
     replay_response_bytes: usize,
@@ -110,12 +113,17 @@ impl Proxy {
         };
         Proxy {
             views,
-            classifier: Classifier::new(config.routing.rules.clone(), &config.routing.api_base),
+            classifier: Classifier::for_generation(
+                config.routing.rules.clone(),
+                &config.routing.api_base,
+                config.discovery.api_generation(),
+            ),
             balancer,
             routing: config.routing.clone(),
             ejection: config.health,
             retries: config.upstream.retries,
             response_header_timeout: config.upstream.response_header_timeout,
+            body_read_timeout: config.limits.body_read_timeout,
             replay_response_bytes: config.upstream.replay_response_bytes,
             client,
             once,
@@ -156,6 +164,9 @@ impl Proxy {
                     self.shed
                         .get_or_init(|| metrics::counter!("kgw_requests_shed_total"))
                         .increment(1);
+                }
+                if matches!(error, GatewayError::ClientStalled(_)) {
+                    metrics::counter!("kgw_client_body_timeouts_total").increment(1);
                 }
                 if matches!(
                     error,
@@ -208,7 +219,7 @@ impl Proxy {
         let (mut parts, incoming) = request.into_parts();
         // A reference-counted copy of the request target, not a new string.
         outcome.path = parts.uri.path_and_query().cloned();
-        let mut body = RequestBody::new(incoming);
+        let mut body = RequestBody::new(incoming, self.body_read_timeout);
         let mut snapshot = self.views.snapshot();
 
         let decision = self
@@ -243,9 +254,7 @@ impl Proxy {
             preferred,
             hold_deadline: Instant::now() + self.routing.job_hold,
         };
-        if class == TrafficClass::Job
-            && snapshot.leader.is_none()
-            && !self.routing.job_hold.is_zero()
+        if class == TrafficClass::Job && !snapshot.routes_jobs() && !self.routing.job_hold.is_zero()
         {
             snapshot = self
                 .hold_for_leader(&mut body, target.hold_deadline)
@@ -273,9 +282,7 @@ impl Proxy {
         };
         let want = policy.body_prefix_len(class);
         if want > 0 {
-            body.read_prefix(want)
-                .await
-                .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+            body.read_prefix(want).await.map_err(GatewayError::from)?;
         }
         let facts = RequestFacts {
             method: &parts.method,
@@ -290,7 +297,8 @@ impl Proxy {
     }
 
     /// Leaderless window: holds a job request (its body unread, up to the
-    /// configured size buffered) until a leader is elected.
+    /// configured size buffered) until a leader is elected (in a cluster
+    /// without election: until a job-capable node is known).
     async fn hold_for_leader(
         &self,
         body: &mut RequestBody,
@@ -299,11 +307,11 @@ impl Proxy {
         if self.routing.job_hold_body_bytes > 0 {
             body.read_prefix(self.routing.job_hold_body_bytes as usize)
                 .await
-                .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+                .map_err(GatewayError::from)?;
         }
         metrics::counter!("kgw_job_holds_total").increment(1);
         self.views
-            .wait_for(deadline, |s| s.leader.is_some())
+            .wait_for(deadline, Snapshot::routes_jobs)
             .await
             .ok_or(GatewayError::NoLeader)
     }
@@ -328,7 +336,7 @@ impl Proxy {
         {
             body.read_prefix(REPLAY_BODY_LIMIT)
                 .await
-                .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+                .map_err(GatewayError::from)?;
         }
         Ok(replay_safe)
     }
@@ -372,6 +380,15 @@ impl Proxy {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
+            // The client stopped sending (or broke) its body: the node saw
+            // an aborted request and is not to blame.
+            if let Some(fault) = slot.client_fault() {
+                return Err(match fault {
+                    ClientFault::Stalled => GatewayError::ClientStalled(self.body_read_timeout),
+                    ClientFault::Failed => GatewayError::ClientBody(failure.to_string()),
+                });
+            }
+            self.record_failure(node);
             let retry = match &failure {
                 Failure::Connect(_) => slot.intact(),
                 Failure::Broke(_) => replay_safe && slot.intact(),
@@ -393,9 +410,9 @@ impl Proxy {
     }
 
     /// The choose phase: a node of `snapshot` not yet tried. Job traffic
-    /// goes to the leader; when the leader was tried, it waits (within the
-    /// hold) for the election to name one that was not, and returns the
-    /// snapshot that did.
+    /// goes to the leader (or, without election, a job-capable node); when
+    /// none is untried, it waits (within the hold) for a snapshot that
+    /// names one, and returns that snapshot.
     async fn choose(
         &self,
         snapshot: Arc<Snapshot>,
@@ -415,26 +432,47 @@ impl Proxy {
                 .ok_or_else(exhausted)?;
             return Ok((snapshot, index));
         }
-        let untried_leader = |s: &Snapshot| s.leader.filter(|&i| !tried.contains_node(s, i));
-        if let Some(index) = untried_leader(&snapshot) {
+        if let Some(index) = self.pick_job_node(&snapshot, tried) {
             return Ok((snapshot, index));
         }
         let snapshot = self
             .views
-            .wait_for(target.hold_deadline, |s| untried_leader(s).is_some())
+            .wait_for(target.hold_deadline, |s| {
+                self.pick_job_node(s, tried).is_some()
+            })
             .await
             .ok_or(if tried.is_empty() {
                 GatewayError::NoLeader
             } else {
                 GatewayError::ConnectFailed
             })?;
-        let index = untried_leader(&snapshot).ok_or(GatewayError::NoLeader)?;
+        let index = self
+            .pick_job_node(&snapshot, tried)
+            .ok_or(GatewayError::NoLeader)?;
         Ok((snapshot, index))
     }
 
-    /// The send phase: one attempt at one node. For a replay-safe request
-    /// (`buffer_limit` set) a response whose `Content-Length` fits is read
-    /// whole before its head goes downstream, so a node failing mid-answer
+    /// Job traffic: the untried leader; in a cluster without election
+    /// (Kylin 5), an untried job-capable node by the balancer. Consistent
+    /// hashing has no key here (Kylin 5 forwards a job call to its
+    /// project's owner anyway), so it spreads like P2C.
+    fn pick_job_node(&self, snapshot: &Snapshot, tried: &Tried) -> Option<usize> {
+        match snapshot.view.job_routing {
+            JobRouting::Leader => snapshot
+                .leader
+                .filter(|&i| !tried.contains_node(snapshot, i)),
+            JobRouting::AnyJobNode => {
+                self.balancer
+                    .pick(snapshot, &snapshot.job_nodes, None, tried, now_ms())
+            }
+        }
+    }
+
+    /// The send phase: one attempt at one node (a failure is counted
+    /// against the node by the caller, unless the client caused it). For a
+    /// replay-safe request (`buffer_limit` set) a response whose
+    /// `Content-Length` fits is read whole before its head goes
+    /// downstream, so a node failing mid-answer
     /// is retried rather than truncating it.
     async fn send(
         &self,
@@ -451,7 +489,6 @@ impl Proxy {
         let (mut head, incoming) = match answered {
             Ok(Ok(response)) => response.into_parts(),
             Ok(Err(error)) => {
-                self.record_failure(node);
                 let text = error_chain(&error);
                 return Err(if error.is_connect() {
                     Failure::Connect(text)
@@ -460,7 +497,6 @@ impl Proxy {
                 });
             }
             Err(_elapsed) => {
-                self.record_failure(node);
                 return Err(Failure::Timeout);
             }
         };
@@ -468,11 +504,9 @@ impl Proxy {
             Some(_) => match tokio::time::timeout_at(deadline, incoming.collect()).await {
                 Ok(Ok(whole)) => ResponseBody::full(whole.to_bytes()),
                 Ok(Err(error)) => {
-                    self.record_failure(node);
                     return Err(Failure::Broke(error_chain(&error)));
                 }
                 Err(_elapsed) => {
-                    self.record_failure(node);
                     return Err(Failure::Timeout);
                 }
             },

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::limits::{FirstRequest, first_request_within};
+use super::limits::{ClientIo, FirstRequest, first_request_within};
 use super::{Downstream, Proxy};
 use crate::config::Limits;
 
@@ -80,16 +80,32 @@ pub async fn serve(
     }
 }
 
-/// HTTP/1.1 and h2c. hyper's header read timeout runs from the moment a
-/// connection waits for a request head, so on a keep-alive connection it
-/// bounds the idle time plus the next head: that is `idle_timeout`. The
-/// first head's shorter deadline is [`first_request_within`].
+/// HTTP/1.1 and h2c (and both over TLS), bounded by `limits`.
+///
+/// hyper's HTTP/1 header read timeout runs from the moment a connection
+/// waits for a request head, so on a keep-alive connection it bounds the
+/// idle time plus the next head: that is `idle_timeout`. The first head's
+/// shorter deadline is [`first_request_within`]. A head past
+/// `max_header_bytes` gets hyper's 431 and the connection is closed.
+///
+/// HTTP/2: a stream cap advertised in SETTINGS, a header-list cap, and
+/// hyper's guards against reset floods (streams reset by the client before
+/// they were accepted, and streams the gateway had to reset for protocol
+/// errors), each closing the connection with GOAWAY past its count.
 fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout);
+        .header_read_timeout(limits.idle_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams);
     builder
 }
 
@@ -124,6 +140,7 @@ fn serve_one(
     };
     let first = FirstRequest::default();
     let arrived = first.clone();
+    let io_first = first.clone();
     let proxy = proxy.clone();
     let service = service_fn(move |request| {
         arrived.arrived();
@@ -135,7 +152,8 @@ fn serve_one(
         let _permit = permit;
         let result = match tls {
             None => {
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let io = ClientIo::new(stream, io_first);
+                let connection = builder.serve_connection(TokioIo::new(io), service);
                 watcher.watch(connection.into_owned()).await
             }
             Some(acceptor) => {

@@ -26,11 +26,38 @@ pub struct ClusterView {
     /// Why there is no leader, or how the leader was mapped; shown on
     /// `/admin/leader`.
     pub leader: LeaderInfo,
+    /// Where job traffic goes: to the leader, or (a cluster that elects
+    /// none) to any job-capable node.
+    pub job_routing: JobRouting,
     /// True while the provider has lost its source (ZooKeeper disconnected)
     /// and this is the last view it had.
     pub stale: bool,
     /// Which provider built this view (`static`, `zookeeper`).
     pub source: &'static str,
+}
+
+/// Where job traffic goes, as discovery found the cluster to work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JobRouting {
+    /// To the elected job-engine leader (KAP 2.4, Kylin 3.x and 4.0, static
+    /// config); held while none is elected.
+    #[default]
+    Leader,
+    /// To any healthy job-capable (`all`/`job`) node, by the balancer: the
+    /// cluster elects no leader (Kylin 5 owns jobs per project, by epochs in
+    /// its metastore, and every job-capable node forwards a project's job
+    /// calls to its owner). Held while no such node is known.
+    AnyJobNode,
+}
+
+impl JobRouting {
+    /// For `/admin/leader`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobRouting::Leader => "leader",
+            JobRouting::AnyJobNode => "any-job-node",
+        }
+    }
 }
 
 /// The job-engine leader as discovery sees it.

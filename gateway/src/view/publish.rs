@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::endpoint::endpoint;
-use super::{ClusterView, Node, NodeState, RequestCounters};
+use super::{ClusterView, JobRouting, Node, NodeState, RequestCounters};
 use crate::balance::HashRing;
 
 /// One node of a snapshot with the state the data path updates.
@@ -42,6 +42,9 @@ pub struct Snapshot {
     pub query_nodes: Vec<usize>,
     /// Index into `nodes` of the routable job-engine leader.
     pub leader: Option<usize>,
+    /// Indices into `nodes` of routable job-capable nodes: where job
+    /// traffic goes when `view.job_routing` is [`JobRouting::AnyJobNode`].
+    pub job_nodes: Vec<usize>,
     /// Consistent-hash ring over `query_nodes`.
     pub ring: HashRing,
     /// False until a provider published its first view.
@@ -57,6 +60,7 @@ impl Snapshot {
             nodes: Vec::new(),
             query_nodes: Vec::new(),
             leader: None,
+            job_nodes: Vec::new(),
             ring: HashRing::build(&[], &[]),
             has_view: false,
             published_at: SystemTime::now(),
@@ -66,6 +70,15 @@ impl Snapshot {
     /// Ready to serve: at least one routable node serves queries.
     pub fn ready(&self) -> bool {
         !self.query_nodes.is_empty()
+    }
+
+    /// Whether job traffic has somewhere to go: the leader, or for a
+    /// cluster without election any job-capable node.
+    pub fn routes_jobs(&self) -> bool {
+        match self.view.job_routing {
+            JobRouting::Leader => self.leader.is_some(),
+            JobRouting::AnyJobNode => !self.job_nodes.is_empty(),
+        }
     }
 
     /// Finds a node by id.
@@ -155,12 +168,16 @@ impl ViewPublisher {
             })
             .collect();
         states.retain(|id, _| view.nodes.iter().any(|n| &n.id == id));
-        let query_nodes: Vec<usize> = nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.node.routable() && n.node.modes.query)
-            .map(|(i, _)| i)
-            .collect();
+        let serving = |serves: fn(&Node) -> bool| -> Vec<usize> {
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.node.routable() && serves(&n.node))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let query_nodes = serving(|n| n.modes.query);
+        let job_nodes = serving(|n| n.modes.job);
         let leader = view
             .leader
             .node_id
@@ -176,6 +193,7 @@ impl ViewPublisher {
             nodes,
             query_nodes,
             leader,
+            job_nodes,
             ring,
             has_view: true,
             published_at: SystemTime::now(),

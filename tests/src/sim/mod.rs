@@ -32,7 +32,8 @@ pub struct SimOptions {
     /// ZooKeeper connect string, `host:port[,host:port...][/chroot]`.
     #[arg(long)]
     pub zk: String,
-    /// Kylin's ZooKeeper base path (`/kylin/<metadata prefix>`).
+    /// Kylin's ZooKeeper base path (`/kylin/<metadata prefix>`; for Kylin 5
+    /// `/kylin/<metadata url unique id>`).
     #[arg(long, default_value = "/kylin/kylin_metadata")]
     pub base_path: String,
     /// Which release's znodes to write.
@@ -56,7 +57,8 @@ pub struct SimOptions {
     /// Write Curator 5's payload form (`"@class":"java.util.LinkedHashMap"`).
     #[arg(long)]
     pub curator5: bool,
-    /// Register with `enabled: false` (Curator: do not route to it).
+    /// Register with `enabled: false` (Curator: do not route to it); Kylin
+    /// 5 writes `instance_status: OUT_OF_SERVICE` instead.
     #[arg(long)]
     pub disabled: bool,
     /// Override `payload.description` (to test other payload forms).

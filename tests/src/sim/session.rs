@@ -171,7 +171,7 @@ impl Session {
     fn instance_path(&self) -> String {
         format!(
             "{}/{}",
-            znodes::service_dir(&self.target.base_path, self.layout()),
+            znodes::instance_dir(&self.target.base_path, self.layout(), &self.identity.mode),
             self.identity.id
         )
     }
@@ -184,7 +184,7 @@ impl Session {
         let registration_time_utc = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let data = znodes::instance_json(&Registration {
+        let registration = Registration {
             layout: self.layout(),
             id: &self.identity.id,
             address: &self.advertised.host,
@@ -194,7 +194,11 @@ impl Session {
             curator5: self.advertised.curator5,
             enabled: self.advertised.enabled,
             registration_time_utc,
-        });
+        };
+        let data = match self.layout() {
+            Layout::Kylin5 => znodes::spring_instance_json(&registration, &self.identity.mode),
+            _ => znodes::instance_json(&registration),
+        };
         let mut tries = 0;
         loop {
             let options = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
@@ -249,7 +253,7 @@ impl Session {
             }
         };
         let campaign = async {
-            if self.identity.runs_jobs() {
+            if self.identity.runs_jobs() && self.layout().elects() {
                 self.campaign().await
             } else {
                 std::future::pending().await

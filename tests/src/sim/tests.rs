@@ -101,3 +101,36 @@ fn uuids_have_javas_shape() {
     assert_eq!(uuid.matches('-').count(), 4);
     assert_ne!(uuid, random_uuid());
 }
+
+/// Kylin 5 (Spring Cloud ZooKeeper over Curator 5): the issue's JSON, the
+/// mode as service name and directory, status `UP` (or `OUT_OF_SERVICE`).
+#[test]
+fn kylin_5_instance_matches_spring_cloud_zookeeper() {
+    let mut r = Registration {
+        layout: Layout::Kylin5,
+        id: "6f7d1c52-0000-4000-8000-000000000001",
+        address: "node1",
+        port: 7070,
+        ssl_port: None,
+        description: "job",
+        curator5: true,
+        enabled: true,
+        registration_time_utc: 1_700_000_000_000,
+    };
+    let text = String::from_utf8(spring_instance_json(&r, "job")).unwrap();
+    assert_eq!(
+        text,
+        r#"{"name":"job","id":"6f7d1c52-0000-4000-8000-000000000001","address":"node1","port":7070,"sslPort":null,"payload":{"@class":"org.springframework.cloud.zookeeper.discovery.ZookeeperInstance","id":"job-7070","name":"job","metadata":{"instance_status":"UP"}},"registrationTimeUTC":1700000000000,"serviceType":"DYNAMIC","uriSpec":{"parts":[{"value":"scheme","variable":true},{"value":"://","variable":false},{"value":"address","variable":true},{"value":":","variable":false},{"value":"port","variable":true}]}}"#
+    );
+    r.enabled = false;
+    let json: serde_json::Value = serde_json::from_slice(&spring_instance_json(&r, "job")).unwrap();
+    assert_eq!(
+        json["payload"]["metadata"]["instance_status"],
+        "OUT_OF_SERVICE"
+    );
+    assert_eq!(
+        instance_dir("/kylin/k5", Layout::Kylin5, "query"),
+        "/kylin/k5/services/query"
+    );
+    assert!(!Layout::Kylin5.elects());
+}

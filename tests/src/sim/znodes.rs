@@ -1,6 +1,7 @@
 //! What the simulator writes to ZooKeeper, as pure functions: the instance
 //! and election paths of each Kylin/KAP layout, the ServiceInstance JSON
-//! that Curator's serializer produces (field order included), the
+//! that Curator's serializer produces (field order included; Kylin 5's with
+//! Spring Cloud ZooKeeper's `ZookeeperInstance` payload), the
 //! LeaderSelector's protected lock-node names, and the candidate ordering
 //! Curator's `StandardLockInternalsDriver` uses (by the number after
 //! `lock-`, not by the whole name).
@@ -21,20 +22,32 @@ pub enum Layout {
     /// raw `kylin.server.mode`.
     #[value(name = "kylin-3.1")]
     Kylin31,
+    /// Kylin 5: Spring Cloud ZooKeeper discovery (Curator 5), one
+    /// directory per mode (`services/<mode>`), payload a Spring
+    /// `ZookeeperInstance` with `metadata.instance_status`; no election.
+    #[value(name = "kylin-5")]
+    Kylin5,
 }
 
 impl Layout {
-    /// The ServiceDiscovery service name (the znode under `service/`).
+    /// The ServiceDiscovery service name of a Kylin 3.x/KAP node (the znode
+    /// under `service/`); Kylin 5's is the mode (see [`instance_dir`]).
     pub fn service_name(self) -> &'static str {
         match self {
             Layout::Kap24 | Layout::Kylin30 => "kylin",
-            Layout::Kylin31 => "cluster_servers",
+            Layout::Kylin31 | Layout::Kylin5 => "cluster_servers",
         }
     }
 
     /// Curator 2.7 (KAP) has no `enabled` field in ServiceInstance.
     fn has_enabled_field(self) -> bool {
         self != Layout::Kap24
+    }
+
+    /// Whether job-capable nodes campaign in a `LeaderSelector` election
+    /// (Kylin 5 owns jobs per project instead).
+    pub fn elects(self) -> bool {
+        self != Layout::Kylin5
     }
 
     /// Curator 2.7's `creatingParentsIfNeeded` made persistent parents;
@@ -48,7 +61,7 @@ impl Layout {
         match self {
             Layout::Kap24 => format!("{host}:{port}"),
             Layout::Kylin30 => format!("{host}:{port}:{mode}"),
-            Layout::Kylin31 => mode.to_string(),
+            Layout::Kylin31 | Layout::Kylin5 => mode.to_string(),
         }
     }
 
@@ -58,13 +71,13 @@ impl Layout {
     pub fn election_data(self, host: &str, port: u16) -> String {
         match self {
             Layout::Kap24 => host.to_string(),
-            Layout::Kylin30 | Layout::Kylin31 => format!("{host}:{port}"),
+            Layout::Kylin30 | Layout::Kylin31 | Layout::Kylin5 => format!("{host}:{port}"),
         }
     }
 
     /// Whether the node exposes `/kylin/api/service_discovery/state/is_active_job_node`.
     pub fn has_active_job_node_endpoint(self) -> bool {
-        self != Layout::Kap24
+        matches!(self, Layout::Kylin30 | Layout::Kylin31)
     }
 }
 
@@ -75,6 +88,15 @@ pub fn service_dir(base: &str, layout: Layout) -> String {
         base.trim_end_matches('/'),
         layout.service_name()
     )
+}
+
+/// The directory a node's instance znode goes in: `service/<name>`, or for
+/// Kylin 5 `services/<mode>` (Spring's service name is the server mode).
+pub fn instance_dir(base: &str, layout: Layout, mode: &str) -> String {
+    match layout {
+        Layout::Kylin5 => format!("{}/services/{mode}", base.trim_end_matches('/')),
+        _ => service_dir(base, layout),
+    }
 }
 
 /// `<base>/job_engine/leader`: the LeaderSelector's mutex directory.
@@ -163,6 +185,78 @@ fn enabled_field(r: &Registration<'_>) -> Option<bool> {
     } else {
         None
     }
+}
+
+/// Spring Cloud ZooKeeper's `ServiceInstance<ZookeeperInstance>` as
+/// Curator 5's `JsonInstanceSerializer` writes it: `enabled` left out while
+/// true, the `uriSpec` Spring registers
+/// (`{scheme}://{address}:{port}`), and Spring's own status in
+/// `payload.metadata.instance_status`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpringServiceInstance<'a> {
+    pub name: &'a str,
+    pub id: &'a str,
+    pub address: &'a str,
+    pub port: u16,
+    pub ssl_port: Option<u16>,
+    pub payload: SpringPayload<'a>,
+    #[serde(rename = "registrationTimeUTC")]
+    pub registration_time_utc: u64,
+    pub service_type: &'static str,
+    pub uri_spec: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// Spring's `ZookeeperInstance`, with Curator 5's class marker.
+#[derive(Serialize)]
+pub struct SpringPayload<'a> {
+    #[serde(rename = "@class")]
+    pub class: &'static str,
+    /// The Spring application context id.
+    pub id: String,
+    pub name: &'a str,
+    pub metadata: SpringMetadata,
+}
+
+#[derive(Serialize)]
+pub struct SpringMetadata {
+    /// `UP`, or `OUT_OF_SERVICE` for a node taken out of rotation.
+    pub instance_status: &'static str,
+}
+
+/// Kylin 5's instance znode bytes for a node in `mode` (the service name).
+/// A disabled node says so the Spring way: `instance_status` not `UP`.
+pub fn spring_instance_json(r: &Registration<'_>, mode: &str) -> Vec<u8> {
+    let part =
+        |value: &str, variable: bool| serde_json::json!({"value": value, "variable": variable});
+    let instance = SpringServiceInstance {
+        name: mode,
+        id: r.id,
+        address: r.address,
+        port: r.port,
+        ssl_port: r.ssl_port,
+        payload: SpringPayload {
+            class: "org.springframework.cloud.zookeeper.discovery.ZookeeperInstance",
+            id: format!("{mode}-{}", r.port),
+            name: mode,
+            metadata: SpringMetadata {
+                instance_status: if r.enabled { "UP" } else { "OUT_OF_SERVICE" },
+            },
+        },
+        registration_time_utc: r.registration_time_utc,
+        service_type: "DYNAMIC",
+        uri_spec: serde_json::json!({"parts": [
+            part("scheme", true),
+            part("://", false),
+            part("address", true),
+            part(":", false),
+            part("port", true),
+        ]}),
+        enabled: None,
+    };
+    serde_json::to_vec(&instance).expect("ServiceInstance serializes")
 }
 
 /// The instance znode's bytes.

@@ -31,6 +31,9 @@ pub struct Backend {
     pub hits: Arc<AtomicU64>,
     /// TCP connections accepted so far.
     pub connections: Arc<AtomicU64>,
+    /// Requests whose body ended in an error (the sender aborted it) rather
+    /// than arriving complete.
+    pub aborted_bodies: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -64,6 +67,8 @@ impl Backend {
         let hits_task = hits.clone();
         let connections = Arc::new(AtomicU64::new(0));
         let connections_task = connections.clone();
+        let aborted_bodies = Arc::new(AtomicU64::new(0));
+        let aborted_task = aborted_bodies.clone();
         let task = tokio::spawn(async move {
             // Connections live in this task's set: stopping the backend
             // closes them too, as a dying process would.
@@ -77,11 +82,12 @@ impl Backend {
                 let name = name_owned.clone();
                 let hits = hits_task.clone();
                 let tls = tls.clone();
+                let aborted = aborted_task.clone();
                 open.spawn(async move {
                     let service = service_fn(move |request| {
                         let name = name.clone();
-                        let hits = hits.clone();
-                        async move { answer(&name, &hits, request).await }
+                        let (hits, aborted) = (hits.clone(), aborted.clone());
+                        async move { answer(&name, &hits, &aborted, request).await }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let _ = match tls {
@@ -108,6 +114,7 @@ impl Backend {
             addr,
             hits,
             connections,
+            aborted_bodies,
             task,
         }
     }
@@ -147,6 +154,7 @@ pub type BackendBody = Either<Full<Bytes>, Generated>;
 async fn answer(
     name: &str,
     hits: &AtomicU64,
+    aborted: &AtomicU64,
     request: http::Request<Incoming>,
 ) -> Result<http::Response<BackendBody>, Dropped> {
     hits.fetch_add(1, Ordering::Relaxed);
@@ -176,7 +184,10 @@ async fn answer(
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => length += frame.data_ref().map_or(0, |d| d.len() as u64),
-            Err(_) => break,
+            Err(_) => {
+                aborted.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
         }
     }
     if parts.uri.path() == "/__kgw/close" || parts.headers.contains_key("x-kgw-close") {

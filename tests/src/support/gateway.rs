@@ -34,6 +34,10 @@ pub struct Launch {
     /// Environment variables for the gateway. `KYLIN_GATEWAY_ADMIN_TOKEN`
     /// is not inherited from the test's environment, only set from here.
     pub env: Vec<(String, String)>,
+    /// An address-space limit (`RLIMIT_AS`, what `ulimit -v` sets), in
+    /// bytes, applied with util-linux's `prlimit`, which then execs the
+    /// gateway (same pid).
+    pub address_space_limit: Option<u64>,
 }
 
 impl Gateway {
@@ -73,7 +77,16 @@ impl Gateway {
                 .rust_log
                 .clone()
                 .unwrap_or_else(|| std::env::var("KGW_TEST_LOG").unwrap_or_else(|_| "warn".into()));
-            let mut command = Command::new(target_bin("kylin-gateway"));
+            let mut command = match launch.address_space_limit {
+                None => Command::new(target_bin("kylin-gateway")),
+                Some(bytes) => {
+                    let mut prlimit = Command::new("prlimit");
+                    prlimit
+                        .arg(format!("--as={bytes}"))
+                        .arg(target_bin("kylin-gateway"));
+                    prlimit
+                }
+            };
             command
                 .arg("--config")
                 .arg(&config_path)
@@ -155,16 +168,18 @@ impl Gateway {
     /// The process's peak and current resident set size in KiB
     /// (`VmHWM`, `VmRSS` from `/proc/<pid>/status`).
     pub fn memory_kib(&self) -> (u64, u64) {
+        (self.status_kib("VmHWM:"), self.status_kib("VmRSS:"))
+    }
+
+    /// A `kB` field of `/proc/<pid>/status` (`"VmSize:"`, ...).
+    pub fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
             .expect("read /proc status");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmHWM:"), field("VmRSS:"))
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
 }
 

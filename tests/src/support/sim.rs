@@ -15,7 +15,7 @@ pub struct SimConfig {
     pub name: String,
     /// all, job, query, query,job.
     pub mode: String,
-    /// kap-2.4, kylin-3.0, kylin-3.1.
+    /// kap-2.4, kylin-3.0, kylin-3.1, kylin-5.
     pub layout: String,
     pub base_path: String,
     pub host: String,

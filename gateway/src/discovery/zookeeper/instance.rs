@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::discovery::split_host_port;
 use crate::view::Modes;
@@ -44,9 +44,23 @@ pub fn parse_instance(
     data: &[u8],
     default_mode: Modes,
 ) -> Result<Instance, MalformedInstance> {
-    let value: Value =
-        serde_json::from_slice(data).map_err(|e| MalformedInstance::NotJson(e.to_string()))?;
-    let doc = value.as_object().ok_or(MalformedInstance::NotObject)?;
+    parse_document(znode_name, &json_object(data)?, default_mode)
+}
+
+/// Instance znode data as a JSON object.
+pub fn json_object(data: &[u8]) -> Result<Map<String, Value>, MalformedInstance> {
+    match serde_json::from_slice(data).map_err(|e| MalformedInstance::NotJson(e.to_string()))? {
+        Value::Object(doc) => Ok(doc),
+        _ => Err(MalformedInstance::NotObject),
+    }
+}
+
+/// [`parse_instance`] on an already parsed document.
+pub fn parse_document(
+    znode_name: &str,
+    doc: &Map<String, Value>,
+    default_mode: Modes,
+) -> Result<Instance, MalformedInstance> {
     let description = doc
         .get("payload")
         .and_then(description)

@@ -1,16 +1,19 @@
 //! The `zookeeper` provider: follows Curator service discovery and
 //! `LeaderSelector` election exactly as Kylin and KAP write them (layouts,
-//! JSON and election names in `../shared/kylin-zookeeper.md`), with one-shot
-//! watches only, so ZooKeeper 3.4 ensembles work too. [`paths`] maps a
-//! layout to znode paths, [`instance`] parses instance JSON, [`election`]
-//! picks and maps the leader, [`state`] holds what is known and builds the
+//! JSON and election names in `../shared/kylin-zookeeper.md`), and Kylin
+//! 5's Spring Cloud ZooKeeper registrations, with one-shot watches only, so
+//! ZooKeeper 3.4 ensembles work too. [`paths`] maps a layout to znode
+//! paths, [`instance`] parses instance JSON, [`kylin5`] parses Kylin 5's and
+//! decides whether the cluster elects at all, [`election`] picks and maps
+//! the leader, [`state`] holds what is known and builds the
 //! view, [`session`] reads and watches within one session; this module owns
 //! the connection life.
 //!
 //! # Notable behaviors
-//! * **Container parents.** `service/<name>` and `job_engine/leader` are
-//!   Curator CONTAINER znodes: absent before the first registration and
-//!   deleted by the server about a minute after the last child leaves. A
+//! * **Container parents.** `service/<name>`, `services/<mode>` and
+//!   `job_engine/leader` are Curator CONTAINER znodes: absent before the
+//!   first registration and deleted by the server about a minute after the
+//!   last child leaves. A
 //!   missing directory is an empty one with an exists-watch on it; a children
 //!   watch that fires because the directory was deleted re-arms as an
 //!   exists-watch ([ZOOKEEPER-2163] containers).
@@ -46,6 +49,7 @@
 
 pub mod election;
 pub mod instance;
+pub mod kylin5;
 pub mod paths;
 mod session;
 mod state;
@@ -160,3 +164,5 @@ fn jittered(delay: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_kylin5;

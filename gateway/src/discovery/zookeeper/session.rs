@@ -27,7 +27,7 @@ use super::paths::{Paths, join};
 use super::state::{DEPARTING_METRIC, HostKey, Known};
 use crate::config::ZookeeperSettings;
 use crate::discovery::Resolver;
-use crate::view::{LeaderInfo, Node, ViewPublisher};
+use crate::view::{JobRouting, LeaderInfo, Node, ViewPublisher};
 
 /// How long a round waits for new hosts to resolve before publishing them
 /// as unresolved (they are republished when the lookup finishes).
@@ -102,18 +102,26 @@ pub struct Follower {
     known: Known,
     resolved_tx: mpsc::UnboundedSender<(HostKey, Result<SocketAddr, String>)>,
     resolved_rx: mpsc::UnboundedReceiver<(HostKey, Result<SocketAddr, String>)>,
-    /// Nodes and leader last published (`None` before the first view).
-    published: Option<(Vec<Node>, LeaderInfo)>,
+    /// Nodes, leader and job routing last published (`None` before the
+    /// first view).
+    published: Option<(Vec<Node>, LeaderInfo, JobRouting)>,
     connected: bool,
 }
 
 impl Follower {
     pub fn new(settings: ZookeeperSettings, publisher: ViewPublisher) -> Follower {
         let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
+        let paths = Paths::with_kylin5_base(
+            &settings.base_path,
+            &settings.kylin5_base_path,
+            settings.layout,
+        );
         Follower {
-            paths: Paths::new(&settings.base_path, settings.layout),
             resolver: Resolver::new(settings.address_map.clone()),
-            known: Known::new(settings.default_mode).with_removal_grace(settings.removal_grace),
+            known: Known::new(settings.default_mode)
+                .with_removal_grace(settings.removal_grace)
+                .with_layout(settings.layout, &paths),
+            paths,
             settings,
             publisher,
             resolved_tx,
@@ -237,9 +245,10 @@ impl Follower {
 
     /// Every directory this provider reads.
     fn everything(&self) -> BTreeSet<Key> {
+        let election = self.paths.elects.then_some(Key::Election);
         (0..self.paths.services.len())
             .map(Key::Service)
-            .chain([Key::Election])
+            .chain(election)
             .collect()
     }
 
@@ -389,14 +398,14 @@ impl Follower {
             &self.paths.election,
             !self.connected,
         );
-        let current = (view.nodes.clone(), view.leader.clone());
+        let current = (view.nodes.clone(), view.leader.clone(), view.job_routing);
         if self.published.as_ref() == Some(&current) {
             return;
         }
         let leader_changed = self
             .published
             .as_ref()
-            .is_none_or(|(_, l)| *l != view.leader);
+            .is_none_or(|(_, l, _)| *l != view.leader);
         if leader_changed {
             let leader = &view.leader;
             let node = leader.node_id.as_deref().unwrap_or("-");

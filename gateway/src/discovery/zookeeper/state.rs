@@ -21,9 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::election::{self, Candidate, Election};
-use super::instance::{Instance, parse_instance};
-use super::paths::join;
-use crate::view::{ClusterView, LeaderInfo, Modes, Node};
+use super::instance::{Instance, MalformedInstance, parse_instance};
+use super::kylin5;
+use super::paths::{Paths, join};
+use crate::config::Layout;
+use crate::view::{ClusterView, JobRouting, LeaderInfo, Modes, Node};
 
 /// Counter of instance znodes skipped as malformed (once per znode version).
 pub const MALFORMED_METRIC: &str = "kgw_discovery_malformed_znodes_total";
@@ -60,8 +62,14 @@ pub type HostKey = (Arc<str>, u16);
 #[derive(Debug)]
 pub struct Known {
     default_mode: Modes,
-    /// Children of each service directory (`None` while it does not exist).
+    /// Which layout is read (decides where job traffic goes).
+    layout: Layout,
+    /// Kylin 5's `services/<mode>` directories and the mode each gives.
+    kylin5_dirs: Vec<(String, Modes)>,
+    /// Children of each service directory (empty while it does not exist).
     listings: BTreeMap<String, BTreeSet<String>>,
+    /// The service directories that exist (Curator containers come and go).
+    present: HashSet<String>,
     /// Instance znodes by full path.
     znodes: HashMap<String, Znode>,
     /// `(path, mzxid)` already warned about as malformed.
@@ -78,7 +86,10 @@ impl Known {
     pub fn new(default_mode: Modes) -> Known {
         Known {
             default_mode,
+            layout: Layout::Auto,
+            kylin5_dirs: Vec::new(),
             listings: BTreeMap::new(),
+            present: HashSet::new(),
             znodes: HashMap::new(),
             warned: HashSet::new(),
             election: Election::Absent,
@@ -95,10 +106,23 @@ impl Known {
         self
     }
 
+    /// Reads `layout` at `paths`: Kylin 5's directories give their
+    /// instances' modes, and decide where job traffic goes.
+    pub fn with_layout(mut self, layout: Layout, paths: &Paths) -> Known {
+        self.layout = layout;
+        self.kylin5_dirs = paths.kylin5_services.clone();
+        self
+    }
+
     /// Records a service directory's children (`None`: the directory does
     /// not exist); instances that left depart (see the module doc). Returns
     /// the children's full paths.
     pub fn set_children(&mut self, dir: &str, children: Option<Vec<String>>) -> Vec<String> {
+        if children.is_some() {
+            self.present.insert(dir.to_string());
+        } else {
+            self.present.remove(dir);
+        }
         let children: BTreeSet<String> = children.into_iter().flatten().collect();
         let paths: Vec<String> = children.iter().map(|c| join(dir, c)).collect();
         let prefix = join(dir, "");
@@ -129,8 +153,7 @@ impl Known {
         if self.znodes.get(path).is_some_and(|z| z.mzxid == mzxid) {
             return;
         }
-        let name = path.rsplit('/').next().unwrap_or(path);
-        let instance = match parse_instance(name, data, self.default_mode) {
+        let instance = match self.parse(path, data) {
             Ok(instance) => Some(instance),
             Err(problem) => {
                 if self.warned.insert((path.to_string(), mzxid)) {
@@ -153,6 +176,25 @@ impl Known {
                 instance,
             },
         );
+    }
+
+    /// Parses an instance znode: Spring's form in a Kylin 5 directory (the
+    /// directory gives the mode), Curator's Kylin 3.x/KAP form elsewhere.
+    fn parse(&self, path: &str, data: &[u8]) -> Result<Instance, MalformedInstance> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        match self.kylin5_dirs.iter().find(|(d, _)| d == dir) {
+            Some((_, mode)) => kylin5::parse_spring_instance(name, data, *mode),
+            None => parse_instance(name, data, self.default_mode),
+        }
+    }
+
+    /// Where job traffic goes (see [`kylin5::job_routing`]).
+    pub fn job_routing(&self) -> JobRouting {
+        let kylin5_seen = self
+            .kylin5_dirs
+            .iter()
+            .any(|(dir, _)| self.present.contains(dir));
+        kylin5::job_routing(self.layout, kylin5_seen, &self.election)
     }
 
     /// An instance znode no longer exists: it departs (see the module doc).
@@ -341,11 +383,20 @@ impl Known {
                 owner: *owner,
             })
             .collect();
-        let leader: LeaderInfo =
-            election::leader_info(&self.election, &candidates, pinned_leader, election_path);
+        let job_routing = self.job_routing();
+        let leader = match job_routing {
+            JobRouting::AnyJobNode => LeaderInfo {
+                reason: Some(kylin5::NO_ELECTION.into()),
+                ..LeaderInfo::default()
+            },
+            JobRouting::Leader => {
+                election::leader_info(&self.election, &candidates, pinned_leader, election_path)
+            }
+        };
         ClusterView {
             nodes: owned.into_iter().map(|(node, _, _)| node).collect(),
             leader,
+            job_routing,
             stale,
             source: "zookeeper",
         }

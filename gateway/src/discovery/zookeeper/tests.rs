@@ -22,9 +22,13 @@ fn paths_per_layout() {
         auto.services,
         [
             "/kylin/kylin_metadata/service/kylin",
-            "/kylin/kylin_metadata/service/cluster_servers"
+            "/kylin/kylin_metadata/service/cluster_servers",
+            "/kylin/kylin_metadata/services/all",
+            "/kylin/kylin_metadata/services/job",
+            "/kylin/kylin_metadata/services/query",
         ]
     );
+    assert!(auto.elects);
     assert_eq!(auto.election, "/kylin/kylin_metadata/job_engine/leader");
     assert_eq!(
         auto.legacy_lock,

@@ -1,0 +1,222 @@
+//! `[limits]` at the protocol level, driven by clients that misbehave on
+//! purpose: oversized request heads (HTTP/1.1 and HTTP/2), the HTTP/2
+//! stream cap, a "rapid reset" flood (CVE-2023-44487), and ambiguous
+//! HTTP/1.1 framing (request smuggling). Each time the gateway keeps
+//! serving other clients.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use kylin_gateway_tests::support::backend::Backend;
+use kylin_gateway_tests::support::gateway::{Gateway, static_discovery};
+use kylin_gateway_tests::support::http::{client, get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start(limits: &str) -> (Backend, Gateway) {
+    let node = Backend::start("n", 0).await;
+    let gateway = Gateway::start(&format!(
+        "[limits]\n{limits}\n{}",
+        static_discovery(&[(node.addr, "all", true)])
+    ));
+    gateway.wait_ready().await;
+    (node, gateway)
+}
+
+/// Another client is still served.
+async fn others_are_served(gateway: &Gateway) {
+    let reply = get(&client(), &gateway.url("/kylin/api/projects"))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+/// Everything the gateway sends on `stream` until it closes it.
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the gateway did not close the connection")
+        .ok();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// An h2c connection of the test's own (prior knowledge), its connection
+/// driven until the gateway's SETTINGS have been applied.
+async fn h2c(
+    port: u16,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    usize,
+) {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    // A PING answered means every frame the gateway sent before it, its
+    // SETTINGS among them, has been read.
+    let mut ping = connection.ping_pong().expect("ping_pong taken once");
+    tokio::select! {
+        pong = ping.ping(h2::Ping::opaque()) => { pong.unwrap(); }
+        ended = &mut connection => panic!("the connection ended: {ended:?}"),
+    }
+    let streams = connection.max_concurrent_send_streams();
+    let driver = tokio::spawn(connection);
+    (send, driver, streams)
+}
+
+fn h2_get(path: &str) -> Request<()> {
+    Request::get(format!("http://gateway{path}"))
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_http1_head_gets_431_and_the_connection_is_closed() {
+    let (node, gateway) = start("max_header_bytes = 16384").await;
+    let hits_before = node.hits();
+    let mut stream = TcpStream::connect(("127.0.0.1", gateway.http_port))
+        .await
+        .unwrap();
+    let big = "x".repeat(32 * 1024);
+    stream
+        .write_all(
+            format!("GET /kylin/api/projects HTTP/1.1\r\nHost: g\r\nX-Big: {big}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .ok();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    assert_eq!(node.hits(), hits_before, "the request reached the node");
+    // A head under the limit is fine.
+    let mut fine = TcpStream::connect(("127.0.0.1", gateway.http_port))
+        .await
+        .unwrap();
+    let small = "x".repeat(8 * 1024);
+    fine.write_all(
+        format!("GET /kylin/api/projects HTTP/1.1\r\nHost: g\r\nX-Big: {small}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let answer = read_until_closed(&mut fine).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_advertises_the_stream_cap_and_refuses_an_oversized_header_list() {
+    let (node, gateway) = start("max_header_bytes = 16384\nh2_max_concurrent_streams = 7").await;
+    let (mut send, _driver, streams) = h2c(gateway.http_port).await;
+    assert_eq!(streams, 7, "SETTINGS_MAX_CONCURRENT_STREAMS");
+
+    let ok = send
+        .send_request(h2_get("/kylin/api/projects"), true)
+        .unwrap()
+        .0;
+    assert_eq!(ok.await.unwrap().status(), 200);
+
+    let hits_before = node.hits();
+    let mut big = h2_get("/kylin/api/projects");
+    big.headers_mut()
+        .insert("x-big", "x".repeat(32 * 1024).parse().unwrap());
+    let answer = match send.send_request(big, true) {
+        Ok((response, _)) => response.await.map(|r| r.status().as_u16()),
+        Err(error) => Err(error),
+    };
+    assert!(
+        matches!(answer, Ok(431) | Err(_)),
+        "an oversized header list was answered {answer:?}"
+    );
+    assert_eq!(node.hits(), hits_before, "the request reached the node");
+    others_are_served(&gateway).await;
+}
+
+/// Streams opened and at once reset by the client, faster than the
+/// gateway accepts them: past `h2_max_pending_accept_reset_streams` the
+/// connection is closed with GOAWAY (ENHANCE_YOUR_CALM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_closes_its_connection_only() {
+    let (_node, gateway) = start("h2_max_pending_accept_reset_streams = 10").await;
+    let (mut send, driver, _) = h2c(gateway.http_port).await;
+    let mut sent = 0;
+    for _ in 0..2000 {
+        if send.clone().ready().await.is_err() {
+            break;
+        }
+        let Ok((response, mut stream)) = send.send_request(h2_get("/kylin/api/projects"), false)
+        else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        drop(response);
+        sent += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("the flooding connection was still open")
+        .unwrap();
+    let error = ended.expect_err("the connection ended without an error");
+    assert_eq!(
+        error.reason(),
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "after {sent} resets: {error}"
+    );
+    assert!(sent < 2000, "all {sent} resets were taken");
+    others_are_served(&gateway).await;
+}
+
+/// `Content-Length` and `Transfer-Encoding: chunked` together: a front
+/// door that trusts one and a node that trusts the other disagree on where
+/// the next request starts. The gateway (hyper) frames the body by the
+/// chunked encoding, forwards it with framing of its own, so the node never
+/// sees both headers, and closes the client's connection after answering,
+/// so bytes past the chunked body are never read as a second request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_is_never_forwarded_and_closes_the_connection() {
+    let (node, gateway) = start("").await;
+    let hits_before = node.hits();
+    let mut stream = TcpStream::connect(("127.0.0.1", gateway.http_port))
+        .await
+        .unwrap();
+    // Read by Content-Length, the body would be "0\r\n\r\nGET /smuggled...";
+    // read as chunked, it is empty and a second request follows.
+    let smuggled = "GET /kylin/api/smuggled HTTP/1.1\r\nHost: g\r\n\r\n";
+    let body = format!("0\r\n\r\n{smuggled}");
+    stream
+        .write_all(
+            format!(
+                "POST /kylin/api/query HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    let answers = answer.matches("HTTP/1.1 ").count();
+    assert_eq!(
+        answers, 1,
+        "one answer, then the connection closed: {answer}"
+    );
+    let (head, json) = answer.split_once("\r\n\r\n").unwrap();
+    if head.starts_with("HTTP/1.1 200") {
+        let seen: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
+        assert_eq!(seen["body_len"], 0, "{json}");
+        assert!(
+            seen["headers"].get("content-length").is_none()
+                || seen["headers"].get("transfer-encoding").is_none(),
+            "the node saw both framings: {json}"
+        );
+        assert_eq!(
+            node.hits(),
+            hits_before + 1,
+            "the smuggled request reached the node"
+        );
+    } else {
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        assert_eq!(node.hits(), hits_before);
+    }
+    others_are_served(&gateway).await;
+}
