@@ -12,11 +12,12 @@ use clap::{Parser, Subcommand};
 use kylin_gateway::admin::auth::{self, AdminToken};
 use kylin_gateway::admin::{self, Admin};
 use kylin_gateway::config::{self, Config, Discovery};
+use kylin_gateway::discovery;
 use kylin_gateway::discovery::leader_check::LeaderCheckStatus;
 use kylin_gateway::plugin::{self, PluginChain, PluginControl, RoutingPolicy};
 use kylin_gateway::proxy::{Proxy, server};
+use kylin_gateway::tls::{self, Termination, UpstreamTls, Verification};
 use kylin_gateway::view::ViewPublisher;
-use kylin_gateway::{discovery, tls};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -67,6 +68,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { file }) => {
             match load_config(&file, cli.kylin_properties.as_deref())
                 .and_then(|config| load_admin_token(&config).map(|_| config))
+                .and_then(|config| load_tls(&config).map(|_| config))
             {
                 Ok(config) => {
                     println!(
@@ -96,9 +98,13 @@ fn main() -> ExitCode {
                 Ok(token) => token,
                 Err(error) => return config_failure(&error),
             };
+            let tls = match load_tls(&config) {
+                Ok(tls) => tls,
+                Err(error) => return config_failure(&error),
+            };
             let _log_writer = init_tracing();
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(run(config, admin_token)) {
+            match runtime.block_on(run(config, admin_token, tls)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");
@@ -177,6 +183,25 @@ fn load_admin_token(config: &Config) -> anyhow::Result<Option<AdminToken>> {
     Ok(auth::resolve(config, file_text.as_deref(), env.as_deref())?)
 }
 
+/// TLS both ways, read before the runtime starts (files, the system's trust
+/// store): termination when `listen.https` is set, and TLS to nodes.
+struct TlsSetup {
+    termination: Option<Termination>,
+    upstream: UpstreamTls,
+}
+
+fn load_tls(config: &Config) -> anyhow::Result<TlsSetup> {
+    let termination = match (&config.listen.https, &config.tls) {
+        (Some(_), Some(settings)) => Some(tls::termination(settings).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
+    let upstream = UpstreamTls::from_config(&config.upstream).map_err(anyhow::Error::msg)?;
+    Ok(TlsSetup {
+        termination,
+        upstream,
+    })
+}
+
 /// Logs (the per-request access log included) go to stdout through a
 /// background writer thread, so a request never waits on the stdout lock or
 /// a `write` syscall. Keep the guard alive: dropping it flushes what is queued.
@@ -195,9 +220,14 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
-async fn run(config: Config, admin_token: Option<AdminToken>) -> anyhow::Result<()> {
+async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> anyhow::Result<()> {
     let metrics = admin::install_recorder();
-    let views = ViewPublisher::new();
+    let views = ViewPublisher::with_upstream_tls(config.upstream.tls);
+    if tls.upstream.verification() == Verification::Insecure {
+        tracing::warn!(
+            "upstream.tls_insecure = true: certificates of TLS nodes are NOT verified; anyone on the path to a node can read and change its traffic"
+        );
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_for_tasks = stop_rx.clone();
     let stopped = move || {
@@ -211,7 +241,13 @@ async fn run(config: Config, admin_token: Option<AdminToken>) -> anyhow::Result<
     let policy = plugins
         .clone()
         .map(|chain| Arc::new(chain) as Arc<dyn RoutingPolicy>);
-    let proxy = Arc::new(Proxy::new(&config, views.clone(), policy));
+    let proxy = Arc::new(Proxy::new(
+        &config,
+        views.clone(),
+        policy,
+        tls.upstream.clone(),
+    ));
+    let cert_store = tls.termination.as_ref().map(|t| t.store.clone());
     let admin_listener = TcpListener::bind(config.listen.admin)
         .await
         .with_context(|| format!("listen.admin: cannot bind {}", config.listen.admin))?;
@@ -226,7 +262,10 @@ async fn run(config: Config, admin_token: Option<AdminToken>) -> anyhow::Result<
             .map(|chain| Arc::new(chain) as Arc<dyn PluginControl>),
         token: admin_token,
         public_metrics: config.admin.public_metrics,
+        tls: cert_store.clone(),
+        upstream_tls: tls.upstream.verification(),
     };
+    let _cert_file_watch = watch_certificates(&config, cert_store)?;
     let _plugin_file_watch = match &plugins {
         Some(chain) => {
             plugin::reload_on_sighup(chain.clone()).context("SIGHUP handler")?;
@@ -243,6 +282,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>) -> anyhow::Result<
         config.discovery.clone(),
         views.clone(),
         leader_check.clone(),
+        tls.upstream.clone(),
     ));
 
     if let Some(address) = config.listen.http {
@@ -259,12 +299,8 @@ async fn run(config: Config, admin_token: Option<AdminToken>) -> anyhow::Result<
             config.limits,
         ));
     }
-    if let (Some(address), Some(files)) = (config.listen.https, &config.tls) {
-        let cert = std::fs::read(&files.cert)
-            .with_context(|| format!("tls.cert: cannot read {}", files.cert.display()))?;
-        let key = std::fs::read(&files.key)
-            .with_context(|| format!("tls.key: cannot read {}", files.key.display()))?;
-        let acceptor = tls::acceptor(&cert, &key)?;
+    if let (Some(address), Some(termination)) = (config.listen.https, &tls.termination) {
+        let acceptor = termination.acceptor.clone();
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("listen.https: cannot bind {address}"))?;
@@ -300,6 +336,24 @@ async fn run(config: Config, admin_token: Option<AdminToken>) -> anyhow::Result<
     let _ = discovery_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Certificate reloads on SIGHUP and (with `tls.watch_files`) on file
+/// changes. The returned watch must be kept alive.
+fn watch_certificates(
+    config: &Config,
+    store: Option<Arc<tls::CertStore>>,
+) -> anyhow::Result<Option<tls::reload::FileWatch>> {
+    let (Some(store), Some(settings)) = (store, &config.tls) else {
+        return Ok(None);
+    };
+    tls::reload::reload_on_sighup(store.clone()).context("SIGHUP handler")?;
+    if !settings.watch_files {
+        return Ok(None);
+    }
+    let watch =
+        tls::reload::watch_files(store, &settings.pairs()).context("watching certificate files")?;
+    Ok(Some(watch))
 }
 
 /// Loads the configured plugins off the runtime's workers (compilation is

@@ -382,7 +382,8 @@ async fn a_held_job_request_goes_to_the_leader_once_one_is_elected() {
         stale: false,
         source: "test",
     });
-    let proxy = std::sync::Arc::new(Proxy::new(&config, views.clone(), None));
+    let upstream_tls = kylin_gateway::tls::UpstreamTls::from_config(&config.upstream).unwrap();
+    let proxy = std::sync::Arc::new(Proxy::new(&config, views.clone(), None, upstream_tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

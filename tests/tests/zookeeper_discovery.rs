@@ -75,6 +75,7 @@ async fn registrations_and_removals_reach_the_view_within_50ms() {
             id: &id,
             address: "127.0.0.1",
             port: port.port,
+            ssl_port: None,
             description: "query",
             curator5: false,
             enabled: true,

@@ -1,5 +1,6 @@
 //! The admin listener: health and readiness probes, the cluster as the
-//! gateway sees it, plugin control, Prometheus metrics and a status page.
+//! gateway sees it, plugin and certificate control, Prometheus metrics and
+//! a status page.
 //! It reads the same snapshots as the data path and never blocks it.
 
 pub mod auth;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use crate::balance::health::now_ms;
 use crate::discovery::leader_check::LeaderCheckStatus;
 use crate::plugin::PluginControl;
+use crate::tls::{CertStore, Verification};
 use crate::view::{Snapshot, ViewPublisher};
 
 /// What the admin API serves from.
@@ -44,6 +46,10 @@ pub struct Admin {
     /// `/metrics`) needs `Authorization: Bearer <token>`.
     pub token: Option<auth::AdminToken>,
     pub public_metrics: bool,
+    /// The HTTPS listener's certificates, when it is configured.
+    pub tls: Option<Arc<CertStore>>,
+    /// How TLS nodes' certificates are checked (`/admin/nodes`).
+    pub upstream_tls: Verification,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -101,7 +107,23 @@ impl Admin {
                     )
                 }
             }
-            (&Method::GET, "/admin/nodes") => json_response(StatusCode::OK, &nodes_json(&snapshot)),
+            (&Method::GET, "/admin/nodes") => {
+                json_response(StatusCode::OK, &nodes_json(&snapshot, self.upstream_tls))
+            }
+            (&Method::GET, "/admin/tls") => match &self.tls {
+                Some(store) => json_response(StatusCode::OK, &store.status()),
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": "no [tls] configured"}),
+                ),
+            },
+            (&Method::POST, "/admin/tls/reload") => match &self.tls {
+                Some(store) => json_response(StatusCode::OK, &store.reload("admin").await),
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": "no [tls] configured"}),
+                ),
+            },
             (&Method::GET, "/admin/leader") => {
                 let mut leader = leader_json(&snapshot);
                 leader["active_job_node_check"] = json!(self.leader_check.get());
@@ -119,6 +141,9 @@ impl Admin {
             (&Method::GET, "/metrics") => match &self.metrics {
                 Some(handle) => {
                     export_node_gauges(&snapshot);
+                    if let Some(store) = &self.tls {
+                        store.export_gauges();
+                    }
                     let mut response = text(StatusCode::OK, handle.render());
                     response.headers_mut().insert(
                         header::CONTENT_TYPE,
@@ -167,8 +192,9 @@ impl Admin {
     }
 }
 
-/// `/admin/nodes`: every discovered node with its runtime state.
-pub fn nodes_json(snapshot: &Snapshot) -> serde_json::Value {
+/// `/admin/nodes`: every discovered node with its runtime state, and how it
+/// is reached (`"tls"`: `none`, `verified` or `insecure`).
+pub fn nodes_json(snapshot: &Snapshot, upstream_tls: Verification) -> serde_json::Value {
     let now = now_ms();
     let nodes: Vec<_> = snapshot
         .nodes
@@ -180,6 +206,8 @@ pub fn nodes_json(snapshot: &Snapshot) -> serde_json::Value {
                 "id": &*n.node.id,
                 "address": &*n.label,
                 "connect": n.node.addr.map(|a| a.to_string()),
+                "ssl_port": n.node.ssl_port,
+                "tls": if n.tls { upstream_tls.as_str() } else { "none" },
                 "resolve_error": n.node.resolve_error.as_deref(),
                 "modes": n.node.modes.names(),
                 "enabled": n.node.enabled,

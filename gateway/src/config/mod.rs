@@ -46,7 +46,7 @@ impl ConfigError {
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
     pub listen: Listen,
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<TlsSettings>,
     pub discovery: Discovery,
     pub routing: Routing,
     pub upstream: Upstream,
@@ -106,10 +106,70 @@ pub struct Listen {
     pub admin: SocketAddr,
 }
 
+/// `[tls]`: termination for `listen.https`. Printed with the input's keys
+/// (`cert`/`key` for the default pair, `[[tls.certs]]` for the others).
 #[derive(Clone, Debug, Serialize)]
-pub struct TlsFiles {
+pub struct TlsSettings {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub min_version: TlsVersion,
+    /// Reload the certificates when their files change.
+    pub watch_files: bool,
+    /// Last: TOML writes arrays of tables after plain values.
+    pub certs: Vec<TlsCertFiles>,
+}
+
+/// One certificate chain and key, and the SNI names it answers (`None`:
+/// the DNS names of its subjectAltName, read at each load).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TlsCertFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
+}
+
+/// A certificate pair with the config key it came from, which names it in
+/// logs, `/admin/tls` and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertSpec {
+    pub key: String,
+    pub files: TlsCertFiles,
+}
+
+impl TlsSettings {
+    /// Every pair, the default first: `[tls]` `cert`/`key` when set, else
+    /// the first of `[[tls.certs]]`.
+    pub fn pairs(&self) -> Vec<CertSpec> {
+        let mut pairs = Vec::with_capacity(self.certs.len() + 1);
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            pairs.push(CertSpec {
+                key: "tls".into(),
+                files: TlsCertFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    names: None,
+                },
+            });
+        }
+        for (i, files) in self.certs.iter().enumerate() {
+            pairs.push(CertSpec {
+                key: format!("tls.certs[{i}]"),
+                files: files.clone(),
+            });
+        }
+        pairs
+    }
+}
+
+/// The lowest TLS version the HTTPS listener accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -152,6 +212,9 @@ pub struct StaticNode {
     pub modes: Modes,
     pub leader: bool,
     pub enabled: bool,
+    /// The node's HTTPS port: reached over TLS there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_port: Option<u16>,
 }
 
 /// Which znode layout to read (see `../shared/kylin-zookeeper.md`).
@@ -292,6 +355,14 @@ pub struct Upstream {
     #[serde(rename = "pool_idle_timeout_ms", with = "ms")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Reach every node over TLS (at its `sslPort`, else its port); nodes
+    /// that register an `sslPort` are reached over TLS anyway.
+    pub tls: bool,
+    /// PEM bundle that node certificates must chain to; the system's
+    /// roots when unset.
+    pub tls_ca: Option<PathBuf>,
+    /// No verification of node certificates at all.
+    pub tls_insecure: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

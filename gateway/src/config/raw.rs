@@ -42,8 +42,21 @@ pub struct RawListen {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    #[serde(default)]
+    pub certs: Vec<RawTlsCert>,
+    pub client_ca: Option<String>,
+    pub min_version: Option<String>,
+    pub watch_files: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsCert {
     pub cert: String,
     pub key: String,
+    pub names: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +91,7 @@ pub struct RawStaticNode {
     pub mode: Option<String>,
     pub leader: Option<bool>,
     pub enabled: Option<bool>,
+    pub ssl_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +128,9 @@ pub struct RawUpstream {
     pub replay_response_bytes: Option<usize>,
     pub pool_idle_timeout_ms: Option<u64>,
     pub pool_max_idle_per_host: Option<usize>,
+    pub tls: Option<bool>,
+    pub tls_ca: Option<String>,
+    pub tls_insecure: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

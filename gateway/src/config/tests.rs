@@ -362,3 +362,97 @@ fn limits_and_admin_have_defaults_and_reject_zero() {
         assert!(error.starts_with(key), "{line}: {error}");
     }
 }
+
+#[test]
+fn tls_defaults_and_pairs_put_the_default_first() {
+    let config = parse(&format!(
+        "{MINIMAL}[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n[[tls.certs]]\ncert = \"/a.pem\"\nkey = \"/a.key\"\nnames = [\"Kylin.Example.com\", \"*.apps.example.com\"]\n"
+    ))
+    .unwrap();
+    let tls = config.tls.unwrap();
+    assert_eq!(tls.min_version, TlsVersion::Tls12);
+    assert!(tls.watch_files);
+    assert!(tls.client_ca.is_none());
+    let pairs = tls.pairs();
+    assert_eq!(pairs.len(), 2);
+    assert_eq!(pairs[0].key, "tls");
+    assert_eq!(pairs[1].key, "tls.certs[0]");
+    assert_eq!(
+        pairs[1].files.names.as_deref(),
+        Some(
+            &[
+                "kylin.example.com".to_string(),
+                "*.apps.example.com".to_string()
+            ][..]
+        )
+    );
+    // Only [[tls.certs]]: the first is the default.
+    let only = parse(&format!(
+        "{MINIMAL}[tls]\nmin_version = \"1.3\"\n[[tls.certs]]\ncert = \"/a.pem\"\nkey = \"/a.key\"\n"
+    ))
+    .unwrap()
+    .tls
+    .unwrap();
+    assert_eq!(only.min_version, TlsVersion::Tls13);
+    assert_eq!(only.pairs()[0].key, "tls.certs[0]");
+    assert!(
+        config.upstream.tls_ca.is_none() && !config.upstream.tls && !config.upstream.tls_insecure
+    );
+}
+
+#[test]
+fn tls_errors_name_the_key() {
+    for (text, key) in [
+        ("[tls]\ncert = \"/c\"\n", "tls.key: required with tls.cert"),
+        ("[tls]\nkey = \"/k\"\n", "tls.cert: required with tls.key"),
+        (
+            "[tls]\nclient_ca = \"/ca\"\n",
+            "tls.cert: [tls] needs cert and key",
+        ),
+        (
+            "[tls]\ncert = \"/c\"\nkey = \"/k\"\nmin_version = \"1.0\"\n",
+            "tls.min_version: unknown version '1.0'",
+        ),
+        (
+            "[tls]\n[[tls.certs]]\ncert = \"/c\"\nkey = \"/k\"\nnames = [\"a.test\", \"*.com\"]\n",
+            "tls.certs[0].names[1]: '*.com' is not a DNS name",
+        ),
+        (
+            "[tls]\n[[tls.certs]]\ncert = \"/c\"\nkey = \"/k\"\nnames = []\n",
+            "tls.certs[0].names: must name at least one host",
+        ),
+        (
+            "[tls]\n[[tls.certs]]\ncert = \"/c\"\n",
+            "tls.certs[0]: missing field `key`",
+        ),
+        (
+            "[upstream]\ntls_ca = \"/ca\"\ntls_insecure = true\n",
+            "upstream.tls_insecure: set tls_ca",
+        ),
+        (
+            "[[discovery.nodes]]\naddress = \"a:1\"\nssl_port = 0\n",
+            "discovery.nodes[1].ssl_port: must be a port",
+        ),
+    ] {
+        let error = error_of(&format!("{MINIMAL}{text}"));
+        assert!(error.starts_with(key), "{text}: {error}");
+    }
+}
+
+#[test]
+fn tls_settings_round_trip_through_the_printed_config() {
+    let text = format!(
+        "{MINIMAL}[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nclient_ca = \"/ca.pem\"\nmin_version = \"1.3\"\nwatch_files = false\n[[tls.certs]]\ncert = \"/a.pem\"\nkey = \"/a.key\"\nnames = [\"a.test\"]\n[upstream]\ntls = true\ntls_ca = \"/kylin-ca.pem\"\n"
+    );
+    let printed = toml::to_string_pretty(&parse(&text).unwrap()).unwrap();
+    let again = parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(toml::to_string_pretty(&again).unwrap(), printed);
+    for key in [
+        "min_version = \"1.3\"",
+        "client_ca = \"/ca.pem\"",
+        "tls_ca = \"/kylin-ca.pem\"",
+        "names = [\"a.test\"]",
+    ] {
+        assert!(printed.contains(key), "missing {key:?} in\n{printed}");
+    }
+}

@@ -109,10 +109,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             raw.listen.admin.as_deref().unwrap_or("127.0.0.1:7071"),
         )?,
     };
-    let tls = raw.tls.map(|t| TlsFiles {
-        cert: t.cert.into(),
-        key: t.key.into(),
-    });
+    let tls = raw.tls.map(tls).transpose()?;
     if listen.https.is_some() && tls.is_none() {
         return Err(ConfigError::new(
             "tls",
@@ -168,6 +165,77 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         },
         limits: limits(raw.limits)?,
     })
+}
+
+/// `[tls]`: at least one pair (`cert`/`key`, or `[[tls.certs]]`), SNI names
+/// that are DNS names or `*.` wildcards.
+fn tls(raw: RawTls) -> Result<TlsSettings, ConfigError> {
+    match (&raw.cert, &raw.key) {
+        (Some(_), None) => return Err(ConfigError::new("tls.key", "required with tls.cert")),
+        (None, Some(_)) => return Err(ConfigError::new("tls.cert", "required with tls.key")),
+        (None, None) if raw.certs.is_empty() => {
+            return Err(ConfigError::new(
+                "tls.cert",
+                "[tls] needs cert and key, or at least one [[tls.certs]]",
+            ));
+        }
+        _ => {}
+    }
+    let mut certs = Vec::with_capacity(raw.certs.len());
+    for (i, c) in raw.certs.into_iter().enumerate() {
+        let names = match c.names {
+            Some(names) => Some(sni_names(&format!("tls.certs[{i}].names"), names)?),
+            None => None,
+        };
+        certs.push(TlsCertFiles {
+            cert: c.cert.into(),
+            key: c.key.into(),
+            names,
+        });
+    }
+    let min_version = match raw.min_version.as_deref().unwrap_or("1.2") {
+        "1.2" => TlsVersion::Tls12,
+        "1.3" => TlsVersion::Tls13,
+        other => {
+            return Err(ConfigError::new(
+                "tls.min_version",
+                format!("unknown version '{other}' (expected \"1.2\" or \"1.3\")"),
+            ));
+        }
+    };
+    Ok(TlsSettings {
+        cert: raw.cert.map(Into::into),
+        key: raw.key.map(Into::into),
+        certs,
+        client_ca: raw.client_ca.map(Into::into),
+        min_version,
+        watch_files: raw.watch_files.unwrap_or(true),
+    })
+}
+
+/// SNI names, lower-cased: each a DNS name or `*.` and one.
+fn sni_names(key: &str, names: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    if names.is_empty() {
+        return Err(ConfigError::new(
+            key,
+            "must name at least one host (or be left out for the certificate's own names)",
+        ));
+    }
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let lower = name.to_ascii_lowercase();
+            if crate::tls::sni::valid_pattern(&lower) {
+                Ok(lower)
+            } else {
+                Err(ConfigError::new(
+                    format!("{key}[{i}]"),
+                    format!("'{name}' is not a DNS name or a *.wildcard"),
+                ))
+            }
+        })
+        .collect()
 }
 
 fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
@@ -288,7 +356,14 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
                         "a query-only node cannot lead the job engine",
                     ));
                 }
+                if n.ssl_port == Some(0) {
+                    return Err(ConfigError::new(
+                        format!("{key}.ssl_port"),
+                        "must be a port from 1 to 65535",
+                    ));
+                }
                 nodes.push(StaticNode {
+                    ssl_port: n.ssl_port,
                     id: n.id.unwrap_or_else(|| n.address.clone()),
                     address: n.address,
                     modes,
@@ -543,7 +618,17 @@ fn parse_hash_key(text: &str) -> Result<HashKey, ConfigError> {
 }
 
 fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
+    let tls_insecure = raw.tls_insecure.unwrap_or(false);
+    if tls_insecure && raw.tls_ca.is_some() {
+        return Err(ConfigError::new(
+            "upstream.tls_insecure",
+            "set tls_ca (verify against it) or tls_insecure (verify nothing), not both",
+        ));
+    }
     Ok(Upstream {
+        tls: raw.tls.unwrap_or(false),
+        tls_ca: raw.tls_ca.map(Into::into),
+        tls_insecure,
         connect_timeout: ms(
             "upstream.connect_timeout_ms",
             raw.connect_timeout_ms,

@@ -16,12 +16,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
 use crate::config::Layout;
 use crate::discovery::zookeeper::kylin5::NO_ELECTION;
+use crate::tls::{NodeConnector, UpstreamTls};
 use crate::view::{JobRouting, Snapshot, ViewPublisher};
 
 pub const ACTIVE_JOB_NODE_PATH: &str = "/kylin/api/service_discovery/state/is_active_job_node";
@@ -155,7 +155,7 @@ pub fn next(
     }
 }
 
-type CheckClient = Client<HttpConnector, Empty<Bytes>>;
+type CheckClient = Client<NodeConnector, Empty<Bytes>>;
 
 /// Asks the elected leader every `interval` until the process exits.
 pub async fn run(
@@ -163,9 +163,10 @@ pub async fn run(
     layout: Layout,
     views: ViewPublisher,
     status: LeaderCheckStatus,
+    upstream_tls: UpstreamTls,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(interval.min(Duration::from_secs(2))));
+    // The same TLS settings as the proxy: a TLS leader is asked over TLS.
+    let connector = NodeConnector::new(interval.min(Duration::from_secs(2)), upstream_tls);
     let client: CheckClient = Client::builder(TokioExecutor::new()).build(connector);
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -207,7 +208,13 @@ async fn check_once(
             reason: "the leader's address is not resolved".into(),
         };
     };
-    let answer = ask(client, authority, timeout.min(Duration::from_secs(5))).await;
+    let answer = ask(
+        client,
+        leader.tls,
+        authority,
+        timeout.min(Duration::from_secs(5)),
+    )
+    .await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -240,11 +247,12 @@ fn end_episode(previous: &Check) {
 
 async fn ask(
     client: &CheckClient,
+    tls: bool,
     authority: &http::uri::Authority,
     timeout: Duration,
 ) -> Result<bool, String> {
     let uri = http::Uri::builder()
-        .scheme("http")
+        .scheme(if tls { "https" } else { "http" })
         .authority(authority.clone())
         .path_and_query(ACTIVE_JOB_NODE_PATH)
         .build()

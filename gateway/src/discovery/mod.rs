@@ -12,13 +12,19 @@ pub use resolve::Resolver;
 pub use static_nodes::static_view;
 
 use crate::config::{Discovery, Layout};
+use crate::tls::UpstreamTls;
 use crate::view::ViewPublisher;
 use leader_check::LeaderCheckStatus;
 
 /// Runs the configured provider until the process exits, and for
 /// ZooKeeper discovery the leader drift check beside it (reporting to
-/// `leader_check`).
-pub async fn run(config: Discovery, publisher: ViewPublisher, leader_check: LeaderCheckStatus) {
+/// `leader_check`, asking over `upstream_tls` where a leader serves TLS).
+pub async fn run(
+    config: Discovery,
+    publisher: ViewPublisher,
+    leader_check: LeaderCheckStatus,
+    upstream_tls: UpstreamTls,
+) {
     match config {
         Discovery::Static(settings) => {
             let resolver = Resolver::new(settings.address_map.clone());
@@ -34,6 +40,7 @@ pub async fn run(config: Discovery, publisher: ViewPublisher, leader_check: Lead
                     settings.layout,
                     publisher.clone(),
                     leader_check,
+                    upstream_tls,
                 ));
             }
             zookeeper::run(settings, publisher).await

@@ -32,7 +32,7 @@ pub async fn static_view(settings: &StaticDiscovery, resolver: &Resolver) -> Clu
             id,
             host: host.into(),
             port,
-            ssl_port: None,
+            ssl_port: n.ssl_port,
             modes: n.modes,
             enabled: n.enabled,
             addr,

@@ -28,7 +28,6 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::balance::health::{Ejection, now_ms};
@@ -36,11 +35,12 @@ use crate::balance::{Balancer, Tried, hash_key};
 use crate::classify::{Classifier, TrafficClass};
 use crate::config::{BalanceKind, Config, HashKey, Routing};
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
+use crate::tls::{NodeConnector, UpstreamTls};
 use crate::view::{JobRouting, RequestCounters, RoutableNode, Snapshot, ViewPublisher};
 use body::{BodySlot, ClientFault, InFlight, Recoverable};
 use limits::InFlightLimit;
 
-type UpstreamClient = Client<HttpConnector, Recoverable>;
+type UpstreamClient = Client<NodeConnector, Recoverable>;
 
 /// Bodies up to this size (by `Content-Length`) of replay-safe requests are
 /// read ahead so a retry can resend them; Kylin query bodies are SQL text.
@@ -94,11 +94,9 @@ impl Proxy {
         config: &Config,
         views: ViewPublisher,
         policy: Option<Arc<dyn RoutingPolicy>>,
+        upstream_tls: UpstreamTls,
     ) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.upstream.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
+        let connector = NodeConnector::new(config.upstream.connect_timeout, upstream_tls);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.upstream.pool_idle_timeout)
             .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
@@ -374,7 +372,7 @@ impl Proxy {
                 tried.insert(&node.node.id);
                 continue;
             };
-            let request = upstream_request(parts, authority, slot.handle())?;
+            let request = upstream_request(parts, node.tls, authority, slot.handle())?;
             let client = if replay_safe {
                 &self.client
             } else {
@@ -644,13 +642,19 @@ impl From<Failure> for GatewayError {
 }
 
 /// The upstream request for one attempt: the rewritten head, with an
-/// absolute URI naming the node.
+/// absolute URI naming the node (`https` for a TLS node).
 fn upstream_request(
     parts: &http::request::Parts,
+    tls: bool,
     authority: http::uri::Authority,
     body: Recoverable,
 ) -> Result<Request<Recoverable>, GatewayError> {
-    let mut uri = Uri::builder().scheme("http").authority(authority);
+    let scheme = if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    };
+    let mut uri = Uri::builder().scheme(scheme).authority(authority);
     if let Some(pq) = parts.uri.path_and_query() {
         uri = uri.path_and_query(pq.clone());
     }

@@ -4,10 +4,12 @@
 //! atomic load, never a lock. Per-node runtime state (in-flight count, passive
 //! health) lives in [`NodeState`] and survives view updates, keyed by node id.
 
+mod endpoint;
 mod node;
 mod publish;
 mod request_counters;
 
+pub use endpoint::{Endpoint, endpoint};
 pub use node::{Modes, Node, NodeState};
 pub use publish::{RoutableNode, Snapshot, ViewPublisher, ViewWatch};
 pub use request_counters::RequestCounters;

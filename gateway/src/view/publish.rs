@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use super::endpoint::endpoint;
 use super::{ClusterView, JobRouting, Node, NodeState, RequestCounters};
 use crate::balance::HashRing;
 
@@ -20,8 +21,11 @@ pub struct RoutableNode {
     pub label: Arc<str>,
     /// Opaque value of the gateway's affinity cookie for this node.
     pub affinity_tag: Arc<str>,
-    /// `ip:port` to put in the upstream request URI, once resolved.
+    /// The authority of upstream request URIs, once resolved: `ip:port`,
+    /// or for a TLS node `host@ip:tls_port` (see [`endpoint`]).
     pub authority: Option<http::uri::Authority>,
+    /// Reached over TLS (`https` URIs).
+    pub tls: bool,
     /// `kgw_requests_total` handles labelled with this node's `label`.
     pub requests: Arc<RequestCounters>,
 }
@@ -97,6 +101,9 @@ struct Shared {
     /// Node state by id; touched only when publishing, never per request.
     states: Mutex<HashMap<Arc<str>, Arc<NodeState>>>,
     changed: watch::Sender<u64>,
+    /// `upstream.tls`: every node over TLS, not only those with an
+    /// `sslPort`.
+    tls_everywhere: bool,
 }
 
 impl Default for ViewPublisher {
@@ -107,12 +114,19 @@ impl Default for ViewPublisher {
 
 impl ViewPublisher {
     pub fn new() -> ViewPublisher {
+        ViewPublisher::with_upstream_tls(false)
+    }
+
+    /// A publisher whose snapshots reach every node over TLS when
+    /// `tls_everywhere` (`upstream.tls`), else only nodes with an `sslPort`.
+    pub fn with_upstream_tls(tls_everywhere: bool) -> ViewPublisher {
         let (changed, _) = watch::channel(0);
         ViewPublisher {
             inner: Arc::new(Shared {
                 current: ArcSwap::from_pointee(Snapshot::empty()),
                 states: Mutex::new(HashMap::new()),
                 changed,
+                tls_everywhere,
             }),
         }
     }
@@ -141,10 +155,10 @@ impl ViewPublisher {
                     .or_insert_with(|| Arc::new(NodeState::default()))
                     .clone();
                 let label: Arc<str> = node.advertised().into();
+                let endpoint = endpoint(node, self.inner.tls_everywhere);
                 RoutableNode {
-                    authority: node
-                        .addr
-                        .and_then(|a| http::uri::Authority::try_from(a.to_string()).ok()),
+                    tls: endpoint.as_ref().is_some_and(|e| e.tls),
+                    authority: endpoint.map(|e| e.authority),
                     requests: Arc::new(RequestCounters::new(label.clone())),
                     label,
                     affinity_tag: affinity_tag(&node.id).into(),

@@ -116,3 +116,55 @@ async fn wait_for_wakes_on_publish() {
         .expect("leader seen");
     assert_eq!(got.leader, Some(0));
 }
+
+#[test]
+fn a_node_is_reached_over_tls_at_its_ssl_port_verified_by_its_advertised_host() {
+    let mut plain = node("a", 7070, Modes::ALL);
+    plain.host = "kylin-1.internal".into();
+    plain.addr = Some(([10, 0, 0, 1], 7070).into());
+    let e = endpoint(&plain, false).unwrap();
+    assert!(!e.tls);
+    assert_eq!(e.authority.as_str(), "10.0.0.1:7070");
+
+    let mut with_ssl = plain.clone();
+    with_ssl.ssl_port = Some(7443);
+    let e = endpoint(&with_ssl, false).unwrap();
+    assert!(e.tls);
+    assert_eq!(e.authority.as_str(), "kylin-1.internal@10.0.0.1:7443");
+    assert_eq!(e.authority.host(), "10.0.0.1");
+
+    // upstream.tls: every node, at its sslPort or else its port.
+    let e = endpoint(&plain, true).unwrap();
+    assert!(e.tls);
+    assert_eq!(e.authority.as_str(), "kylin-1.internal@10.0.0.1:7070");
+    assert_eq!(
+        endpoint(&with_ssl, true).unwrap().authority.port_u16(),
+        Some(7443)
+    );
+
+    let mut unresolved = with_ssl.clone();
+    unresolved.addr = None;
+    assert_eq!(endpoint(&unresolved, true), None);
+}
+
+#[test]
+fn the_snapshot_carries_how_each_node_is_reached() {
+    let mut tls_node = node("b", 2, Modes::ALL);
+    tls_node.ssl_port = Some(4443);
+    let view = ClusterView {
+        nodes: vec![node("a", 1, Modes::ALL), tls_node],
+        ..Default::default()
+    };
+    let publisher = ViewPublisher::new();
+    publisher.publish(view.clone());
+    let snapshot = publisher.snapshot();
+    assert!(!snapshot.nodes[0].tls);
+    assert!(snapshot.nodes[1].tls);
+    assert_eq!(
+        snapshot.nodes[1].authority.as_ref().unwrap().as_str(),
+        "127.0.0.1@127.0.0.1:4443"
+    );
+    let everywhere = ViewPublisher::with_upstream_tls(true);
+    everywhere.publish(view);
+    assert!(everywhere.snapshot().nodes.iter().all(|n| n.tls));
+}

@@ -7,6 +7,9 @@
 //! answer wrongly, `PUT /sim/active_job_node?answer=true|false|truth`, to
 //! simulate KYLIN-3834's drift).
 //!
+//! With a certificate the node also serves HTTPS (on its registered
+//! `sslPort`); every answer says whether it came over TLS (`"tls"`).
+//!
 //! Two query parameters make a request slow, so tests can kill a node while
 //! it is in flight: `delay_ms=N` answers after N ms; `stall_ms=N` sends the
 //! head and half the body at once and the rest after N ms (a node dying
@@ -59,21 +62,40 @@ impl NodeIdentity {
     }
 }
 
-/// Accepts connections until the process exits.
-pub async fn serve(listener: TcpListener, identity: Arc<NodeIdentity>) {
+/// Accepts connections until the process exits, over TLS with `tls`.
+pub async fn serve(
+    listener: TcpListener,
+    identity: Arc<NodeIdentity>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let identity = identity.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let over_tls = tls.is_some();
             let service = service_fn(move |request| {
                 let identity = identity.clone();
-                async move { Ok::<_, Infallible>(answer(&identity, request).await) }
+                async move { Ok::<_, Infallible>(answer(&identity, over_tls, request).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let _ = match tls {
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(_) => return,
+                },
+            };
         });
     }
 }
@@ -85,6 +107,7 @@ type Reply = BoxBody<Bytes, Infallible>;
 
 async fn answer(
     identity: &NodeIdentity,
+    over_tls: bool,
     request: http::Request<Incoming>,
 ) -> http::Response<Reply> {
     let (parts, mut body) = request.into_parts();
@@ -134,6 +157,7 @@ async fn answer(
         "path": path,
         "query": parts.uri.query(),
         "body_len": body_len,
+        "tls": over_tls,
     });
     match query_number(query, "stall_ms") {
         Some(ms) => {

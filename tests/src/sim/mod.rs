@@ -75,6 +75,16 @@ pub struct SimOptions {
     /// Digest credentials `user:password` (`kylin.env.zookeeper.zk-auth`).
     #[arg(long)]
     pub auth: Option<String>,
+    /// PEM certificate chain: also serve HTTPS and register its port as
+    /// `sslPort` (with `--tls-key`).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// HTTPS port with `--tls-cert`; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    pub ssl_port: u16,
 }
 
 /// Runs the node until SIGTERM or SIGINT; prints `READY <port>` on stdout
@@ -106,14 +116,25 @@ pub async fn run(options: SimOptions) -> anyhow::Result<()> {
         session_timeout: Duration::from_millis(options.session_timeout_ms),
         digest_auth: options.auth.clone(),
     });
+    let ssl_port = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => {
+            let acceptor = tls_acceptor(cert, key)?;
+            let listener = TcpListener::bind(("0.0.0.0", options.ssl_port)).await?;
+            let ssl_port = listener.local_addr()?.port();
+            tokio::spawn(http::serve(listener, identity.clone(), Some(acceptor)));
+            Some(ssl_port)
+        }
+        _ => None,
+    };
     let advertised = Arc::new(Advertised {
         host: options.host.clone(),
         port,
+        ssl_port,
         description,
         curator5: options.curator5,
         enabled: !options.disabled,
     });
-    tokio::spawn(http::serve(listener, identity.clone()));
+    tokio::spawn(http::serve(listener, identity.clone(), None));
 
     let owned = session::SharedOwned::default();
     let (registered_tx, registered_rx) = tokio::sync::oneshot::channel();
@@ -140,4 +161,21 @@ pub async fn run(options: SimOptions) -> anyhow::Result<()> {
     session::leave(&owned, &identity).await;
     tokio::time::sleep(Duration::from_millis(options.drain_ms)).await;
     Ok(())
+}
+
+/// A rustls acceptor for the node's HTTPS side.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let chain =
+        rustls_pemfile::certs(&mut &std::fs::read(cert)?[..]).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut &std::fs::read(key)?[..])?
+        .ok_or_else(|| anyhow::anyhow!("no private key in {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

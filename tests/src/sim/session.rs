@@ -30,6 +30,8 @@ pub struct ZkTarget {
 pub struct Advertised {
     pub host: String,
     pub port: u16,
+    /// Registered as `sslPort` when the node serves HTTPS.
+    pub ssl_port: Option<u16>,
     pub description: String,
     pub curator5: bool,
     pub enabled: bool,
@@ -187,6 +189,7 @@ impl Session {
             id: &self.identity.id,
             address: &self.advertised.host,
             port: self.advertised.port,
+            ssl_port: self.advertised.ssl_port,
             description: &self.advertised.description,
             curator5: self.advertised.curator5,
             enabled: self.advertised.enabled,

@@ -168,6 +168,7 @@ pub struct Registration<'a> {
     pub id: &'a str,
     pub address: &'a str,
     pub port: u16,
+    pub ssl_port: Option<u16>,
     pub description: &'a str,
     pub curator5: bool,
     pub enabled: bool,
@@ -235,7 +236,7 @@ pub fn spring_instance_json(r: &Registration<'_>, mode: &str) -> Vec<u8> {
         id: r.id,
         address: r.address,
         port: r.port,
-        ssl_port: None,
+        ssl_port: r.ssl_port,
         payload: SpringPayload {
             class: "org.springframework.cloud.zookeeper.discovery.ZookeeperInstance",
             id: format!("{mode}-{}", r.port),
@@ -265,7 +266,7 @@ pub fn instance_json(r: &Registration<'_>) -> Vec<u8> {
         id: r.id,
         address: r.address,
         port: r.port,
-        ssl_port: None,
+        ssl_port: r.ssl_port,
         payload: Payload {
             class: r.curator5.then_some("java.util.LinkedHashMap"),
             description: r.description,

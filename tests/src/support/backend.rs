@@ -49,6 +49,15 @@ impl Backend {
     }
 
     pub async fn start(name: &str, port: u16) -> Backend {
+        Backend::start_with(name, port, None).await
+    }
+
+    /// Starts a backend that speaks only HTTPS, with `config`.
+    pub async fn start_tls(name: &str, config: Arc<rustls::ServerConfig>) -> Backend {
+        Backend::start_with(name, 0, Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn start_with(name: &str, port: u16, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind backend");
@@ -72,6 +81,7 @@ impl Backend {
                 while open.try_join_next().is_some() {}
                 let name = name_owned.clone();
                 let hits = hits_task.clone();
+                let tls = tls.clone();
                 let aborted = aborted_task.clone();
                 open.spawn(async move {
                     let service = service_fn(move |request| {
@@ -79,9 +89,23 @@ impl Backend {
                         let (hits, aborted) = (hits.clone(), aborted.clone());
                         async move { answer(&name, &hits, &aborted, request).await }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        None => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                        // A failed handshake never reaches `answer`: no hit.
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => {
+                                builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });

@@ -2,6 +2,7 @@
 //! HTTP clients and backends.
 
 pub mod backend;
+pub mod certs;
 pub mod cluster;
 pub mod curator;
 pub mod eventually;

@@ -28,6 +28,9 @@ pub struct SimConfig {
     /// How long the node keeps answering HTTP after deregistering on
     /// SIGTERM (`--drain-ms`; the simulator's default when `None`).
     pub drain_ms: Option<u64>,
+    /// Certificate and key files: the node also serves HTTPS and
+    /// registers `sslPort` (`--tls-cert`, `--tls-key`).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl SimConfig {
@@ -46,6 +49,7 @@ impl SimConfig {
             description: None,
             id: None,
             drain_ms: None,
+            tls: None,
         }
     }
 
@@ -82,6 +86,12 @@ impl SimConfig {
 
     pub fn drain_ms(mut self, ms: u64) -> SimConfig {
         self.drain_ms = Some(ms);
+        self
+    }
+
+    /// Serve HTTPS too, with this certificate and key, and register it.
+    pub fn tls(mut self, cert: &std::path::Path, key: &std::path::Path) -> SimConfig {
+        self.tls = Some((cert.to_path_buf(), key.to_path_buf()));
         self
     }
 }
@@ -133,6 +143,13 @@ impl SimNode {
         }
         if let Some(ms) = config.drain_ms {
             command.arg("--drain-ms").arg(ms.to_string());
+        }
+        if let Some((cert, key)) = &config.tls {
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
         }
         let mut process = ChildGuard::spawn(format!("kylin-sim {}", config.name), &mut command)
             .expect("spawn kylin-sim");

@@ -1,0 +1,216 @@
+//! The certificates being served, swapped whole on reload. rustls asks
+//! [`CertStore`] on every handshake; it reads the current set with one
+//! atomic load (no lock) and picks a pair by SNI. A reload reads the files
+//! off the runtime's workers; a pair that fails to load keeps serving its
+//! previous version, and the failure is logged, counted and shown on
+//! `/admin/tls`. Connections already open keep the certificate they began
+//! with.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use serde_json::json;
+
+use super::cert::{self, LoadedCert};
+use super::sni::SniTable;
+use crate::config::CertSpec;
+
+/// Counter: reload runs, by trigger (`file`, `sighup`, `admin`).
+pub const RELOADS_METRIC: &str = "kgw_tls_reloads_total";
+/// Counter: pairs that failed to load on a reload, by name.
+pub const RELOAD_FAILURES_METRIC: &str = "kgw_tls_reload_failures_total";
+/// Gauge: days until a served certificate expires, by name.
+pub const EXPIRY_METRIC: &str = "kgw_tls_cert_expiry_days";
+
+/// One configured pair and the version of it being served.
+#[derive(Debug)]
+struct Entry {
+    spec: CertSpec,
+    current: Arc<LoadedCert>,
+    loaded_at: SystemTime,
+    /// The last reload's failure, cleared by a successful one.
+    last_error: Option<String>,
+}
+
+/// Everything a handshake needs, immutable once published.
+#[derive(Debug)]
+struct CertSet {
+    /// The default pair first.
+    entries: Vec<Entry>,
+    sni: SniTable,
+}
+
+impl CertSet {
+    fn new(entries: Vec<Entry>) -> CertSet {
+        let sni = SniTable::build(
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (i, &e.current.names[..])),
+        );
+        CertSet { entries, sni }
+    }
+}
+
+/// The served certificates; a rustls [`ResolvesServerCert`].
+#[derive(Debug)]
+pub struct CertStore {
+    current: ArcSwap<CertSet>,
+    provider: Arc<CryptoProvider>,
+    /// One reload at a time, so two triggers cannot interleave their swaps.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl CertStore {
+    /// Loads every pair; any failure is fatal here (start-up), as
+    /// `"<config key>: <file>: <why>"`. Blocking: reads files.
+    pub fn load(specs: Vec<CertSpec>, provider: Arc<CryptoProvider>) -> Result<CertStore, String> {
+        let now = SystemTime::now();
+        let mut entries = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let loaded =
+                cert::load(&spec.files, &provider).map_err(|e| format!("{}: {e}", spec.key))?;
+            entries.push(Entry {
+                spec,
+                current: Arc::new(loaded),
+                loaded_at: now,
+                last_error: None,
+            });
+        }
+        if entries.is_empty() {
+            return Err("tls: no certificate configured".into());
+        }
+        Ok(CertStore {
+            current: ArcSwap::from_pointee(CertSet::new(entries)),
+            provider,
+            reloading: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Reads every pair again and swaps in the ones that load; `trigger`
+    /// labels the reload in metrics and logs. Returns the new status.
+    pub async fn reload(&self, trigger: &'static str) -> serde_json::Value {
+        let _one_at_a_time = self.reloading.lock().await;
+        let old = self.current.load_full();
+        let specs: Vec<CertSpec> = old.entries.iter().map(|e| e.spec.clone()).collect();
+        let provider = self.provider.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            specs
+                .iter()
+                .map(|spec| cert::load(&spec.files, &provider))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            (0..old.entries.len())
+                .map(|_| Err(format!("reload task failed: {e}")))
+                .collect()
+        });
+        let now = SystemTime::now();
+        let entries = old
+            .entries
+            .iter()
+            .zip(loaded)
+            .map(|(entry, result)| next_entry(entry, result, now))
+            .collect();
+        self.current.store(Arc::new(CertSet::new(entries)));
+        metrics::counter!(RELOADS_METRIC, "trigger" => trigger).increment(1);
+        tracing::info!(trigger, "TLS certificates reloaded");
+        self.status()
+    }
+
+    /// `/admin/tls`: each pair as served, with its last reload error.
+    pub fn status(&self) -> serde_json::Value {
+        let set = self.current.load();
+        let certs: Vec<_> = set
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                json!({
+                    "name": e.spec.key,
+                    "default": i == 0,
+                    "cert_file": e.spec.files.cert,
+                    "key_file": e.spec.files.key,
+                    "sni_names": e.current.names,
+                    "subject": e.current.info.subject,
+                    "issuer": e.current.info.issuer,
+                    "not_before": e.current.info.not_before,
+                    "not_after": e.current.info.not_after,
+                    "sha256": e.current.info.sha256,
+                    "dns_names": e.current.info.dns_names,
+                    "ip_addresses": e.current.info.ip_addresses,
+                    "loaded_at_unix_ms": unix_ms(e.loaded_at),
+                    "last_reload_error": e.last_error,
+                })
+            })
+            .collect();
+        json!({ "certs": certs })
+    }
+
+    /// Sets the expiry gauges; called at scrape time so they stay current
+    /// without a timer.
+    pub fn export_gauges(&self) {
+        let now = unix_ms(SystemTime::now()) / 1000;
+        for e in &self.current.load().entries {
+            metrics::gauge!(EXPIRY_METRIC, "name" => e.spec.key.clone())
+                .set(e.current.info.days_left(now as i64));
+        }
+    }
+}
+
+/// The entry after a reload: the new pair, or the old one with the error.
+fn next_entry(entry: &Entry, result: Result<LoadedCert, String>, now: SystemTime) -> Entry {
+    match result {
+        Ok(loaded) => {
+            // An unchanged file (a touch, or the other file of the pair
+            // changing) keeps its load time: it tells when the served
+            // certificate changed.
+            let loaded_at = if loaded.info == entry.current.info {
+                entry.loaded_at
+            } else {
+                now
+            };
+            Entry {
+                spec: entry.spec.clone(),
+                current: Arc::new(loaded),
+                loaded_at,
+                last_error: None,
+            }
+        }
+        Err(error) => {
+            tracing::warn!(
+                "TLS reload: {}: {error}; still serving the previous certificate",
+                entry.spec.key
+            );
+            metrics::counter!(RELOAD_FAILURES_METRIC, "name" => entry.spec.key.clone())
+                .increment(1);
+            Entry {
+                spec: entry.spec.clone(),
+                current: entry.current.clone(),
+                loaded_at: entry.loaded_at,
+                last_error: Some(error),
+            }
+        }
+    }
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ResolvesServerCert for CertStore {
+    /// Per handshake: one atomic load, a hash lookup, an `Arc` clone.
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let set = self.current.load();
+        let index = set.sni.select(client_hello.server_name()).unwrap_or(0);
+        set.entries
+            .get(index)
+            .map(|entry| entry.current.certified.clone())
+    }
+}
