@@ -25,6 +25,8 @@ pub enum GatewayError {
     ClientBody(String),
     #[error("the client sent no body bytes for {0:?}")]
     ClientStalled(std::time::Duration),
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
     #[error("the gateway is at its limit of requests in flight")]
     Overloaded,
     #[error("{message}")]
@@ -49,7 +51,7 @@ impl GatewayError {
             | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            GatewayError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            GatewayError::ClientBody(_) | GatewayError::Malformed(_) => StatusCode::BAD_REQUEST,
             GatewayError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Rejected { status, .. } => *status,
         }

@@ -160,6 +160,28 @@ pub fn find_query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a st
         .map(|(_, v)| v)
 }
 
+/// Why an HTTP/2 request head is malformed in ways the `h2` crate lets
+/// through (RFC 9113 §8.2.1, §8.3.1), or `None`: a `Host` header that names
+/// another authority than `:authority`, or a field value with leading or
+/// trailing whitespace. Such a request is answered 400, never forwarded:
+/// a node (and any proxy after it) could read it differently.
+pub fn malformed_h2_head(parts: &http::request::Parts) -> Option<&'static str> {
+    if let (Some(authority), Some(host)) = (parts.uri.authority(), parts.headers.get(header::HOST))
+        && !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Some("Host does not match :authority");
+    }
+    let padded = |v: &[u8]| {
+        matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
+    };
+    if parts.headers.values().any(|v| padded(v.as_bytes())) {
+        return Some("a field value has leading or trailing whitespace");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +293,30 @@ mod tests {
         );
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers, before);
+    }
+
+    fn h2_parts(authority: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut request = http::Request::get(format!("https://{authority}/kylin/api/query"))
+            .version(http::Version::HTTP_2);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn h2_heads_with_a_mismatched_host_or_padded_values_are_malformed() {
+        assert_eq!(malformed_h2_head(&h2_parts("kylin:7070", &[])), None);
+        assert_eq!(
+            malformed_h2_head(&h2_parts("kylin:7070", &[("host", "KYLIN:7070")])),
+            None
+        );
+        assert!(malformed_h2_head(&h2_parts("kylin:7070", &[("host", "evil")])).is_some());
+        assert!(malformed_h2_head(&h2_parts("kylin", &[("x-a", " padded")])).is_some());
+        assert!(malformed_h2_head(&h2_parts("kylin", &[("x-a", "padded\t")])).is_some());
+        assert_eq!(
+            malformed_h2_head(&h2_parts("kylin", &[("x-a", "in side")])),
+            None
+        );
     }
 }

@@ -219,6 +219,11 @@ impl Proxy {
         let (mut parts, incoming) = request.into_parts();
         // A reference-counted copy of the request target, not a new string.
         outcome.path = parts.uri.path_and_query().cloned();
+        if parts.version == Version::HTTP_2
+            && let Some(why) = headers::malformed_h2_head(&parts)
+        {
+            return Err(GatewayError::Malformed(why));
+        }
         let mut body = RequestBody::new(incoming, self.body_read_timeout);
         let mut snapshot = self.views.snapshot();
 
