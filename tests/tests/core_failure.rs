@@ -445,3 +445,56 @@ async fn a_held_job_request_goes_to_the_leader_once_one_is_elected() {
     let _ = stop_tx.send(());
     serving.await.unwrap();
 }
+
+/// A node that dies in the middle of its answer to a write (seen in the
+/// Curator crash failovers: a leader killed after its answer's head went
+/// out). The write may have been applied, so it is not sent again; the
+/// client gets a clean 502, never a 200 whose body then breaks off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dying_mid_answer_to_a_write_gives_a_clean_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicU64::new(0));
+    let count = answered.clone();
+    let node = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head).await;
+            if !head.starts_with(b"PUT") {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    .await;
+                continue;
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+            // The head and half the body, then the process is gone.
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n{\"code\":\"000\",")
+                .await;
+        }
+    });
+    let gateway = Gateway::start(&static_discovery(&[(addr, "all", true)]));
+    let c = client();
+    let reply = send(
+        &c,
+        "PUT",
+        &gateway.url("/kylin/api/cubes/sales/build"),
+        &[],
+        "{}",
+    )
+    .await;
+    node.abort();
+    match reply {
+        Ok(reply) => assert_eq!(reply.status, 502, "{}", reply.text()),
+        Err(error) => panic!("a truncated answer reached the client: {error:#}"),
+    }
+    assert_eq!(
+        answered.load(Ordering::Relaxed),
+        1,
+        "the write was sent again"
+    );
+}

@@ -58,8 +58,8 @@ pub struct Proxy {
     /// `limits.body_read_timeout_ms`: a request body that stalls this long
     /// is cut off.
     body_read_timeout: Duration,
-    /// Replay-safe requests: answers up to this size are read whole before
-    /// they are forwarded (0: never).
+    /// Answers up to this size are read whole before they are forwarded
+    /// (0: never).
     replay_response_bytes: usize,
     /// Keep-alive connections, for requests that may be sent again.
     client: UpstreamClient,
@@ -362,10 +362,12 @@ impl Proxy {
         mut snapshot: Arc<Snapshot>,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        // HEAD answers announce a length but carry no body: nothing to keep.
-        let buffer_limit =
-            (replay_safe && self.replay_response_bytes > 0 && parts.method != http::Method::HEAD)
-                .then_some(self.replay_response_bytes);
+        // Small answers are read whole before their head goes out: a node
+        // dying mid-answer is then retried (reads) or answered with a clean
+        // 502 (writes), never a truncated 200. HEAD answers announce a
+        // length but carry no body: nothing to keep.
+        let buffer_limit = (self.replay_response_bytes > 0 && parts.method != http::Method::HEAD)
+            .then_some(self.replay_response_bytes);
         let mut tried = Tried::default();
         let mut attempt = 0u32;
         loop {
