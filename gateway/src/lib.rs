@@ -14,4 +14,5 @@ pub mod discovery;
 pub mod plugin;
 pub mod proxy;
 pub mod tls;
+pub mod triggers;
 pub mod view;
