@@ -123,9 +123,10 @@ fn system_roots() -> RootCertStore {
 
 /// `upstream.tls_insecure`: accepts any certificate, but still checks the
 /// handshake's signatures (so the connection is at least to whoever holds
-/// the presented key).
+/// the presented key). Public for test clients that probe what a listener
+/// serves.
 #[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
+pub struct NoVerification(pub Arc<CryptoProvider>);
 
 impl ServerCertVerifier for NoVerification {
     fn verify_server_cert(

@@ -7,10 +7,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use kylin_gateway::tls::client::NoVerification;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, SupportedProtocolVersion};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -117,7 +117,7 @@ pub fn probe_config(
         .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)));
+        .with_custom_certificate_verifier(Arc::new(NoVerification(provider)));
     let config = match client_cert {
         None => builder.with_no_client_auth(),
         Some(leaf) => {
@@ -155,55 +155,6 @@ pub async fn served_leaf(port: u16, sni: &str) -> std::io::Result<String> {
         .and_then(|c| c.first())
         .ok_or_else(|| std::io::Error::other("no certificate presented"))?;
     Ok(sha256_hex(leaf))
-}
-
-/// Accepts any certificate; still checks handshake signatures.
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// A rustls server configuration serving `leaf` (for TLS backends).
