@@ -11,23 +11,12 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use kylin_gateway_tests::support::backend::Backend;
 use kylin_gateway_tests::support::eventually_async;
-use kylin_gateway_tests::support::gateway::{Gateway, metric_value, static_discovery};
+use kylin_gateway_tests::support::gateway::{Gateway, metric_value, one_node_with_limits};
 use kylin_gateway_tests::support::http::{client, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-
-async fn start(limits: &str) -> (Backend, Gateway) {
-    let node = Backend::start("n", 0).await;
-    let gateway = Gateway::start(&format!(
-        "[limits]\n{limits}\n{}",
-        static_discovery(&[(node.addr, "all", true)])
-    ));
-    gateway.wait_ready().await;
-    (node, gateway)
-}
 
 /// One HTTP/1.1 connection of the test's own: its request sender, and the
 /// task driving it, which ends when the gateway closes the connection.
@@ -88,7 +77,8 @@ async fn counter(gateway: &Gateway, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfinished_first_request_head_is_cut_off_while_others_are_served() {
-    let (_node, gateway) = start("header_read_timeout_ms = 300\nidle_timeout_ms = 30000").await;
+    let (_node, gateway) =
+        one_node_with_limits("header_read_timeout_ms = 300\nidle_timeout_ms = 30000").await;
     let address = ("127.0.0.1", gateway.http_port);
     let opened = Instant::now();
     let mut trickling = TcpStream::connect(address).await.unwrap();
@@ -116,7 +106,8 @@ async fn an_unfinished_first_request_head_is_cut_off_while_others_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     // A second: room for a busy machine between the two requests below.
-    let (_node, gateway) = start("header_read_timeout_ms = 10000\nidle_timeout_ms = 1000").await;
+    let (_node, gateway) =
+        one_node_with_limits("header_read_timeout_ms = 10000\nidle_timeout_ms = 1000").await;
     let mut conn = Conn::served(gateway.http_port)
         .await
         .expect("a served connection");
@@ -133,7 +124,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_a_new_connection_is_closed_at_once_and_counted() {
-    let (_node, gateway) = start("max_connections = 2").await;
+    let (_node, gateway) = one_node_with_limits("max_connections = 2").await;
     let port = gateway.http_port;
     // Retried: the start-up probe's connection may still hold a place.
     let serve = || async move { Conn::served(port).await };
@@ -163,7 +154,7 @@ async fn past_max_connections_a_new_connection_is_closed_at_once_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_in_flight_a_request_is_shed_with_503_and_counted() {
-    let (node, gateway) = start("max_in_flight = 1").await;
+    let (node, gateway) = one_node_with_limits("max_in_flight = 1").await;
     let hits_before = node.hits();
     let slow_url = gateway.url("/__kgw/sleep?ms=1500");
     let slow = tokio::spawn(async move { get(&client(), &slow_url).await.unwrap() });
@@ -216,9 +207,10 @@ async fn answer_then_close(stream: &mut TcpStream, within: Duration) -> String {
 /// complete; the node is not blamed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_is_cut_off_and_the_node_sees_it_aborted() {
-    let (node, gateway) =
-        start("body_read_timeout_ms = 500\n[health]\neject_after = 1\n[routing]\njob_hold_ms = 0")
-            .await;
+    let (node, gateway) = one_node_with_limits(
+        "body_read_timeout_ms = 500\n[health]\neject_after = 1\n[routing]\njob_hold_ms = 0",
+    )
+    .await;
     // A large body is streamed to the node as it arrives; a small one
     // (up to 64 KiB) is read whole first and never reaches the node.
     for (path, length, reaches_node) in [

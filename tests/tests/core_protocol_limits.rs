@@ -8,21 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use kylin_gateway_tests::support::backend::Backend;
-use kylin_gateway_tests::support::gateway::{Gateway, static_discovery};
+use kylin_gateway_tests::support::gateway::{Gateway, one_node_with_limits};
 use kylin_gateway_tests::support::http::{client, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn start(limits: &str) -> (Backend, Gateway) {
-    let node = Backend::start("n", 0).await;
-    let gateway = Gateway::start(&format!(
-        "[limits]\n{limits}\n{}",
-        static_discovery(&[(node.addr, "all", true)])
-    ));
-    gateway.wait_ready().await;
-    (node, gateway)
-}
 
 /// Another client is still served.
 async fn others_are_served(gateway: &Gateway) {
@@ -73,7 +62,7 @@ fn h2_get(path: &str) -> Request<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_http1_head_gets_431_and_the_connection_is_closed() {
-    let (node, gateway) = start("max_header_bytes = 16384").await;
+    let (node, gateway) = one_node_with_limits("max_header_bytes = 16384").await;
     let hits_before = node.hits();
     let mut stream = TcpStream::connect(("127.0.0.1", gateway.http_port))
         .await
@@ -106,7 +95,8 @@ async fn an_oversized_http1_head_gets_431_and_the_connection_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_advertises_the_stream_cap_and_refuses_an_oversized_header_list() {
-    let (node, gateway) = start("max_header_bytes = 16384\nh2_max_concurrent_streams = 7").await;
+    let (node, gateway) =
+        one_node_with_limits("max_header_bytes = 16384\nh2_max_concurrent_streams = 7").await;
     let (mut send, _driver, streams) = h2c(gateway.http_port).await;
     assert_eq!(streams, 7, "SETTINGS_MAX_CONCURRENT_STREAMS");
 
@@ -137,7 +127,7 @@ async fn http2_advertises_the_stream_cap_and_refuses_an_oversized_header_list() 
 /// connection is closed with GOAWAY (ENHANCE_YOUR_CALM).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rapid_reset_flood_closes_its_connection_only() {
-    let (_node, gateway) = start("h2_max_pending_accept_reset_streams = 10").await;
+    let (_node, gateway) = one_node_with_limits("h2_max_pending_accept_reset_streams = 10").await;
     let (mut send, driver, _) = h2c(gateway.http_port).await;
     let mut sent = 0;
     for _ in 0..2000 {
@@ -176,7 +166,7 @@ async fn a_rapid_reset_flood_closes_its_connection_only() {
 /// so bytes past the chunked body are never read as a second request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_is_never_forwarded_and_closes_the_connection() {
-    let (node, gateway) = start("").await;
+    let (node, gateway) = one_node_with_limits("").await;
     let hits_before = node.hits();
     let mut stream = TcpStream::connect(("127.0.0.1", gateway.http_port))
         .await
@@ -229,7 +219,7 @@ async fn ambiguous_framing_is_never_forwarded_and_closes_the_connection() {
 /// forwarded; a well-formed head on the same connection is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_http2_heads_get_400_and_never_reach_a_node() {
-    let (node, gateway) = start("").await;
+    let (node, gateway) = one_node_with_limits("").await;
     let (mut send, _driver, _) = h2c(gateway.http_port).await;
     let hits_before = node.hits();
     let mut mismatched = h2_get("/kylin/api/projects");

@@ -256,3 +256,15 @@ pub fn metric_value(metrics: &str, name: &str, needles: &[&str]) -> Option<f64> 
         // is never exported must not read as 0.
         .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
 }
+
+/// One `all` node leading the job engine behind a gateway with the given
+/// `[limits]` lines, ready to serve.
+pub async fn one_node_with_limits(limits: &str) -> (super::backend::Backend, Gateway) {
+    let node = super::backend::Backend::start("n", 0).await;
+    let gateway = Gateway::start(&format!(
+        "[limits]\n{limits}\n{}",
+        static_discovery(&[(node.addr, "all", true)])
+    ));
+    gateway.wait_ready().await;
+    (node, gateway)
+}
