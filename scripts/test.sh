@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 
+# A clean CI clone builds once: incremental state would only cost disk (GBs).
+if [[ "${CI:-}" == "true" ]]; then
+  export CARGO_INCREMENTAL=0
+fi
+
 echo "== format and lints"
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
