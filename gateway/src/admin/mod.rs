@@ -246,6 +246,7 @@ fn view_json(snapshot: &Snapshot) -> serde_json::Value {
         "has_view": snapshot.has_view,
         "ready": snapshot.ready(),
         "published_at_ms": snapshot.published_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        "published_at_us": snapshot.published_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
     })
 }
 

@@ -99,6 +99,15 @@ pub async fn view(client: &TestClient, gateway: &Gateway) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// When the gateway published its current snapshot (`/admin/view`'s
+/// `published_at_us`, on this machine's wall clock).
+pub async fn published_at(client: &TestClient, gateway: &Gateway) -> std::time::SystemTime {
+    let us = view(client, gateway).await["published_at_us"]
+        .as_u64()
+        .expect("/admin/view has published_at_us");
+    std::time::UNIX_EPOCH + Duration::from_micros(us)
+}
+
 /// The value of a Prometheus counter or gauge (summed over label sets),
 /// or 0 when it is absent.
 pub async fn metric(client: &TestClient, gateway: &Gateway, name: &str) -> f64 {
