@@ -1,7 +1,8 @@
 //! kylin-gateway: the front door of an Apache Kylin / KAP cluster.
 //!
 //! Data flows one way: [`discovery`] → [`view`] snapshot → router
-//! ([`classify`], [`plugin`], [`balance`]) → upstream ([`proxy`]).
+//! ([`classify`], [`plugin`], [`balance`]) → [`proxy`] → [`upstream`]
+//! connections.
 //! [`admin`] and metrics observe; [`config`] and [`tls`] set things up.
 
 #![forbid(unsafe_code)]
@@ -15,4 +16,5 @@ pub mod plugin;
 pub mod proxy;
 pub mod tls;
 pub mod triggers;
+pub mod upstream;
 pub mod view;

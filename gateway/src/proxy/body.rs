@@ -14,6 +14,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::upstream::Lease;
 use crate::view::NodeState;
 
 /// Why a request body could not be read from the client.
@@ -357,11 +358,30 @@ pub enum ResponseBody {
     Upstream {
         inner: Incoming,
         _in_flight: InFlight,
+        /// The connection it comes on, back to its pool once the body has
+        /// ended.
+        lease: Option<Lease>,
     },
     Full(Option<Bytes>),
 }
 
 impl ResponseBody {
+    /// An upstream body to stream through. An empty one gives its
+    /// connection back at once (the server may never poll it).
+    pub fn upstream(inner: Incoming, in_flight: InFlight, lease: Lease) -> ResponseBody {
+        let lease = if inner.is_end_stream() {
+            lease.finish();
+            None
+        } else {
+            Some(lease)
+        };
+        ResponseBody::Upstream {
+            inner,
+            _in_flight: in_flight,
+            lease,
+        }
+    }
+
     pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         ResponseBody::Full(Some(bytes.into()))
     }
@@ -380,7 +400,24 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ResponseBody::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
+            ResponseBody::Upstream { inner, lease, .. } => {
+                let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+                // Ended cleanly (hyper stops polling once the end is
+                // announced, so check after each frame): the connection
+                // can take another request.
+                let clean = match &frame {
+                    None => true,
+                    Some(Ok(_)) => inner.is_end_stream(),
+                    Some(Err(_)) => {
+                        lease.take();
+                        false
+                    }
+                };
+                if clean && let Some(lease) = lease.take() {
+                    lease.finish();
+                }
+                Poll::Ready(frame)
+            }
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }

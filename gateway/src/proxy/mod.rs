@@ -13,7 +13,7 @@ mod headers;
 mod limits;
 pub mod server;
 
-pub use body::{RequestBody, ResponseBody};
+pub use body::{BodySlot, Recoverable, RequestBody, ResponseBody};
 pub use error::GatewayError;
 
 use std::net::SocketAddr;
@@ -27,20 +27,17 @@ use http::{Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::balance::health::{Ejection, now_ms};
 use crate::balance::{Balancer, Tried, hash_key};
 use crate::classify::{Classifier, TrafficClass};
 use crate::config::{BalanceKind, Config, HashKey, Routing};
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
-use crate::tls::{NodeConnector, UpstreamTls};
+use crate::tls::UpstreamTls;
+use crate::upstream::{Lease, NodePool, Upstreams};
 use crate::view::{JobRouting, RequestCounters, RoutableNode, Snapshot, ViewPublisher};
-use body::{BodySlot, ClientFault, InFlight, Recoverable};
+use body::{ClientFault, InFlight};
 use limits::InFlightLimit;
-
-type UpstreamClient = Client<NodeConnector, Recoverable>;
 
 /// Bodies up to this size (by `Content-Length`) of replay-safe requests are
 /// read ahead so a retry can resend them; Kylin query bodies are SQL text.
@@ -61,15 +58,15 @@ pub struct Proxy {
     /// Answers up to this size are read whole before they are forwarded
     /// (0: never).
     replay_response_bytes: usize,
-    /// Keep-alive connections, for requests that may be sent again.
-    client: UpstreamClient,
-    /// A new connection per request, for requests that must not be sent
-    /// twice. An idle connection may have been closed by its node (a crash,
-    /// a restart) in a way the gateway learns of only after writing on it;
-    /// a write sent that way could be neither answered nor retried. A new
-    /// connection to a dead node is refused instead: nothing was sent, and
-    /// the request goes on to another node or waits for the next leader.
-    once: UpstreamClient,
+    /// Connections to nodes. Requests that may be sent again take idle
+    /// keep-alive connections. Requests that must not be sent twice get a
+    /// new connection: an idle one may have been closed by its node (a
+    /// crash, a restart) in a way the gateway learns of only after writing
+    /// on it, and a write sent that way could be neither answered nor
+    /// retried. A new connection to a dead node is refused instead: nothing
+    /// was sent, and the request goes on to another node or waits for the
+    /// next leader.
+    upstreams: Upstreams,
     policy: Option<Arc<dyn RoutingPolicy>>,
     /// `kgw_requests_total` for requests that reached no node (`upstream="-"`).
     unrouted: Arc<RequestCounters>,
@@ -96,14 +93,6 @@ impl Proxy {
         policy: Option<Arc<dyn RoutingPolicy>>,
         upstream_tls: UpstreamTls,
     ) -> Proxy {
-        let connector = NodeConnector::new(config.upstream.connect_timeout, upstream_tls);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.upstream.pool_idle_timeout)
-            .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
-            .build(connector.clone());
-        let once = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(connector);
         let balancer = match config.routing.balance {
             BalanceKind::PowerOfTwoChoices => Balancer::PowerOfTwoChoices,
             BalanceKind::RoundRobin => Balancer::RoundRobin(AtomicUsize::new(0)),
@@ -125,8 +114,7 @@ impl Proxy {
             response_header_timeout: config.upstream.response_header_timeout,
             body_read_timeout: config.limits.body_read_timeout,
             replay_response_bytes: config.upstream.replay_response_bytes,
-            client,
-            once,
+            upstreams: Upstreams::new(&config.upstream, upstream_tls),
             policy,
             unrouted: Arc::new(RequestCounters::new(Arc::from("-"))),
             durations: Default::default(),
@@ -137,6 +125,11 @@ impl Proxy {
 
     pub fn views(&self) -> &ViewPublisher {
         &self.views
+    }
+
+    /// The node connections, for the idle reaper.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
     }
 
     /// Serves one request. Never fails: errors become responses.
@@ -375,17 +368,12 @@ impl Proxy {
             snapshot = next;
             let node = &snapshot.nodes[index];
             outcome.upstream = Some(node.requests.clone());
-            let Some(authority) = node.authority.clone() else {
+            let Some(pool) = node.pool.as_ref() else {
                 tried.insert(&node.node.id);
                 continue;
             };
-            let request = upstream_request(parts, node.tls, authority, slot.handle())?;
-            let client = if replay_safe {
-                &self.client
-            } else {
-                &self.once
-            };
-            let sent = self.send(client, node, request, target.class, buffer_limit);
+            let request = upstream_request(parts, pool, slot.handle());
+            let sent = self.send(node, pool, request, replay_safe, target.class, buffer_limit);
             let failure = match sent.await {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
@@ -482,48 +470,33 @@ impl Proxy {
     /// against the node by the caller, unless the client caused it). For a
     /// replay-safe request (`buffer_limit` set) a response whose
     /// `Content-Length` fits is read whole before its head goes
-    /// downstream, so a node failing mid-answer
-    /// is retried rather than truncating it.
+    /// downstream, so a node failing mid-answer is retried rather than
+    /// truncating it.
     async fn send(
         &self,
-        client: &UpstreamClient,
         node: &RoutableNode,
+        pool: &Arc<NodePool>,
         request: Request<Recoverable>,
+        reuse: bool,
         class: TrafficClass,
         buffer_limit: Option<usize>,
     ) -> Result<Response<ResponseBody>, Failure> {
         let in_flight = InFlight::start(node.state.clone());
         let sent = Instant::now();
         let deadline = tokio::time::Instant::from_std(sent + self.response_header_timeout);
-        let answered = tokio::time::timeout_at(deadline, client.request(request)).await;
-        let (mut head, incoming) = match answered {
-            Ok(Ok(response)) => response.into_parts(),
-            Ok(Err(error)) => {
-                let text = error_chain(&error);
-                return Err(if error.is_connect() {
-                    Failure::Connect(text)
-                } else {
-                    Failure::Broke(text)
-                });
-            }
-            Err(_elapsed) => {
-                return Err(Failure::Timeout);
-            }
-        };
+        let exchanged = tokio::time::timeout_at(deadline, self.exchange(pool, request, reuse));
+        let (response, lease) = exchanged.await.map_err(|_elapsed| Failure::Timeout)??;
+        let (mut head, incoming) = response.into_parts();
         let body = match buffer_limit.filter(|&limit| fits(&head, limit)) {
             Some(_) => match tokio::time::timeout_at(deadline, incoming.collect()).await {
-                Ok(Ok(whole)) => ResponseBody::full(whole.to_bytes()),
-                Ok(Err(error)) => {
-                    return Err(Failure::Broke(error_chain(&error)));
+                Ok(Ok(whole)) => {
+                    lease.finish();
+                    ResponseBody::full(whole.to_bytes())
                 }
-                Err(_elapsed) => {
-                    return Err(Failure::Timeout);
-                }
+                Ok(Err(error)) => return Err(Failure::Broke(error_chain(&error))),
+                Err(_elapsed) => return Err(Failure::Timeout),
             },
-            None => ResponseBody::Upstream {
-                inner: incoming,
-                _in_flight: in_flight,
-            },
+            None => ResponseBody::upstream(incoming, in_flight, lease),
         };
         self.ejection.record_success(&node.state);
         node.state
@@ -533,6 +506,45 @@ impl Proxy {
             self.pin_session(&mut head.headers, node);
         }
         Ok(Response::from_parts(head, body))
+    }
+
+    /// One request on one connection to `pool`'s node, up to the answer's
+    /// head: an idle connection when the request may be sent again (`reuse`),
+    /// else a new one. A request an idle connection could not take (its
+    /// node closed it meanwhile; nothing was sent) goes on a new one.
+    async fn exchange(
+        &self,
+        pool: &Arc<NodePool>,
+        mut request: Request<Recoverable>,
+        reuse: bool,
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
+        let connect_failed = |error: std::io::Error| Failure::Connect(error_chain(&error));
+        let mut checkout = self
+            .upstreams
+            .checkout(pool, reuse)
+            .await
+            .map_err(connect_failed)?;
+        loop {
+            let mut error = match checkout.sender.try_send_request(request).await {
+                Ok(response) => {
+                    let lease = self.upstreams.lease(pool.clone(), checkout.sender);
+                    return Ok((response, lease));
+                }
+                Err(error) => error,
+            };
+            let Some(unsent) = error.take_message() else {
+                return Err(Failure::Broke(error_chain(&error.into_error())));
+            };
+            if !checkout.reused {
+                return Err(Failure::Connect(error_chain(error.error())));
+            }
+            request = unsent;
+            checkout = self
+                .upstreams
+                .checkout(pool, false)
+                .await
+                .map_err(connect_failed)?;
+        }
     }
 
     /// When a node opens a Kylin session (`JSESSIONID`), adds the gateway's
@@ -648,31 +660,32 @@ impl From<Failure> for GatewayError {
     }
 }
 
-/// The upstream request for one attempt: the rewritten head, with an
-/// absolute URI naming the node (`https` for a TLS node).
+/// The upstream request for one attempt: the rewritten head, in origin
+/// form. A request that came without a `Host` (HTTP/1.0) names the node.
 fn upstream_request(
     parts: &http::request::Parts,
-    tls: bool,
-    authority: http::uri::Authority,
+    pool: &NodePool,
     body: Recoverable,
-) -> Result<Request<Recoverable>, GatewayError> {
-    let scheme = if tls {
-        http::uri::Scheme::HTTPS
-    } else {
-        http::uri::Scheme::HTTP
-    };
-    let mut uri = Uri::builder().scheme(scheme).authority(authority);
-    if let Some(pq) = parts.uri.path_and_query() {
-        uri = uri.path_and_query(pq.clone());
-    }
+) -> Request<Recoverable> {
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri
-        .build()
-        .map_err(|e| GatewayError::Upstream(e.to_string()))?;
+    *request.uri_mut() = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = parts.headers.clone();
-    Ok(request)
+    if !request.headers().contains_key(header::HOST) {
+        let target = pool.target();
+        let host = match &target.tls_name {
+            Some(name) => HeaderValue::from_str(name),
+            None => HeaderValue::try_from(target.addr.to_string()),
+        };
+        if let Ok(host) = host {
+            request.headers_mut().insert(header::HOST, host);
+        }
+    }
+    request
 }
 
 /// Whether a response announces a body of at most `limit` bytes.

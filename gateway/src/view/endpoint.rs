@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use http::uri::Authority;
 
 use super::Node;
+use crate::upstream::Target;
 
 /// Where upstream requests for a node go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +18,8 @@ pub struct Endpoint {
     /// `ip:port`, or `host@ip:port` for TLS (see
     /// [`crate::tls::tls_authority`]).
     pub authority: Authority,
+    /// What the node's connection pool connects to.
+    pub target: Target,
 }
 
 /// The endpoint of `node`, `None` while its address is unresolved.
@@ -29,11 +32,20 @@ pub fn endpoint(node: &Node, tls_everywhere: bool) -> Option<Endpoint> {
             return Some(Endpoint {
                 tls: false,
                 authority: Authority::try_from(addr.to_string()).ok()?,
+                target: Target {
+                    addr,
+                    tls_name: None,
+                },
             });
         }
     };
+    let addr = SocketAddr::new(addr.ip(), tls_port);
     Some(Endpoint {
         tls: true,
-        authority: crate::tls::tls_authority(&node.host, SocketAddr::new(addr.ip(), tls_port))?,
+        authority: crate::tls::tls_authority(&node.host, addr)?,
+        target: Target {
+            addr,
+            tls_name: Some(node.host.clone()),
+        },
     })
 }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use super::endpoint::endpoint;
 use super::{ClusterView, JobRouting, Node, NodeState, RequestCounters};
 use crate::balance::HashRing;
+use crate::upstream::{NodePool, Target};
 
 /// One node of a snapshot with the state the data path updates.
 #[derive(Debug)]
@@ -26,6 +27,9 @@ pub struct RoutableNode {
     pub authority: Option<http::uri::Authority>,
     /// Reached over TLS (`https` URIs).
     pub tls: bool,
+    /// Idle connections to this node's endpoint, once resolved. Carried
+    /// over while the endpoint stays the same.
+    pub pool: Option<Arc<NodePool>>,
     /// `kgw_requests_total` handles labelled with this node's `label`.
     pub requests: Arc<RequestCounters>,
 }
@@ -87,6 +91,13 @@ impl Snapshot {
     }
 }
 
+/// What a publish carries over from the previous snapshot.
+#[derive(Default)]
+struct Carried {
+    states: HashMap<Arc<str>, Arc<NodeState>>,
+    pools: HashMap<Target, Arc<NodePool>>,
+}
+
 /// Receives a notification whenever a new snapshot is published.
 pub type ViewWatch = watch::Receiver<u64>;
 
@@ -98,8 +109,9 @@ pub struct ViewPublisher {
 
 struct Shared {
     current: ArcSwap<Snapshot>,
-    /// Node state by id; touched only when publishing, never per request.
-    states: Mutex<HashMap<Arc<str>, Arc<NodeState>>>,
+    /// Node state by id, and connection pools by endpoint; touched only
+    /// when publishing, never per request.
+    carried: Mutex<Carried>,
     changed: watch::Sender<u64>,
     /// `upstream.tls`: every node over TLS, not only those with an
     /// `sslPort`.
@@ -124,7 +136,7 @@ impl ViewPublisher {
         ViewPublisher {
             inner: Arc::new(Shared {
                 current: ArcSwap::from_pointee(Snapshot::empty()),
-                states: Mutex::new(HashMap::new()),
+                carried: Mutex::new(Carried::default()),
                 changed,
                 tls_everywhere,
             }),
@@ -141,10 +153,12 @@ impl ViewPublisher {
         self.inner.changed.subscribe()
     }
 
-    /// Replaces the view. Node state is carried over by node id; state of
-    /// nodes that left is dropped.
+    /// Replaces the view. Node state is carried over by node id, and
+    /// connection pools by endpoint; those of nodes that left are dropped
+    /// (closing their idle connections).
     pub fn publish(&self, view: ClusterView) {
-        let mut states = self.inner.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut carried = self.inner.carried.lock().unwrap_or_else(|e| e.into_inner());
+        let Carried { states, pools } = &mut *carried;
         let previous = self.inner.current.load();
         let nodes: Vec<RoutableNode> = view
             .nodes
@@ -156,7 +170,14 @@ impl ViewPublisher {
                     .clone();
                 let label: Arc<str> = node.advertised().into();
                 let endpoint = endpoint(node, self.inner.tls_everywhere);
+                let pool = endpoint.as_ref().map(|e| {
+                    pools
+                        .entry(e.target.clone())
+                        .or_insert_with(|| Arc::new(NodePool::new(e.target.clone())))
+                        .clone()
+                });
                 RoutableNode {
+                    pool,
                     tls: endpoint.as_ref().is_some_and(|e| e.tls),
                     authority: endpoint.map(|e| e.authority),
                     requests: Arc::new(RequestCounters::new(label.clone())),
@@ -168,6 +189,11 @@ impl ViewPublisher {
             })
             .collect();
         states.retain(|id, _| view.nodes.iter().any(|n| &n.id == id));
+        pools.retain(|target, _| {
+            nodes
+                .iter()
+                .any(|n| n.pool.as_ref().is_some_and(|p| p.target() == target))
+        });
         let serving = |serves: fn(&Node) -> bool| -> Vec<usize> {
             nodes
                 .iter()
@@ -199,7 +225,7 @@ impl ViewPublisher {
             published_at: SystemTime::now(),
         };
         self.inner.current.store(Arc::new(snapshot));
-        drop(states);
+        drop(carried);
         metrics::counter!("kgw_view_updates_total").increment(1);
         self.inner.changed.send_replace(version);
     }

@@ -1,0 +1,133 @@
+//! Idle HTTP/1.1 connections to one node endpoint, newest first. A pool
+//! belongs to the endpoint (address, and TLS name if any) and is carried
+//! from snapshot to snapshot with it, so a request finds it on its node
+//! without hashing anything. The lock is this node's alone and is held
+//! for a push or a pop, never across an await.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::SendRequest;
+
+use crate::proxy::Recoverable;
+
+/// The sending half of one upstream connection (its I/O runs in its own
+/// task).
+pub type Sender = SendRequest<Recoverable>;
+
+/// Where a node's connections go.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// The name to verify the node's certificate against (its advertised
+    /// host); `None` for plain HTTP.
+    pub tls_name: Option<Arc<str>>,
+}
+
+/// The idle connections to one node endpoint.
+pub struct NodePool {
+    target: Target,
+    /// Oldest at the front, newest at the back (taken first: the warmest
+    /// connection, and the old ones age out).
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+impl std::fmt::Debug for NodePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodePool")
+            .field("target", &self.target)
+            .field("idle", &self.idle_count())
+            .finish()
+    }
+}
+
+impl NodePool {
+    pub fn new(target: Target) -> NodePool {
+        NodePool {
+            target,
+            idle: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    fn idle(&self) -> MutexGuard<'_, VecDeque<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The newest idle connection that is still open and has been idle at
+    /// most `max_idle_time`. Older ones are dropped on the way (outside the
+    /// lock: dropping a sender wakes its connection task).
+    pub fn take(&self, now: Instant, max_idle_time: Duration) -> Option<Sender> {
+        let mut dropped = Vec::new();
+        let found = {
+            let mut idle = self.idle();
+            loop {
+                let Some(entry) = idle.pop_back() else {
+                    break None;
+                };
+                if now.saturating_duration_since(entry.since) > max_idle_time {
+                    // Everything in front of it is older still.
+                    dropped.push(entry);
+                    dropped.extend(idle.drain(..));
+                    break None;
+                }
+                if entry.sender.is_closed() {
+                    dropped.push(entry);
+                    continue;
+                }
+                break Some(entry.sender);
+            }
+        };
+        drop(dropped);
+        found
+    }
+
+    /// Keeps a connection whose last exchange ended cleanly, up to
+    /// `max_idle` per node (the oldest goes first).
+    pub fn put(&self, sender: Sender, now: Instant, max_idle: usize) {
+        if max_idle == 0 || sender.is_closed() {
+            return;
+        }
+        let evicted = {
+            let mut idle = self.idle();
+            let evicted = (idle.len() >= max_idle).then(|| idle.pop_front()).flatten();
+            idle.push_back(Idle { sender, since: now });
+            evicted
+        };
+        drop(evicted);
+    }
+
+    /// Drops connections idle longer than `max_idle_time`, or closed by the
+    /// node. Returns how many remain.
+    pub fn reap(&self, now: Instant, max_idle_time: Duration) -> usize {
+        let mut dropped = Vec::new();
+        let remaining = {
+            let mut idle = self.idle();
+            for entry in std::mem::take(&mut *idle) {
+                let expired = now.saturating_duration_since(entry.since) > max_idle_time;
+                if expired || entry.sender.is_closed() {
+                    dropped.push(entry);
+                } else {
+                    idle.push_back(entry);
+                }
+            }
+            idle.len()
+        };
+        drop(dropped);
+        remaining
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle().len()
+    }
+}
