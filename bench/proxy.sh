@@ -11,6 +11,9 @@
 #   DURATION=5s CONNECTIONS=32 bench/proxy.sh
 #   GATEWAY_BIN=path BASELINE_BIN=path bench/proxy.sh   # a given build, and
 #                                       # another one as a "baseline" row
+#   VARIANT_TOML=$'[runtime]\nkind = "current-thread"' bench/proxy.sh
+#                                       # the same build with more config, as
+#                                       # a "variant" row
 #
 # Needs nginx (Debian nginx-light) and wrk; installs haproxy with apt-get if
 # it is missing and we are root. Starts everything on 127.0.0.1 with its own
@@ -52,6 +55,8 @@ haproxy_port=$(free_port)
 nginx_proxy_port=$(free_port)
 baseline_port=$(free_port)
 baseline_admin_port=$(free_port)
+variant_port=$(free_port)
+variant_admin_port=$(free_port)
 
 start_nginx "$nginx_port"
 start_nginx_proxy "$nginx_proxy_port" "$nginx_port"
@@ -69,6 +74,16 @@ if [ -n "${BASELINE_BIN:-}" ]; then
     RUST_LOG=warn "$BASELINE_BIN" --config "$work/baseline.toml" >"$work/baseline.log" 2>&1 &
     pids+=($!)
     baseline_pid=$!
+fi
+
+# The same build with more config (VARIANT_TOML), measured in the same run.
+variant_pid=0
+if [ -n "${VARIANT_TOML:-}" ]; then
+    gateway_config "$work/variant.toml" "$variant_port" "$variant_admin_port" "$nginx_port"
+    printf '%s\n' "$VARIANT_TOML" >>"$work/variant.toml"
+    RUST_LOG=warn "$gateway_bin" --config "$work/variant.toml" >"$work/variant.log" 2>&1 &
+    pids+=($!)
+    variant_pid=$!
 fi
 
 # The same gateway with the query-affinity plugin deciding every query.
@@ -123,6 +138,10 @@ targets=(direct:$nginx_port:0 nginx:$nginx_proxy_port:$nginx_proxy_pid
 if [ "$baseline_pid" != 0 ]; then
     wait_port "$baseline_port"
     targets+=(baseline:$baseline_port:$baseline_pid)
+fi
+if [ "$variant_pid" != 0 ]; then
+    wait_port "$variant_port"
+    targets+=(variant:$variant_port:$variant_pid)
 fi
 targets+=(gateway+affinity:$plugin_port:$plugin_pid haproxy:$haproxy_port:$haproxy_pid)
 

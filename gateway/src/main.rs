@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kylin_gateway::admin::auth::{self, AdminToken};
 use kylin_gateway::admin::{self, Admin};
-use kylin_gateway::config::{self, Config, Discovery};
+use kylin_gateway::config::{self, Config, Discovery, RuntimeKind, RuntimeSettings};
 use kylin_gateway::discovery;
 use kylin_gateway::discovery::leader_check::LeaderCheckStatus;
 use kylin_gateway::plugin::{self, PluginChain, PluginControl, RoutingPolicy};
@@ -103,7 +103,13 @@ fn main() -> ExitCode {
                 Err(error) => return config_failure(&error),
             };
             let _log_writer = init_tracing();
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            let runtime = match build_runtime(config.runtime) {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("kylin-gateway: runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
             match runtime.block_on(run(config, admin_token, tls)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -183,6 +189,21 @@ fn load_admin_token(config: &Config) -> anyhow::Result<Option<AdminToken>> {
     Ok(auth::resolve(config, file_text.as_deref(), env.as_deref())?)
 }
 
+/// The async runtime `[runtime]` asks for.
+fn build_runtime(settings: RuntimeSettings) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match settings.kind {
+        RuntimeKind::MultiThread => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if settings.threads > 0 {
+                builder.worker_threads(settings.threads);
+            }
+            builder
+        }
+        RuntimeKind::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+    };
+    builder.enable_all().build()
+}
+
 /// TLS both ways, read before the runtime starts (files, the system's trust
 /// store): termination when `listen.https` is set, and TLS to nodes.
 struct TlsSetup {
@@ -247,6 +268,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
         policy,
         tls.upstream.clone(),
     ));
+    let idle_reaper = tokio::spawn(proxy.upstreams().clone().reap_idle(views.clone()));
     let cert_store = tls.termination.as_ref().map(|t| t.store.clone());
     let admin_listener = TcpListener::bind(config.listen.admin)
         .await
@@ -333,6 +355,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
     // the runtime, zookeeper-client's session task can go first and its
     // pending watches then panic on a cancelled channel.
     discovery_task.abort();
+    idle_reaper.abort();
     let _ = discovery_task.await;
     tracing::info!("stopped");
     Ok(())

@@ -105,23 +105,29 @@ async fn end_to_end_headers_pass_and_hop_by_hop_headers_do_not() {
     }
 }
 
+/// On either runtime shape (`[runtime] kind`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_kept_alive_and_reused() {
-    let node = Backend::start("n", 0).await;
-    let gateway = Gateway::start(&static_discovery(&[(node.addr, "all", true)]));
-    gateway.wait_ready().await;
-    let c = client();
-    for _ in 0..50 {
-        let r = send(&c, "POST", &gateway.url("/kylin/api/query"), &[], "{}")
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200);
+    for runtime in ["multi-thread", "current-thread"] {
+        let node = Backend::start("n", 0).await;
+        let gateway = Gateway::start(&format!(
+            "[runtime]\nkind = \"{runtime}\"\n{}",
+            static_discovery(&[(node.addr, "all", true)])
+        ));
+        gateway.wait_ready().await;
+        let c = client();
+        for _ in 0..50 {
+            let r = send(&c, "POST", &gateway.url("/kylin/api/query"), &[], "{}")
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+        }
+        let opened = node.connections.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            opened <= 2,
+            "{runtime}: 50 sequential requests opened {opened} upstream connections"
+        );
     }
-    let opened = node.connections.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        opened <= 2,
-        "50 sequential requests opened {opened} upstream connections"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

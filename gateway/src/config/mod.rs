@@ -58,6 +58,26 @@ pub struct Config {
     pub plugin_runtime: PluginRuntime,
     pub admin: AdminSettings,
     pub limits: Limits,
+    pub runtime: RuntimeSettings,
+}
+
+/// `[runtime]`: the shape of the async runtime serving requests.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct RuntimeSettings {
+    pub kind: RuntimeKind,
+    /// Worker threads of the multi-thread runtime; 0: one per core the
+    /// process may run on.
+    pub threads: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeKind {
+    /// tokio's work-stealing runtime.
+    MultiThread,
+    /// One thread does everything: the cheapest per request when the
+    /// gateway has (or is pinned to) one core.
+    CurrentThread,
 }
 
 /// `[admin]`: who may use the admin API. The token itself is not part of

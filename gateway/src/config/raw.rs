@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub runtime: RawRuntime,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +166,13 @@ pub struct RawPluginRuntime {
     pub cache_dir: Option<String>,
     pub watch_files: Option<bool>,
     pub idle_instances: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub kind: Option<String>,
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -138,6 +138,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             30_000,
             0,
         )?,
+        runtime: runtime(raw.runtime)?,
         plugins: plugins(raw.plugins)?,
         plugin_runtime: PluginRuntime {
             deadline: ms(
@@ -653,6 +654,27 @@ fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
         )?,
         pool_max_idle_per_host: raw.pool_max_idle_per_host.unwrap_or(64),
     })
+}
+
+fn runtime(raw: RawRuntime) -> Result<RuntimeSettings, ConfigError> {
+    let kind = match raw.kind.as_deref().unwrap_or("multi-thread") {
+        "multi-thread" => RuntimeKind::MultiThread,
+        "current-thread" => RuntimeKind::CurrentThread,
+        other => {
+            return Err(ConfigError::new(
+                "runtime.kind",
+                format!("'{other}' is not multi-thread or current-thread"),
+            ));
+        }
+    };
+    let threads = raw.threads.unwrap_or(0);
+    if kind == RuntimeKind::CurrentThread && threads > 1 {
+        return Err(ConfigError::new(
+            "runtime.threads",
+            format!("a current-thread runtime has one thread, got {threads}"),
+        ));
+    }
+    Ok(RuntimeSettings { kind, threads })
 }
 
 /// At most 16 MiB: each buffered answer is held in memory whole.
