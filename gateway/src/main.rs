@@ -17,6 +17,7 @@ use kylin_gateway::discovery::leader_check::LeaderCheckStatus;
 use kylin_gateway::plugin::{self, PluginChain, PluginControl, RoutingPolicy};
 use kylin_gateway::proxy::{Proxy, server};
 use kylin_gateway::tls::{self, Termination, UpstreamTls, Verification};
+use kylin_gateway::upstream;
 use kylin_gateway::view::ViewPublisher;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -204,6 +205,16 @@ fn build_runtime(settings: RuntimeSettings) -> std::io::Result<tokio::runtime::R
     builder.enable_all().build()
 }
 
+/// With a current-thread runtime, the proxy listeners are served by this
+/// many threads of their own (`runtime.threads`, 0: one per core the
+/// process may run on); `None`: served on the multi-thread runtime.
+fn per_core_threads(settings: RuntimeSettings) -> Option<usize> {
+    (settings.kind == RuntimeKind::CurrentThread).then(|| match settings.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    })
+}
+
 /// TLS both ways, read before the runtime starts (files, the system's trust
 /// store): termination when `listen.https` is set, and TLS to nodes.
 struct TlsSetup {
@@ -243,6 +254,12 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
 
 async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> anyhow::Result<()> {
     let metrics = admin::install_recorder();
+    // Before the first view: each serving thread gets its own idle list
+    // in every node's connection pool.
+    let per_core = per_core_threads(config.runtime);
+    if let Some(threads) = per_core {
+        upstream::set_shards(threads);
+    }
     let views = ViewPublisher::with_upstream_tls(config.upstream.tls);
     if tls.upstream.verification() == Verification::Insecure {
         tracing::warn!(
@@ -307,34 +324,47 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
         tls.upstream.clone(),
     ));
 
+    let mut listeners = Vec::new();
     if let Some(address) = config.listen.http {
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("listen.http: cannot bind {address}"))?;
-        tracing::info!(%address, "serving HTTP");
-        tasks.spawn(server::serve(
-            listener,
-            proxy.clone(),
-            None,
-            stopped(),
-            config.drain_timeout,
-            config.limits,
-        ));
+        listeners.push(("listen.http", address, None));
     }
     if let (Some(address), Some(termination)) = (config.listen.https, &tls.termination) {
-        let acceptor = termination.acceptor.clone();
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("listen.https: cannot bind {address}"))?;
-        tracing::info!(%address, "serving HTTPS");
-        tasks.spawn(server::serve(
-            listener,
-            proxy.clone(),
-            Some(acceptor),
-            stopped(),
-            config.drain_timeout,
-            config.limits,
-        ));
+        listeners.push(("listen.https", address, Some(termination.acceptor.clone())));
+    }
+    for (key, address, acceptor) in listeners {
+        let scheme = if acceptor.is_some() { "HTTPS" } else { "HTTP" };
+        match per_core {
+            None => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("{key}: cannot bind {address}"))?;
+                tasks.spawn(server::serve(
+                    listener,
+                    proxy.clone(),
+                    acceptor,
+                    stopped(),
+                    config.drain_timeout,
+                    config.limits,
+                ));
+            }
+            Some(threads) => {
+                let mut limits = config.limits;
+                limits.max_connections = limits.max_connections.div_ceil(threads);
+                let served = server::serve_per_core(
+                    address,
+                    threads,
+                    proxy.clone(),
+                    acceptor,
+                    stop_rx.clone(),
+                    config.drain_timeout,
+                    limits,
+                )
+                .await
+                .with_context(|| format!("{key}: cannot bind {address}"))?;
+                tasks.spawn(served);
+            }
+        }
+        tracing::info!(%address, threads = per_core.unwrap_or(0), "serving {scheme}");
     }
     // The admin listener starts last, so /readyz answers only once every
     // proxy listener is bound, and outlives them: it reports `draining`

@@ -18,11 +18,17 @@ async fn refuses_connections(port: u16) -> Option<()> {
         .then_some(())
 }
 
+/// On both runtime shapes: thread per core drains every serving thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    drains_in_flight_requests("multi-thread").await;
+    drains_in_flight_requests("current-thread").await;
+}
+
+async fn drains_in_flight_requests(runtime: &str) {
     let node = Backend::start("n", 0).await;
     let mut gateway = Gateway::start(&format!(
-        "{}\n[shutdown]\ndrain_timeout_ms = 10000\n",
+        "{}\n[shutdown]\ndrain_timeout_ms = 10000\n[runtime]\nkind = \"{runtime}\"\n",
         static_discovery(&[(node.addr, "all", true)])
     ));
     gateway.wait_ready().await;

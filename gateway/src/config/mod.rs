@@ -65,8 +65,8 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct RuntimeSettings {
     pub kind: RuntimeKind,
-    /// Worker threads of the multi-thread runtime; 0: one per core the
-    /// process may run on.
+    /// Worker threads of the multi-thread runtime, or serving threads of
+    /// the current-thread shape; 0: one per core the process may run on.
     pub threads: usize,
 }
 
@@ -75,8 +75,9 @@ pub struct RuntimeSettings {
 pub enum RuntimeKind {
     /// tokio's work-stealing runtime.
     MultiThread,
-    /// One thread does everything: the cheapest per request when the
-    /// gateway has (or is pinned to) one core.
+    /// Thread per core: each serving thread runs a current-thread runtime
+    /// on its own `SO_REUSEPORT` socket, and a connection stays on the
+    /// thread that accepted it.
     CurrentThread,
 }
 

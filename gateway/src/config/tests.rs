@@ -475,7 +475,7 @@ fn the_runtime_shape_is_checked_and_round_trips() {
     let error = error_of(&format!("{MINIMAL}[runtime]\nkind = \"fibers\"\n"));
     assert!(error.starts_with("runtime.kind"), "{error}");
     let error = error_of(&format!(
-        "{MINIMAL}[runtime]\nkind = \"current-thread\"\nthreads = 4\n"
+        "{MINIMAL}[runtime]\nkind = \"current-thread\"\nthreads = 4096\n"
     ));
     assert!(error.starts_with("runtime.threads"), "{error}");
 }

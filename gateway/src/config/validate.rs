@@ -668,10 +668,10 @@ fn runtime(raw: RawRuntime) -> Result<RuntimeSettings, ConfigError> {
         }
     };
     let threads = raw.threads.unwrap_or(0);
-    if kind == RuntimeKind::CurrentThread && threads > 1 {
+    if threads > 1024 {
         return Err(ConfigError::new(
             "runtime.threads",
-            format!("a current-thread runtime has one thread, got {threads}"),
+            format!("must be at most 1024, got {threads}"),
         ));
     }
     Ok(RuntimeSettings { kind, threads })

@@ -80,6 +80,91 @@ pub async fn serve(
     }
 }
 
+/// Serves `address` from `threads` threads, each running its own
+/// current-thread runtime on its own `SO_REUSEPORT` socket: the kernel
+/// spreads new connections over them, and a connection's requests stay on
+/// its thread (no work stealing, no cross-thread wake-ups). Returns once
+/// every socket is bound (or with the first bind error); the returned
+/// future ends when `stop` turned true and every thread has drained.
+pub async fn serve_per_core(
+    address: SocketAddr,
+    threads: usize,
+    proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
+    limits: Limits,
+) -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    // Every thread keeps its runtime (and the upstream connections it
+    // drives, which other threads may be using) until all have drained.
+    let drained = Arc::new(tokio::sync::Barrier::new(threads));
+    let mut bound = Vec::with_capacity(threads);
+    let mut handles = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        bound.push(bound_rx);
+        let (proxy, tls, mut stop, drained) =
+            (proxy.clone(), tls.clone(), stop.clone(), drained.clone());
+        let serve_thread = move || {
+            crate::upstream::enter_shard(index);
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = bound_tx.send(Err(error));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match reuseport_listener(address) {
+                    Ok(listener) => {
+                        let _ = bound_tx.send(Ok(()));
+                        let shutdown = async move {
+                            let _ = stop.wait_for(|stop| *stop).await;
+                        };
+                        serve(listener, proxy, tls, shutdown, drain, limits).await;
+                    }
+                    Err(error) => {
+                        let _ = bound_tx.send(Err(error));
+                    }
+                }
+                drained.wait().await;
+            });
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("kgw-serve-{index}"))
+                .spawn(serve_thread)?,
+        );
+    }
+    for result in bound {
+        result
+            .await
+            .map_err(|_| std::io::Error::other("a serving thread ended before binding"))??;
+    }
+    Ok(async move {
+        for handle in handles {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    })
+}
+
+/// A listening socket on `address` that other sockets may share
+/// (`SO_REUSEPORT`), each getting its share of new connections.
+fn reuseport_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
 /// HTTP/1.1 and h2c (and both over TLS), bounded by `limits`.
 ///
 /// hyper's HTTP/1 header read timeout runs from the moment a connection

@@ -8,7 +8,7 @@
 
 mod pool;
 
-pub use pool::{NodePool, Sender, Target};
+pub use pool::{NodePool, Sender, Target, enter_shard, set_shards};
 
 use std::io;
 use std::time::{Duration, Instant};

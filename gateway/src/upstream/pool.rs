@@ -1,11 +1,16 @@
 //! Idle HTTP/1.1 connections to one node endpoint, newest first. A pool
 //! belongs to the endpoint (address, and TLS name if any) and is carried
 //! from snapshot to snapshot with it, so a request finds it on its node
-//! without hashing anything. The lock is this node's alone and is held
-//! for a push or a pop, never across an await.
+//! without hashing anything. With thread-per-core serving, each serving
+//! thread has its own idle list in every pool (its shard): a connection
+//! is driven by the thread that opened it and only that thread reuses it,
+//! so a request costs no cross-thread wake-up and its lock is uncontended.
+//! A lock is held for a push or a pop, never across an await.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,6 +21,25 @@ use crate::proxy::Recoverable;
 /// The sending half of one upstream connection (its I/O runs in its own
 /// task).
 pub type Sender = SendRequest<Recoverable>;
+
+/// How many idle lists each pool has: one per serving thread.
+static SHARDS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// The idle list this thread uses in every pool.
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Gives every pool made from now on `shards` idle lists. Called once at
+/// start-up, before the first view is published.
+pub fn set_shards(shards: usize) {
+    SHARDS.store(shards.max(1), Ordering::Relaxed);
+}
+
+/// Makes this serving thread use idle list `shard` of every pool.
+pub fn enter_shard(shard: usize) {
+    SHARD.with(|s| s.set(shard));
+}
 
 /// Where a node's connections go.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -29,9 +53,10 @@ pub struct Target {
 /// The idle connections to one node endpoint.
 pub struct NodePool {
     target: Target,
-    /// Oldest at the front, newest at the back (taken first: the warmest
-    /// connection, and the old ones age out).
-    idle: Mutex<VecDeque<Idle>>,
+    /// One idle list per serving thread. Each is ordered oldest at the
+    /// front, newest at the back (taken first: the warmest connection, and
+    /// the old ones age out).
+    shards: Box<[Mutex<VecDeque<Idle>>]>,
 }
 
 struct Idle {
@@ -50,9 +75,15 @@ impl std::fmt::Debug for NodePool {
 
 impl NodePool {
     pub fn new(target: Target) -> NodePool {
+        NodePool::with_shards(target, SHARDS.load(Ordering::Relaxed))
+    }
+
+    /// A pool with `shards` idle lists (at least one).
+    pub fn with_shards(target: Target, shards: usize) -> NodePool {
+        let shards = shards.max(1);
         NodePool {
             target,
-            idle: Mutex::new(VecDeque::new()),
+            shards: (0..shards).map(|_| Mutex::new(VecDeque::new())).collect(),
         }
     }
 
@@ -60,8 +91,10 @@ impl NodePool {
         &self.target
     }
 
+    /// This thread's idle list.
     fn idle(&self) -> MutexGuard<'_, VecDeque<Idle>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        let shard = SHARD.with(Cell::get) % self.shards.len();
+        lock(&self.shards[shard])
     }
 
     /// The newest idle connection that is still open and has been idle at
@@ -108,26 +141,34 @@ impl NodePool {
     }
 
     /// Drops connections idle longer than `max_idle_time`, or closed by the
-    /// node. Returns how many remain.
+    /// node, from every shard. Returns how many remain.
     pub fn reap(&self, now: Instant, max_idle_time: Duration) -> usize {
-        let mut dropped = Vec::new();
-        let remaining = {
-            let mut idle = self.idle();
-            for entry in std::mem::take(&mut *idle) {
-                let expired = now.saturating_duration_since(entry.since) > max_idle_time;
-                if expired || entry.sender.is_closed() {
-                    dropped.push(entry);
-                } else {
-                    idle.push_back(entry);
+        let mut remaining = 0;
+        for shard in &self.shards {
+            let mut dropped = Vec::new();
+            {
+                let mut idle = lock(shard);
+                for entry in std::mem::take(&mut *idle) {
+                    let expired = now.saturating_duration_since(entry.since) > max_idle_time;
+                    if expired || entry.sender.is_closed() {
+                        dropped.push(entry);
+                    } else {
+                        idle.push_back(entry);
+                    }
                 }
+                remaining += idle.len();
             }
-            idle.len()
-        };
-        drop(dropped);
+            drop(dropped);
+        }
         remaining
     }
 
+    /// Idle connections in every shard.
     pub fn idle_count(&self) -> usize {
-        self.idle().len()
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
     }
+}
+
+fn lock(shard: &Mutex<VecDeque<Idle>>) -> MutexGuard<'_, VecDeque<Idle>> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }

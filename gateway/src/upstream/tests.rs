@@ -148,3 +148,55 @@ async fn a_refused_connect_is_an_error_not_a_hang() {
     let error = upstreams.checkout(&pool(addr), true).await.err().unwrap();
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
 }
+
+/// Two serving threads, each on a runtime of its own that stays up (and
+/// drives its connections) until both are done: the first exchanges, then
+/// the second, then both end.
+#[test]
+fn each_serving_thread_reuses_only_its_own_connections() {
+    use tokio::sync::oneshot;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (addr, accepted) = runtime.block_on(node());
+    let upstreams = upstreams(8, Duration::from_secs(60));
+    let pool = Arc::new(NodePool::with_shards(
+        Target {
+            addr,
+            tls_name: None,
+        },
+        2,
+    ));
+    let serving_thread = |shard: usize,
+                          start: oneshot::Receiver<()>,
+                          done: oneshot::Sender<()>,
+                          end: oneshot::Receiver<()>| {
+        let (upstreams, pool) = (upstreams.clone(), pool.clone());
+        std::thread::spawn(move || {
+            enter_shard(shard);
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let _ = start.await;
+                    let reused = exchange(&upstreams, &pool, true, "/a").await;
+                    let _ = done.send(());
+                    let _ = end.await;
+                    reused
+                })
+        })
+    };
+    let (start_first, first_start) = oneshot::channel();
+    let (first_done, second_start) = oneshot::channel();
+    let (second_done, both_done) = oneshot::channel();
+    let (end_first, first_end) = oneshot::channel();
+    let (end_second, second_end) = oneshot::channel();
+    let first = serving_thread(0, first_start, first_done, first_end);
+    let second = serving_thread(1, second_start, second_done, second_end);
+    start_first.send(()).unwrap();
+    runtime.block_on(both_done).unwrap();
+    end_first.send(()).unwrap();
+    end_second.send(()).unwrap();
+    assert!(!first.join().unwrap());
+    assert!(!second.join().unwrap(), "shard 1 took shard 0's connection");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
