@@ -44,6 +44,10 @@ impl Conn {
             .header("Host", "gateway")
             .body(Empty::new())
             .ok()?;
+        // After an answer, hyper's client needs a moment (its connection
+        // task) before it takes the next request; sending at once races it
+        // ("connection was not ready").
+        self.sender.ready().await.ok()?;
         let response = self.sender.send_request(request).await.ok()?;
         let status = response.status().as_u16();
         http_body_util::BodyExt::collect(response.into_body())

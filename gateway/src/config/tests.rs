@@ -460,17 +460,15 @@ fn tls_settings_round_trip_through_the_printed_config() {
 #[test]
 fn the_runtime_shape_is_checked_and_round_trips() {
     let config = parse(MINIMAL).unwrap();
-    assert_eq!(config.runtime.kind, RuntimeKind::MultiThread);
-    assert_eq!(config.runtime.threads, 0);
-    let text = format!("{MINIMAL}[runtime]\nkind = \"current-thread\"\n");
-    let config = parse(&text).unwrap();
     assert_eq!(config.runtime.kind, RuntimeKind::CurrentThread);
+    assert_eq!(config.runtime.threads, 0);
+    let text = format!("{MINIMAL}[runtime]\nkind = \"multi-thread\"\nthreads = 3\n");
+    let config = parse(&text).unwrap();
+    assert_eq!(config.runtime.kind, RuntimeKind::MultiThread);
     let printed = toml::to_string_pretty(&config).unwrap();
-    assert!(printed.contains("kind = \"current-thread\""), "{printed}");
-    assert_eq!(
-        parse(&printed).unwrap().runtime.kind,
-        RuntimeKind::CurrentThread
-    );
+    assert!(printed.contains("kind = \"multi-thread\""), "{printed}");
+    let again = parse(&printed).unwrap().runtime;
+    assert_eq!((again.kind, again.threads), (RuntimeKind::MultiThread, 3));
 
     let error = error_of(&format!("{MINIMAL}[runtime]\nkind = \"fibers\"\n"));
     assert!(error.starts_with("runtime.kind"), "{error}");

@@ -657,7 +657,7 @@ fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
 }
 
 fn runtime(raw: RawRuntime) -> Result<RuntimeSettings, ConfigError> {
-    let kind = match raw.kind.as_deref().unwrap_or("multi-thread") {
+    let kind = match raw.kind.as_deref().unwrap_or("current-thread") {
         "multi-thread" => RuntimeKind::MultiThread,
         "current-thread" => RuntimeKind::CurrentThread,
         other => {
