@@ -98,7 +98,7 @@ job_hold_ms = 15000
 
 [[plugins]]
 name = "affinity"
-path = "plugins/target/wasm32-wasip2/release/query_affinity.wasm"
+path = "$PWD/plugins/target/wasm32-wasip2/release/query_affinity.wasm"
 config = '{"hash": "project+sql"}'
 on_error = "fallback"
 TOML
