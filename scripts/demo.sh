@@ -40,13 +40,14 @@ stop_within() {
 # may already be dying while a node still tries to deregister from it, which
 # the node gives up on only after seconds). The nodes and the gateway go
 # first, while ZooKeeper can still take their deregistrations; then
-# ZooKeeper; whatever is left after 1.5 s is killed.
+# ZooKeeper (its JVM takes most of a second); whatever is left after at
+# most 1.7 s is killed.
 cleanup() {
   trap - EXIT INT TERM
   local everything=("${node_pids[@]}" $gateway_pid $zk_pid)
   [ ${#everything[@]} -gt 0 ] || return 0
-  stop_within 20 "${node_pids[@]}" $gateway_pid
-  stop_within 10 $zk_pid
+  stop_within 16 "${node_pids[@]}" $gateway_pid
+  stop_within 18 $zk_pid
   local left
   left=$(alive "${everything[@]}")
   if [ -n "$left" ]; then
