@@ -32,8 +32,9 @@ struct Cli {
     /// The gateway's TOML config.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// An operator's kylin.properties to take ZooKeeper settings from.
-    #[arg(long, value_name = "FILE")]
+    /// An operator's kylin.properties to take ZooKeeper settings from
+    /// (before or after the subcommand).
+    #[arg(long, value_name = "FILE", global = true)]
     kylin_properties: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -157,12 +158,23 @@ fn config_failure(error: &anyhow::Error) -> ExitCode {
 fn load_config(file: &Path, kylin_properties: Option<&Path>) -> anyhow::Result<Config> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let mut config = config::parse(&text)?;
+    // A --kylin-properties path is relative to the working directory.
+    let kylin_properties = kylin_properties
+        .map(std::path::absolute)
+        .transpose()
+        .context("--kylin-properties")?;
+    let mut config = config::parse_with_kylin_properties(&text, kylin_properties.as_deref())?;
+    // Relative paths in the file are relative to the file, not to the
+    // working directory.
+    let dir = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir = std::path::absolute(dir)
+        .with_context(|| format!("cannot resolve the directory of {}", file.display()))?;
+    config.resolve_paths(&dir);
     if let Discovery::Zookeeper(settings) = &mut config.discovery {
-        let path = kylin_properties
-            .map(Path::to_path_buf)
-            .or_else(|| settings.kylin_properties.clone());
-        if let Some(path) = path {
+        if let Some(path) = settings.kylin_properties.clone() {
             let props = std::fs::read_to_string(&path).with_context(|| {
                 format!("discovery.kylin_properties: cannot read {}", path.display())
             })?;

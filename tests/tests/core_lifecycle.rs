@@ -340,3 +340,136 @@ async fn metrics_count_requests_latency_retries_ejections_and_view_updates() {
     );
     assert_eq!(value("kgw_upstream_in_flight", &[&upstream]), 0.0);
 }
+
+/// Runs `kylin-gateway ARGS…` in `cwd`, bounded.
+fn gateway_in(cwd: &Path, args: &[&str]) -> (i32, String, String) {
+    let output = run_with_deadline(
+        "kylin-gateway",
+        Command::new(target_bin("kylin-gateway"))
+            .args(args)
+            .current_dir(cwd),
+        Duration::from_secs(30),
+    );
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_takes_kylin_properties_before_or_after_the_subcommand() {
+    let dir = TempDir::new("kgw-props");
+    std::fs::write(
+        dir.path.join("gateway.toml"),
+        "[listen]\nhttp = \"127.0.0.1:7070\"\nadmin = \"127.0.0.1:7071\"\n[discovery]\nkind = \"zookeeper\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path.join("kylin.properties"),
+        "kylin.env.zookeeper-connect-string=zk-from-props:2181\nkylin.metadata.url=kylin_meta_props@hbase\n",
+    )
+    .unwrap();
+    let after = [
+        "check-config",
+        "gateway.toml",
+        "--kylin-properties",
+        "kylin.properties",
+    ];
+    let before = [
+        "--kylin-properties",
+        "kylin.properties",
+        "check-config",
+        "gateway.toml",
+    ];
+    for args in [&after, &before] {
+        let (code, stdout, stderr) = gateway_in(&dir.path, args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        assert!(
+            stdout.contains("connect = \"zk-from-props:2181\""),
+            "{args:?}: connect string not taken from kylin.properties:\n{stdout}"
+        );
+        assert!(
+            stdout.contains("/kylin/kylin_meta_props"),
+            "{args:?}: base path not taken from kylin.properties:\n{stdout}"
+        );
+    }
+}
+
+/// Relative paths in the config are relative to the config file, not to
+/// the working directory: an admin token file and CA bundle (read by
+/// `check-config`) and a plugin (loaded when serving), with the gateway
+/// started from another directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_paths_in_the_config_resolve_against_its_directory() {
+    use kylin_gateway_tests::support::certs::TestCa;
+    use kylin_gateway_tests::support::plugins;
+    use kylin_gateway_tests::support::process::{ChildGuard, free_port};
+
+    let config_dir = TempDir::new("kgw-conf");
+    let elsewhere = TempDir::new("kgw-cwd");
+    std::fs::create_dir_all(config_dir.path.join("secrets")).unwrap();
+    std::fs::create_dir_all(config_dir.path.join("plugins")).unwrap();
+    std::fs::write(config_dir.path.join("secrets/admin-token"), "s3cret\n").unwrap();
+    TestCa::new("nodes CA").write(&config_dir.path.join("nodes-ca.pem"));
+    std::fs::copy(
+        &plugins::built().query_affinity,
+        config_dir.path.join("plugins/affinity.wasm"),
+    )
+    .unwrap();
+
+    let node = Backend::start("n", 0).await;
+    let (http_port, admin_port) = (free_port(), free_port());
+    let config = format!(
+        "[listen]\nhttp = \"127.0.0.1:{http_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n\
+         [admin]\ntoken_file = \"secrets/admin-token\"\n\
+         [upstream]\ntls_ca = \"nodes-ca.pem\"\n\
+         {}\n\
+         [[plugins]]\nname = \"affinity\"\npath = \"plugins/affinity.wasm\"\nconfig = '{{\"hash\": \"project+sql\"}}'\n",
+        static_discovery(&[(node.addr, "all", true)])
+    );
+    let file = config_dir.path.join("gateway.toml");
+    std::fs::write(&file, config).unwrap();
+    let file_arg = file.to_str().unwrap();
+
+    // check-config reads the token file and the CA bundle.
+    let (code, stdout, stderr) = gateway_in(&elsewhere.path, &["check-config", file_arg]);
+    assert_eq!(code, 0, "check-config from another directory: {stderr}");
+    let expected = config_dir.path.join("plugins/affinity.wasm");
+    assert!(
+        stdout.contains(expected.to_str().unwrap()),
+        "the plugin path is not resolved against the config's directory:\n{stdout}"
+    );
+    // The same from the config's parent, naming the config relatively.
+    let parent = config_dir.path.parent().unwrap();
+    let relative = file.strip_prefix(parent).unwrap().to_str().unwrap();
+    let (code, _, stderr) = gateway_in(parent, &["check-config", relative]);
+    assert_eq!(code, 0, "check-config {relative} from its parent: {stderr}");
+
+    // Serving loads the plugin from the config's directory.
+    let mut command = Command::new(target_bin("kylin-gateway"));
+    command
+        .args(["--config", file_arg])
+        .current_dir(&elsewhere.path)
+        .env("RUST_LOG", "warn");
+    let mut gateway = ChildGuard::spawn("kylin-gateway", &mut command).unwrap();
+    let c = client();
+    let plugins_url = format!("http://127.0.0.1:{admin_port}/admin/plugins");
+    let reply = eventually_async(
+        "the gateway serves /admin/plugins",
+        Duration::from_secs(60),
+        || {
+            let c = c.clone();
+            let url = plugins_url.clone();
+            async move {
+                send(&c, "GET", &url, &[("Authorization", "Bearer s3cret")], "")
+                    .await
+                    .ok()
+                    .filter(|r| r.status == 200)
+            }
+        },
+    )
+    .await;
+    assert!(reply.text().contains("affinity"), "{}", reply.text());
+    assert_eq!(gateway.terminate().and_then(|s| s.code()), Some(0));
+}

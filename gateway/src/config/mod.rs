@@ -12,7 +12,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -21,7 +21,7 @@ use crate::balance::health::Ejection;
 use crate::classify::{ApiGeneration, Rule};
 use crate::view::Modes;
 
-pub use validate::parse;
+pub use validate::{parse, parse_with_kylin_properties};
 
 /// A configuration problem: which key, and what is wrong with it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,6 +59,44 @@ pub struct Config {
     pub admin: AdminSettings,
     pub limits: Limits,
     pub runtime: RuntimeSettings,
+}
+
+impl Config {
+    /// Makes every relative path in the config (plugins, certificates and
+    /// CA bundles, the admin token file, the plugin cache, `kylin.properties`)
+    /// relative to `base`, the directory of the config file, as nginx and
+    /// HAProxy do: the gateway then reads the same files whatever directory
+    /// it was started from. Absolute paths are kept.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        let resolve_opt = |path: &mut Option<PathBuf>| {
+            if let Some(path) = path {
+                resolve(path);
+            }
+        };
+        if let Some(tls) = &mut self.tls {
+            resolve_opt(&mut tls.cert);
+            resolve_opt(&mut tls.key);
+            resolve_opt(&mut tls.client_ca);
+            for pair in &mut tls.certs {
+                resolve(&mut pair.cert);
+                resolve(&mut pair.key);
+            }
+        }
+        if let Discovery::Zookeeper(settings) = &mut self.discovery {
+            resolve_opt(&mut settings.kylin_properties);
+        }
+        resolve_opt(&mut self.upstream.tls_ca);
+        for plugin in &mut self.plugins {
+            resolve(&mut plugin.path);
+        }
+        resolve_opt(&mut self.plugin_runtime.cache_dir);
+        resolve_opt(&mut self.admin.token_file);
+    }
 }
 
 /// `[runtime]`: the shape of the async runtime serving requests.

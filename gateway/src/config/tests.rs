@@ -477,3 +477,98 @@ fn the_runtime_shape_is_checked_and_round_trips() {
     ));
     assert!(error.starts_with("runtime.threads"), "{error}");
 }
+
+#[test]
+fn relative_paths_resolve_against_the_config_files_directory() {
+    let text = r#"
+[listen]
+http = "127.0.0.1:7070"
+https = "127.0.0.1:7443"
+admin = "127.0.0.1:7071"
+[tls]
+cert = "certs/default.pem"
+key = "/etc/kylin-gateway/default.key"
+client_ca = "clients.pem"
+[[tls.certs]]
+cert = "sni.pem"
+key = "sni.key"
+[admin]
+token_file = "admin-token"
+[upstream]
+tls_ca = "../ca.pem"
+[[discovery.nodes]]
+address = "127.0.0.1:7081"
+[[plugins]]
+name = "affinity"
+path = "plugins/affinity.wasm"
+[plugin_runtime]
+cache_dir = "cache"
+"#;
+    let mut config = parse(text).unwrap();
+    config.resolve_paths(Path::new("/srv/gw"));
+    let tls = config.tls.as_ref().unwrap();
+    assert_eq!(
+        tls.cert.as_deref(),
+        Some(Path::new("/srv/gw/certs/default.pem"))
+    );
+    assert_eq!(
+        tls.key.as_deref(),
+        Some(Path::new("/etc/kylin-gateway/default.key"))
+    );
+    assert_eq!(
+        tls.client_ca.as_deref(),
+        Some(Path::new("/srv/gw/clients.pem"))
+    );
+    assert_eq!(tls.certs[0].cert, Path::new("/srv/gw/sni.pem"));
+    assert_eq!(tls.certs[0].key, Path::new("/srv/gw/sni.key"));
+    assert_eq!(
+        config.admin.token_file.as_deref(),
+        Some(Path::new("/srv/gw/admin-token"))
+    );
+    assert_eq!(
+        config.upstream.tls_ca.as_deref(),
+        Some(Path::new("/srv/gw/../ca.pem"))
+    );
+    assert_eq!(
+        config.plugins[0].path,
+        Path::new("/srv/gw/plugins/affinity.wasm")
+    );
+    assert_eq!(
+        config.plugin_runtime.cache_dir.as_deref(),
+        Some(Path::new("/srv/gw/cache"))
+    );
+
+    let mut zk = parse(
+        "[discovery]\nkind = \"zookeeper\"\nconnect = \"h:2181\"\nkylin_properties = \"conf/kylin.properties\"\n",
+    )
+    .unwrap();
+    zk.resolve_paths(Path::new("/srv/gw"));
+    let Discovery::Zookeeper(settings) = &zk.discovery else {
+        panic!("zookeeper")
+    };
+    assert_eq!(
+        settings.kylin_properties.as_deref(),
+        Some(Path::new("/srv/gw/conf/kylin.properties"))
+    );
+}
+
+#[test]
+fn kylin_properties_from_the_command_line_stand_in_for_the_files() {
+    let zk = "[discovery]\nkind = \"zookeeper\"\n";
+    assert!(
+        parse(zk).is_err(),
+        "no connect string and no kylin.properties"
+    );
+    let config =
+        parse_with_kylin_properties(zk, Some(Path::new("/opt/kylin/conf/kylin.properties")))
+            .unwrap();
+    let Discovery::Zookeeper(settings) = &config.discovery else {
+        panic!("zookeeper")
+    };
+    assert_eq!(
+        settings.kylin_properties.as_deref(),
+        Some(Path::new("/opt/kylin/conf/kylin.properties"))
+    );
+    // Static discovery has no use for it, and is not refused for it.
+    assert!(parse_with_kylin_properties(MINIMAL, Some(Path::new("/x"))).is_ok());
+}

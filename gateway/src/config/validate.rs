@@ -17,6 +17,23 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     validate(raw)
 }
 
+/// Like [`parse`], with a `kylin.properties` named outside the file (the
+/// command line's `--kylin-properties`): for ZooKeeper discovery it takes
+/// the place of `discovery.kylin_properties`, so the file may leave the
+/// connect string to it. Static discovery ignores it.
+pub fn parse_with_kylin_properties(
+    text: &str,
+    kylin_properties: Option<&std::path::Path>,
+) -> Result<Config, ConfigError> {
+    let mut raw = parse_raw(text)?;
+    if let Some(path) = kylin_properties
+        && raw.discovery.kind.as_deref() == Some("zookeeper")
+    {
+        raw.discovery.kylin_properties = Some(path.to_string_lossy().into_owned());
+    }
+    validate(raw)
+}
+
 fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
     let deserializer = toml::Deserializer::parse(text).map_err(|e| toml_error(text, &e))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
