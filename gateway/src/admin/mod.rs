@@ -216,6 +216,8 @@ pub fn nodes_json(snapshot: &Snapshot, upstream_tls: Verification) -> serde_json
                 "in_flight": n.state.in_flight(),
                 "requests": n.state.requests.load(Ordering::Relaxed),
                 "latency_ewma_ms": n.state.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                "ejected_for_ms": n.state.ejected_until_ms.load(Ordering::Relaxed).saturating_sub(now),
+                "window": n.state.window.stats(now / 1000),
                 "is_leader": snapshot.leader == Some(i),
             })
         })

@@ -500,7 +500,7 @@ impl Proxy {
         };
         self.ejection.record_success(&node.state);
         node.state
-            .observe_latency(sent.elapsed().as_micros() as u64);
+            .observe_latency(now_ms() / 1000, sent.elapsed().as_micros() as u64);
         headers::strip_hop_by_hop(&mut head.headers);
         if class != TrafficClass::Job {
             self.pin_session(&mut head.headers, node);
