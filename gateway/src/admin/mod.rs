@@ -129,6 +129,10 @@ impl Admin {
                 leader["active_job_node_check"] = json!(self.leader_check.get());
                 json_response(StatusCode::OK, &leader)
             }
+            (&Method::GET, "/admin/events") => {
+                let since = since_param(request.uri().query());
+                json_response(StatusCode::OK, &crate::events::global().json(since))
+            }
             (&Method::GET, "/admin/view") => json_response(StatusCode::OK, &view_json(&snapshot)),
             (&Method::GET, "/admin/plugins") => match &self.plugins {
                 Some(p) => json_response(StatusCode::OK, &p.status()),
@@ -248,6 +252,7 @@ fn view_json(snapshot: &Snapshot) -> serde_json::Value {
         "has_view": snapshot.has_view,
         "ready": snapshot.ready(),
         "published_at_ms": snapshot.published_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        "zookeeper_session": crate::events::zookeeper_state(),
         "published_at_us": snapshot.published_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
     })
 }
@@ -266,6 +271,16 @@ fn export_node_gauges(snapshot: &Snapshot) {
     metrics::gauge!("kgw_view_query_nodes").set(snapshot.query_nodes.len() as f64);
     metrics::gauge!("kgw_view_has_leader").set(if snapshot.leader.is_some() { 1.0 } else { 0.0 });
     metrics::gauge!("kgw_view_stale").set(if snapshot.view.stale { 1.0 } else { 0.0 });
+}
+
+/// `since=SEQ` from a query string; 0 (everything) when absent or invalid.
+fn since_param(query: Option<&str>) -> u64 {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("since="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
