@@ -1,6 +1,6 @@
 //! The admin listener: health and readiness probes, the cluster as the
 //! gateway sees it, plugin and certificate control, Prometheus metrics and
-//! a status page.
+//! a live status page, and the event timeline.
 //! It reads the same snapshots as the data path and never blocks it.
 
 pub mod auth;
@@ -157,15 +157,11 @@ impl Admin {
                 }
                 None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
             },
-            (&Method::GET, "/" | "/status") => {
-                let plugins = self.plugins.as_ref().map(|p| p.status());
-                let mut response = text(
-                    StatusCode::OK,
-                    status_page::render(&snapshot, plugins.as_ref()),
-                );
+            (&Method::GET, path) if let Some(asset) = status_page::asset(path) => {
+                let mut response = text(StatusCode::OK, asset.body);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("text/html; charset=utf-8"),
+                    header::HeaderValue::from_static(asset.content_type),
                 );
                 response
             }
@@ -184,7 +180,9 @@ impl Admin {
         let public = match request.uri().path() {
             "/healthz" | "/readyz" => true,
             "/metrics" => self.public_metrics,
-            _ => false,
+            // The status page's files carry no data; its script sends the
+            // token with every API call.
+            path => request.method() == Method::GET && status_page::asset(path).is_some(),
         };
         public
             || token.authorizes(

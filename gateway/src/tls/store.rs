@@ -155,6 +155,7 @@ impl CertStore {
                     "issuer": e.current.info.issuer,
                     "not_before": e.current.info.not_before,
                     "not_after": e.current.info.not_after,
+                    "not_after_unix": e.current.info.not_after_unix,
                     "sha256": e.current.info.sha256,
                     "dns_names": e.current.info.dns_names,
                     "ip_addresses": e.current.info.ip_addresses,
