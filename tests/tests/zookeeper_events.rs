@@ -112,7 +112,7 @@ async fn node_leaving_and_leader_change_appear_on_the_timeline() {
 
     // A node leaves.
     query.terminate();
-    let removed = poll_until("removal on the timeline", WAIT, || async {
+    poll_until("removal on the timeline", WAIT, || async {
         let page = admin_json(&c, &events_url(mark)).await;
         page["events"].as_array().unwrap().iter().any(|e| {
             e["kind"] == "view"
@@ -122,7 +122,6 @@ async fn node_leaving_and_leader_change_appear_on_the_timeline() {
         })
     })
     .await;
-    let _ = removed;
 
     // The leader leaves: the other job node takes over.
     first.terminate();
