@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what kylin-gateway's demo and tests need on a fresh Debian machine:
-# ZooKeeper and the Curator jars (for the interop test), a JDK, the
+# ZooKeeper and the Curator jars (for the interop test), a JDK, Chromium
+# (the status page's real-browser test), the
 # wasm32-wasip2 target, and builds the example plugins. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(zookeeper libcurator-discovery-java libcurator-recipes-java libcurator-framework-java
-          libcurator-client-java default-jdk-headless)
+          libcurator-client-java default-jdk-headless chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -3,7 +3,7 @@
 //! Data flows one way: [`discovery`] → [`view`] snapshot → router
 //! ([`classify`], [`plugin`], [`balance`]) → [`proxy`] → [`upstream`]
 //! connections.
-//! [`admin`] and metrics observe; [`config`] and [`tls`] set things up.
+//! [`admin`], [`events`] and metrics observe; [`config`] and [`tls`] set things up.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +12,7 @@ pub mod balance;
 pub mod classify;
 pub mod config;
 pub mod discovery;
+pub mod events;
 pub mod plugin;
 pub mod proxy;
 pub mod tls;

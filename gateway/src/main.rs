@@ -329,6 +329,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
         None => None,
     };
     let mut tasks = tokio::task::JoinSet::new();
+    let _events_task = tokio::spawn(kylin_gateway::events::watch_views(views.clone()));
     let discovery_task = tokio::spawn(discovery::run(
         config.discovery.clone(),
         views.clone(),

@@ -1,6 +1,6 @@
 //! The admin listener: health and readiness probes, the cluster as the
 //! gateway sees it, plugin and certificate control, Prometheus metrics and
-//! a status page.
+//! a live status page, and the event timeline.
 //! It reads the same snapshots as the data path and never blocks it.
 
 pub mod auth;
@@ -129,6 +129,10 @@ impl Admin {
                 leader["active_job_node_check"] = json!(self.leader_check.get());
                 json_response(StatusCode::OK, &leader)
             }
+            (&Method::GET, "/admin/events") => {
+                let since = since_param(request.uri().query());
+                json_response(StatusCode::OK, &crate::events::global().json(since))
+            }
             (&Method::GET, "/admin/view") => json_response(StatusCode::OK, &view_json(&snapshot)),
             (&Method::GET, "/admin/plugins") => match &self.plugins {
                 Some(p) => json_response(StatusCode::OK, &p.status()),
@@ -153,15 +157,11 @@ impl Admin {
                 }
                 None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
             },
-            (&Method::GET, "/" | "/status") => {
-                let plugins = self.plugins.as_ref().map(|p| p.status());
-                let mut response = text(
-                    StatusCode::OK,
-                    status_page::render(&snapshot, plugins.as_ref()),
-                );
+            (&Method::GET, path) if let Some(asset) = status_page::asset(path) => {
+                let mut response = text(StatusCode::OK, asset.body);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("text/html; charset=utf-8"),
+                    header::HeaderValue::from_static(asset.content_type),
                 );
                 response
             }
@@ -180,7 +180,9 @@ impl Admin {
         let public = match request.uri().path() {
             "/healthz" | "/readyz" => true,
             "/metrics" => self.public_metrics,
-            _ => false,
+            // The status page's files carry no data; its script sends the
+            // token with every API call.
+            path => request.method() == Method::GET && status_page::asset(path).is_some(),
         };
         public
             || token.authorizes(
@@ -216,6 +218,8 @@ pub fn nodes_json(snapshot: &Snapshot, upstream_tls: Verification) -> serde_json
                 "in_flight": n.state.in_flight(),
                 "requests": n.state.requests.load(Ordering::Relaxed),
                 "latency_ewma_ms": n.state.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                "ejected_for_ms": n.state.ejected_until_ms.load(Ordering::Relaxed).saturating_sub(now),
+                "window": n.state.window.stats(now / 1000),
                 "is_leader": snapshot.leader == Some(i),
             })
         })
@@ -246,6 +250,7 @@ fn view_json(snapshot: &Snapshot) -> serde_json::Value {
         "has_view": snapshot.has_view,
         "ready": snapshot.ready(),
         "published_at_ms": snapshot.published_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        "zookeeper_session": crate::events::zookeeper_state(),
         "published_at_us": snapshot.published_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
     })
 }
@@ -264,6 +269,16 @@ fn export_node_gauges(snapshot: &Snapshot) {
     metrics::gauge!("kgw_view_query_nodes").set(snapshot.query_nodes.len() as f64);
     metrics::gauge!("kgw_view_has_leader").set(if snapshot.leader.is_some() { 1.0 } else { 0.0 });
     metrics::gauge!("kgw_view_stale").set(if snapshot.view.stale { 1.0 } else { 0.0 });
+}
+
+/// `since=SEQ` from a query string; 0 (everything) when absent or invalid.
+fn since_param(query: Option<&str>) -> u64 {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("since="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {

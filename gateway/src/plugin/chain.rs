@@ -99,6 +99,14 @@ impl PluginChain {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for plugin in &plugins {
+            crate::events::record(
+                crate::events::Kind::Plugin,
+                format!("plugin {} loaded", plugin.name),
+                serde_json::json!({"plugin": &*plugin.name, "outcome": "loaded",
+                                   "sha256": plugin.sha256}),
+            );
+        }
         Ok(PluginChain {
             inner: Arc::new(ChainInner {
                 runtime,
@@ -175,10 +183,21 @@ impl ChainInner {
             match &outcome {
                 ReloadOutcome::Failed(why) => {
                     tracing::warn!(plugin = %spec.name, "reload failed, keeping the running version: {why}");
+                    crate::events::record(
+                        crate::events::Kind::Plugin,
+                        format!("plugin {} failed to reload: {why}", spec.name),
+                        serde_json::json!({"plugin": spec.name, "outcome": "failed", "error": why}),
+                    );
                     errors.push(Some(why.clone()));
                 }
                 ReloadOutcome::Reloaded => {
                     tracing::info!(plugin = %spec.name, sha256 = %next[i].sha256, "plugin reloaded");
+                    crate::events::record(
+                        crate::events::Kind::Plugin,
+                        format!("plugin {} reloaded", spec.name),
+                        serde_json::json!({"plugin": spec.name, "outcome": "reloaded",
+                                           "sha256": next[i].sha256}),
+                    );
                     errors.push(None);
                 }
                 ReloadOutcome::Unchanged => errors.push(None),

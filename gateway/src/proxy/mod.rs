@@ -32,6 +32,7 @@ use crate::balance::health::{Ejection, now_ms};
 use crate::balance::{Balancer, Tried, hash_key};
 use crate::classify::{Classifier, TrafficClass};
 use crate::config::{BalanceKind, Config, HashKey, Routing};
+use crate::events;
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
 use crate::tls::UpstreamTls;
 use crate::upstream::{Lease, NodePool, Upstreams};
@@ -386,7 +387,7 @@ impl Proxy {
                     ClientFault::Failed => GatewayError::ClientBody(failure.to_string()),
                 });
             }
-            self.record_failure(node);
+            self.record_failure(node, &failure);
             let retry = match &failure {
                 Failure::Connect(_) => slot.intact(),
                 Failure::Broke(_) => replay_safe && slot.intact(),
@@ -500,7 +501,7 @@ impl Proxy {
         };
         self.ejection.record_success(&node.state);
         node.state
-            .observe_latency(sent.elapsed().as_micros() as u64);
+            .observe_latency(now_ms() / 1000, sent.elapsed().as_micros() as u64);
         headers::strip_hop_by_hop(&mut head.headers);
         if class != TrafficClass::Job {
             self.pin_session(&mut head.headers, node);
@@ -562,12 +563,29 @@ impl Proxy {
 
     /// Counts a gateway-side failure against `node`, ejecting it (counted
     /// and logged) once it has failed too often in a row.
-    fn record_failure(&self, node: &RoutableNode) {
-        if self.ejection.record_failure(&node.state, now_ms()) {
+    fn record_failure(&self, node: &RoutableNode, failure: &Failure) {
+        let now = now_ms();
+        if self.ejection.record_failure(&node.state, now) {
             metrics::counter!("kgw_ejections_total", "upstream" => node.label.clone()).increment(1);
             tracing::warn!(
                 upstream = &*node.label,
                 "node ejected after consecutive failures"
+            );
+            let for_ms = node
+                .state
+                .ejected_until_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_sub(now);
+            events::record(
+                events::Kind::Ejected,
+                format!(
+                    "node {} ({}) ejected for {} s: {failure}",
+                    node.node.id,
+                    node.label,
+                    for_ms / 1000
+                ),
+                serde_json::json!({"node": &*node.node.id, "address": &*node.label,
+                                   "for_ms": for_ms, "reason": failure.to_string()}),
             );
         }
     }

@@ -120,7 +120,21 @@ impl CertStore {
         self.current.store(Arc::new(CertSet::new(entries)));
         metrics::counter!(RELOADS_METRIC, "trigger" => trigger).increment(1);
         tracing::info!(trigger, "TLS certificates reloaded");
-        self.status()
+        let status = self.status();
+        let failed = status["certs"].as_array().map_or(0, |c| {
+            c.iter()
+                .filter(|c| !c["last_reload_error"].is_null())
+                .count()
+        });
+        crate::events::record(
+            crate::events::Kind::Certificate,
+            match failed {
+                0 => format!("TLS certificates reloaded ({trigger})"),
+                n => format!("TLS reload ({trigger}): {n} pair(s) failed, previous kept"),
+            },
+            serde_json::json!({"trigger": trigger, "status": status}),
+        );
+        status
     }
 
     /// `/admin/tls`: each pair as served, with its last reload error.
@@ -141,6 +155,7 @@ impl CertStore {
                     "issuer": e.current.info.issuer,
                     "not_before": e.current.info.not_before,
                     "not_after": e.current.info.not_after,
+                    "not_after_unix": e.current.info.not_after_unix,
                     "sha256": e.current.info.sha256,
                     "dns_names": e.current.info.dns_names,
                     "ip_addresses": e.current.info.ip_addresses,

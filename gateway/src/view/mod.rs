@@ -8,11 +8,13 @@ mod endpoint;
 mod node;
 mod publish;
 mod request_counters;
+mod window;
 
 pub use endpoint::{Endpoint, endpoint};
 pub use node::{Modes, Node, NodeState};
 pub use publish::{RoutableNode, Snapshot, ViewPublisher, ViewWatch};
 pub use request_counters::RequestCounters;
+pub use window::{RollingWindow, WindowStats};
 
 use std::sync::Arc;
 

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use super::window::RollingWindow;
+
 /// The roles a Kylin node plays, from `kylin.server.mode`
 /// (`all`, `job`, `query`, or since 3.1.1 a comma list such as `query,job`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -119,6 +121,8 @@ pub struct NodeState {
     /// Exponentially weighted recent latency in microseconds (for plugins
     /// and the status page).
     pub latency_ewma_us: AtomicU64,
+    /// The last minute's rate and latency, and a 5-minute series.
+    pub window: RollingWindow,
 }
 
 impl NodeState {
@@ -130,8 +134,10 @@ impl NodeState {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
-    /// Folds one observed latency into the moving average (weight 1/8).
-    pub fn observe_latency(&self, micros: u64) {
+    /// Folds one observed latency into the moving average (weight 1/8)
+    /// and the rolling window (at second `now_s` of the process clock).
+    pub fn observe_latency(&self, now_s: u64, micros: u64) {
+        self.window.record(now_s, micros);
         let old = self.latency_ewma_us.load(Ordering::Relaxed);
         let new = if old == 0 {
             micros

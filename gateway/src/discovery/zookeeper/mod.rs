@@ -103,6 +103,10 @@ pub async fn run(settings: ZookeeperSettings, publisher: ViewPublisher) {
             "ZooKeeper session established"
         );
         metrics::counter!(SESSIONS_METRIC).increment(1);
+        crate::events::zookeeper_session(
+            "connected",
+            format!("ZooKeeper session {} established", client.session_id()),
+        );
         attempt = 0;
         let began = std::time::Instant::now();
         let end = follower.follow(&client).await;
@@ -115,6 +119,10 @@ pub async fn run(settings: ZookeeperSettings, publisher: ViewPublisher) {
         } else {
             backoff = BACKOFF_MIN;
         }
+        crate::events::zookeeper_session(
+            end.as_str(),
+            format!("ZooKeeper session {}; starting a new one", end.as_str()),
+        );
         match end {
             SessionEnd::Expired => {
                 tracing::warn!("ZooKeeper session expired; starting a new one");

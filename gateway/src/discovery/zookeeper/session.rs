@@ -93,6 +93,17 @@ pub enum SessionEnd {
     Closed,
 }
 
+impl SessionEnd {
+    /// For the event timeline.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SessionEnd::Expired => "expired",
+            SessionEnd::AuthFailed => "auth-failed",
+            SessionEnd::Closed => "closed",
+        }
+    }
+}
+
 /// State that outlives sessions: knowledge, resolution cache, last view.
 pub struct Follower {
     settings: ZookeeperSettings,
@@ -216,10 +227,18 @@ impl Follower {
         match changed {
             SessionState::Disconnected => {
                 tracing::warn!("ZooKeeper disconnected; serving the last view, marked stale");
+                crate::events::zookeeper_session(
+                    "disconnected",
+                    "ZooKeeper disconnected; serving the last view, marked stale",
+                );
                 self.lost();
             }
             SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                 tracing::info!(state = %changed, "ZooKeeper reconnected; resyncing");
+                crate::events::zookeeper_session(
+                    "connected",
+                    format!("ZooKeeper reconnected ({changed}); resyncing"),
+                );
                 self.connected = true;
                 metrics::gauge!(CONNECTED_METRIC).set(1.0);
                 // Watches were re-registered by the client and fire for what
