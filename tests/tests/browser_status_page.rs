@@ -12,11 +12,9 @@ use std::time::{Duration, Instant};
 use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::page::{Page, ScreenshotParams};
 use futures_util::StreamExt;
-use kylin_gateway_tests::support::cluster::{addresses, poll_until, zookeeper_gateway};
+use kylin_gateway_tests::support::cluster::{ThreeNodes, node_id};
 use kylin_gateway_tests::support::gateway::TempDir;
-use kylin_gateway_tests::support::http::{client, get};
-use kylin_gateway_tests::support::sim::{SimConfig, SimNode};
-use kylin_gateway_tests::support::zookeeper::ZkServer;
+use kylin_gateway_tests::support::http::client;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const WAIT: Duration = Duration::from_secs(20);
@@ -108,30 +106,14 @@ fn js_string(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_follows_the_cluster_without_a_reload() {
     let dir = TempDir::new("kgw-browser");
-    let server = ZkServer::start();
-    let zk = server.connect_string();
-    let mut first = SimNode::start(&zk, &SimConfig::new("first", "all"));
-    first.wait_leading(WAIT);
-    let second = SimNode::start(&zk, &SimConfig::new("second", "all"));
-    let mut query = SimNode::start(&zk, &SimConfig::new("query", "query"));
-    let gateway = zookeeper_gateway(&zk, "removal_grace_ms = 0");
-    let c = client();
-    poll_until("three nodes in view", WAIT, || async {
-        addresses(&c, &gateway).await.len() == 3
-    })
-    .await;
-    let nodes = get(&c, &gateway.admin_url("/admin/nodes"))
-        .await
-        .unwrap()
-        .json();
-    let second_id = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["address"] == second.addr().as_str())
-        .and_then(|n| n["id"].as_str())
-        .expect("second in /admin/nodes")
-        .to_owned();
+    let ThreeNodes {
+        mut first,
+        second,
+        mut query,
+        gateway,
+        server: _zookeeper,
+    } = ThreeNodes::start(WAIT).await;
+    let second_id = node_id(&client(), &gateway, &second.addr()).await;
 
     let chromium = Chromium::launch(&dir.path.join("profile")).await;
     let page = chromium

@@ -6,10 +6,8 @@
 
 use std::time::Duration;
 
-use kylin_gateway_tests::support::cluster::{addresses, poll_until, zookeeper_gateway};
+use kylin_gateway_tests::support::cluster::{ThreeNodes, node_id, poll_until};
 use kylin_gateway_tests::support::http::{TestClient, client, get, send};
-use kylin_gateway_tests::support::sim::{SimConfig, SimNode};
-use kylin_gateway_tests::support::zookeeper::ZkServer;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -17,37 +15,19 @@ async fn admin_json(c: &TestClient, url: &str) -> serde_json::Value {
     get(c, url).await.expect("admin API").json()
 }
 
-/// The id `/admin/nodes` shows for the node at `address`.
-async fn id_of(c: &TestClient, nodes_url: &str, address: &str) -> String {
-    let nodes = admin_json(c, nodes_url).await;
-    nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["address"] == address)
-        .and_then(|n| n["id"].as_str())
-        .unwrap_or_else(|| panic!("{address} not in {nodes:#}"))
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_leaving_and_leader_change_appear_on_the_timeline() {
-    let server = ZkServer::start();
-    let zk = server.connect_string();
-    let mut first = SimNode::start(&zk, &SimConfig::new("first", "all"));
-    first.wait_leading(WAIT);
-    let second = SimNode::start(&zk, &SimConfig::new("second", "all"));
-    let mut query = SimNode::start(&zk, &SimConfig::new("query", "query"));
-    let gateway = zookeeper_gateway(&zk, "removal_grace_ms = 0");
+    let ThreeNodes {
+        mut first,
+        second,
+        mut query,
+        gateway,
+        server: _zookeeper,
+    } = ThreeNodes::start(WAIT).await;
     let c = client();
-    poll_until("three nodes in view", WAIT, || async {
-        addresses(&c, &gateway).await.len() == 3
-    })
-    .await;
-    let nodes_url = gateway.admin_url("/admin/nodes");
-    let first_id = id_of(&c, &nodes_url, &first.addr()).await;
-    let second_id = id_of(&c, &nodes_url, &second.addr()).await;
-    let query_id = id_of(&c, &nodes_url, &query.addr()).await;
+    let first_id = node_id(&c, &gateway, &first.addr()).await;
+    let second_id = node_id(&c, &gateway, &second.addr()).await;
+    let query_id = node_id(&c, &gateway, &query.addr()).await;
     poll_until("first leads in the gateway's view", WAIT, || async {
         let leader = admin_json(&c, &gateway.admin_url("/admin/leader")).await;
         leader["leader"] == first_id.as_str()
@@ -67,7 +47,7 @@ async fn node_leaving_and_leader_change_appear_on_the_timeline() {
         .unwrap();
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
-    let nodes = admin_json(&c, &nodes_url).await;
+    let nodes = admin_json(&c, &gateway.admin_url("/admin/nodes")).await;
     let windows: Vec<&serde_json::Value> = nodes
         .as_array()
         .unwrap()

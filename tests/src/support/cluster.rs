@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use super::gateway::Gateway;
-use super::http::{TestClient, get};
+use super::http::{TestClient, client, get};
+use super::sim::{SimConfig, SimNode};
+use super::zookeeper::ZkServer;
 
 /// Starts the gateway discovering from `connect` (layout auto) with
 /// `extra` TOML appended to `[discovery]` (e.g. `base_path = "..."`).
@@ -60,6 +62,55 @@ pub async fn nodes(client: &TestClient, gateway: &Gateway) -> Option<Vec<SeenNod
             })
             .collect(),
     )
+}
+
+/// The id `/admin/nodes` shows for the node at `address`.
+pub async fn node_id(client: &TestClient, gateway: &Gateway, address: &str) -> String {
+    let seen = nodes(client, gateway)
+        .await
+        .expect("/admin/nodes answered with a node list");
+    seen.iter()
+        .find(|n| n.address == address)
+        .map(|n| n.id.clone())
+        .unwrap_or_else(|| panic!("{address} not in {seen:#?}"))
+}
+
+/// Real ZooKeeper with three simulated nodes, and a gateway (no removal
+/// grace) that has all three in its view.
+pub struct ThreeNodes {
+    /// `all`, the job-engine leader once started.
+    pub first: SimNode,
+    /// `all`, next in line.
+    pub second: SimNode,
+    /// `query`.
+    pub query: SimNode,
+    pub gateway: Gateway,
+    /// Last: dropped after the nodes.
+    pub server: ZkServer,
+}
+
+impl ThreeNodes {
+    pub async fn start(wait: Duration) -> ThreeNodes {
+        let server = ZkServer::start();
+        let zk = server.connect_string();
+        let first = SimNode::start(&zk, &SimConfig::new("first", "all"));
+        first.wait_leading(wait);
+        let second = SimNode::start(&zk, &SimConfig::new("second", "all"));
+        let query = SimNode::start(&zk, &SimConfig::new("query", "query"));
+        let gateway = zookeeper_gateway(&zk, "removal_grace_ms = 0");
+        let c = client();
+        poll_until("three nodes in view", wait, || async {
+            addresses(&c, &gateway).await.len() == 3
+        })
+        .await;
+        ThreeNodes {
+            first,
+            second,
+            query,
+            gateway,
+            server,
+        }
+    }
 }
 
 /// Sorted addresses of the nodes in the view. Panics if the admin API does
