@@ -260,25 +260,11 @@ impl ViewDiff {
                 .unwrap_or_else(|| id.to_owned())
         };
         let mut parts = Vec::new();
-        if !added.is_empty() {
-            parts.push(format!(
-                "added {}",
-                added
-                    .iter()
-                    .map(|id| label(id))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if !removed.is_empty() {
-            parts.push(format!(
-                "removed {}",
-                removed
-                    .iter()
-                    .map(|id| label(id))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+        for (what, ids) in [("added", &added), ("removed", &removed)] {
+            if !ids.is_empty() {
+                let labels: Vec<String> = ids.iter().map(|id| label(id)).collect();
+                parts.push(format!("{what} {}", labels.join(", ")));
+            }
         }
         if !unroutable.is_empty() {
             parts.push(format!("{} node(s) not routable", unroutable.len()));
