@@ -14,7 +14,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use kylin_gateway::classify::TrafficClass;
-use kylin_gateway::config::{OnError, PluginRuntime, PluginSpec};
+use kylin_gateway::config::{OnError, PluginRuntime, PluginSource, PluginSpec};
 use kylin_gateway::plugin::{
     LoadedPlugin, PluginStats, RequestFacts, Route, Runtime, RuntimeOptions, sample_snapshot,
 };
@@ -48,11 +48,11 @@ fn load_file(options: RuntimeOptions, path: PathBuf, config: &str) -> (Runtime, 
     let runtime = Runtime::with_options(&settings, 1, options).expect("runtime");
     let spec = PluginSpec {
         name: "affinity".into(),
-        path,
+        source: PluginSource::File(path.clone()),
         config: config.to_string(),
         on_error: OnError::Fallback,
     };
-    let bytes = std::fs::read(&spec.path).expect("read plugin");
+    let bytes = std::fs::read(&path).expect("read plugin");
     let plugin = runtime
         .load(&spec, &bytes, Arc::new(PluginStats::new("affinity")))
         .expect("load plugin");

@@ -3,7 +3,8 @@
 //! Data flows one way: [`discovery`] → [`view`] snapshot → router
 //! ([`classify`], [`plugin`], [`balance`]) → [`proxy`] → [`upstream`]
 //! connections.
-//! [`admin`], [`events`] and metrics observe; [`config`] and [`tls`] set things up.
+//! [`admin`], [`events`] and metrics observe; [`config`] and [`tls`] set things up;
+//! [`fleet`] ties gateways sharing a ZooKeeper together.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod classify;
 pub mod config;
 pub mod discovery;
 pub mod events;
+pub mod fleet;
 pub mod plugin;
 pub mod proxy;
 pub mod tls;

@@ -14,6 +14,7 @@ use kylin_gateway::admin::{self, Admin};
 use kylin_gateway::config::{self, Config, Discovery, RuntimeKind, RuntimeSettings};
 use kylin_gateway::discovery;
 use kylin_gateway::discovery::leader_check::LeaderCheckStatus;
+use kylin_gateway::fleet;
 use kylin_gateway::plugin::{self, PluginChain, PluginControl, RoutingPolicy};
 use kylin_gateway::proxy::{Proxy, server};
 use kylin_gateway::tls::{self, Termination, UpstreamTls, Verification};
@@ -62,6 +63,63 @@ enum PluginCommand {
         #[arg(long, default_value_t = 2)]
         deadline_ms: u64,
     },
+    /// Checks a component (as `check`), stores it in ZooKeeper and points
+    /// NAME at it: every gateway with a `source = "zookeeper"` plugin of
+    /// that name installs it.
+    Publish {
+        file: PathBuf,
+        /// The plugin's name (`name` of the gateways' `[[plugins]]`).
+        #[arg(long)]
+        name: String,
+        /// The config string the gateways give the plugin's `init`.
+        #[arg(long, default_value = "")]
+        config: String,
+        /// Versions of NAME kept for rollback (the new one included).
+        #[arg(long, default_value_t = fleet::store::DEFAULT_KEEP)]
+        keep: usize,
+        /// Per-call deadline for the check.
+        #[arg(long, default_value_t = 2)]
+        deadline_ms: u64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Points NAME back at its previous version.
+    Rollback {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Lists published plugins, their versions and which gateway runs which.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Where the published plugins are kept.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// ZooKeeper connect string (`host:port,...[/chroot]`).
+    #[arg(long, value_name = "CONNECT")]
+    zk: String,
+    /// The fleet's base path (the gateways' `fleet.base_path`, else their
+    /// discovery base path).
+    #[arg(long, value_name = "PATH", default_value = config::DEFAULT_BASE_PATH)]
+    base: String,
+    /// ZooKeeper digest credentials, `digest:user:password`.
+    #[arg(long, value_name = "AUTH")]
+    auth: Option<String>,
+}
+
+impl StoreArgs {
+    fn target(&self) -> fleet::commands::Target<'_> {
+        fleet::commands::Target {
+            connect: &self.zk,
+            base: &self.base,
+            auth: self.auth.as_deref(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -87,6 +145,27 @@ fn main() -> ExitCode {
             config,
             deadline_ms,
         })) => plugin_check(&file, &config, Duration::from_millis(deadline_ms)),
+        Some(Command::Plugin(PluginCommand::Publish {
+            file,
+            name,
+            config,
+            keep,
+            deadline_ms,
+            store,
+        })) => plugin_publish(
+            &file,
+            &name,
+            &config,
+            keep,
+            Duration::from_millis(deadline_ms),
+            &store,
+        ),
+        Some(Command::Plugin(PluginCommand::Rollback { name, store })) => {
+            run_store_command(fleet::commands::rollback(&store.target(), &name))
+        }
+        Some(Command::Plugin(PluginCommand::List { store })) => {
+            run_store_command(fleet::commands::list(&store.target()))
+        }
         None => {
             let Some(file) = cli.config else {
                 eprintln!("kylin-gateway: --config FILE is required (see --help)");
@@ -143,6 +222,78 @@ fn plugin_check(file: &Path, config: &str, deadline: Duration) -> ExitCode {
         }
         Err(error) => {
             eprintln!("kylin-gateway: {}: {error}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `plugin publish`: the same checks as `plugin check`, then the store. A
+/// component that fails them is not stored (exit 1).
+fn plugin_publish(
+    file: &Path,
+    name: &str,
+    config: &str,
+    keep: usize,
+    deadline: Duration,
+    store: &StoreArgs,
+) -> ExitCode {
+    if name.is_empty() || name.contains('/') {
+        eprintln!("kylin-gateway: --name must be non-empty and without '/'");
+        return ExitCode::from(2);
+    }
+    if keep == 0 {
+        eprintln!("kylin-gateway: --keep must be at least 1");
+        return ExitCode::from(2);
+    }
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            eprintln!("kylin-gateway: cannot read {}: {error}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match plugin::check(&bytes, config, deadline) {
+        Ok(report) if report.decision.is_ok() => print!("plugin:   {}\n{report}", file.display()),
+        Ok(report) => {
+            print!("plugin:   {}\n{report}", file.display());
+            eprintln!("kylin-gateway: {}: refused, not published", file.display());
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("kylin-gateway: {}: {error}; not published", file.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    run_store_command(fleet::commands::publish(
+        &store.target(),
+        name,
+        &bytes,
+        config,
+        keep,
+    ))
+}
+
+/// Runs one plugin-store command on a small runtime and prints its answer.
+fn run_store_command(
+    command: impl std::future::Future<Output = Result<String, String>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kylin-gateway: runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("kylin-gateway: {error}");
             ExitCode::FAILURE
         }
     }
@@ -288,6 +439,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
     };
 
     let plugins = load_plugins(&config).await?;
+    let (fleet, fleet_task) = start_fleet(&config, plugins.clone(), stop_rx.clone()).await;
     let policy = plugins
         .clone()
         .map(|chain| Arc::new(chain) as Arc<dyn RoutingPolicy>);
@@ -315,6 +467,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
         public_metrics: config.admin.public_metrics,
         tls: cert_store.clone(),
         upstream_tls: tls.upstream.verification(),
+        fleet: fleet.clone(),
     };
     let _cert_file_watch = watch_certificates(&config, cert_store)?;
     let _plugin_file_watch = match &plugins {
@@ -400,6 +553,9 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
     discovery_task.abort();
     idle_reaper.abort();
     let _ = discovery_task.await;
+    if let Some(task) = fleet_task {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -420,6 +576,64 @@ fn watch_certificates(
     let watch =
         tls::reload::watch_files(store, &settings.pairs()).context("watching certificate files")?;
     Ok(Some(watch))
+}
+
+/// Joins the fleet when it is on (registers, follows the other gateways and
+/// the published plugins), and waits (up to the ZooKeeper connect timeout)
+/// for the published plugins' first versions, so the gateway starts with
+/// them in place. The task removes the record when `stop` turns true.
+async fn start_fleet(
+    config: &Config,
+    plugins: Option<PluginChain>,
+    stop: watch::Receiver<bool>,
+) -> (
+    Option<Arc<fleet::Fleet>>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let Some(zookeeper) = config.fleet_zookeeper() else {
+        return (None, None);
+    };
+    let id = config
+        .fleet
+        .id
+        .clone()
+        .unwrap_or_else(fleet::record::random_id);
+    let fleet = fleet::Fleet::new(id);
+    let address = config.fleet.advertise.clone().unwrap_or_else(host_name);
+    let listening = fleet::record::Listening {
+        http: config.listen.http,
+        https: config.listen.https,
+        admin: config.listen.admin,
+    };
+    let started_at_ms = fleet::store::now_ms();
+    let wait = zookeeper.connect_timeout;
+    let zookeeper_plugins = plugins
+        .as_ref()
+        .is_some_and(|chain| !chain.zookeeper_plugins().is_empty());
+    let member = fleet::Member {
+        fleet: fleet.clone(),
+        zookeeper,
+        record: fleet::record::GatewayRecord::new(fleet.id(), &address, listening, started_at_ms),
+        plugins,
+    };
+    let task = tokio::spawn(fleet::run(member, stop));
+    if zookeeper_plugins && !fleet.wait_plugins_synced(wait).await {
+        tracing::warn!(
+            "fleet: published plugins not read within {} ms; serving without them until they are",
+            wait.as_millis()
+        );
+    }
+    tracing::info!(id = fleet.id(), "fleet: joined");
+    (Some(fleet), Some(task))
+}
+
+/// This host's name, as the fleet record's address.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Loads the configured plugins off the runtime's workers (compilation is

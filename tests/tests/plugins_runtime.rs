@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method};
 use kylin_gateway::classify::TrafficClass;
-use kylin_gateway::config::{OnError, PluginRuntime, PluginSpec};
+use kylin_gateway::config::{OnError, PluginRuntime, PluginSource, PluginSpec};
 use kylin_gateway::plugin::{
     FailureKind, LoadedPlugin, PluginStats, RequestFacts, Route, Runtime, sample_snapshot,
 };
@@ -24,7 +24,7 @@ fn load(path: &std::path::Path, config: &str) -> (Runtime, LoadedPlugin) {
     let runtime = Runtime::new(&settings, 1).unwrap();
     let spec = PluginSpec {
         name: "t".into(),
-        path: path.to_path_buf(),
+        source: PluginSource::File(path.to_path_buf()),
         config: config.into(),
         on_error: OnError::Fallback,
     };

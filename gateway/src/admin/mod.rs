@@ -50,6 +50,8 @@ pub struct Admin {
     pub tls: Option<Arc<CertStore>>,
     /// How TLS nodes' certificates are checked (`/admin/nodes`).
     pub upstream_tls: Verification,
+    /// The gateways sharing this one's ZooKeeper, when the fleet is on.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -134,6 +136,10 @@ impl Admin {
                 json_response(StatusCode::OK, &crate::events::global().json(since))
             }
             (&Method::GET, "/admin/view") => json_response(StatusCode::OK, &view_json(&snapshot)),
+            (&Method::GET, "/admin/fleet") => match &self.fleet {
+                Some(fleet) => json_response(StatusCode::OK, &fleet.status()),
+                None => json_response(StatusCode::OK, &json!({"enabled": false})),
+            },
             (&Method::GET, "/admin/plugins") => match &self.plugins {
                 Some(p) => json_response(StatusCode::OK, &p.status()),
                 None => json_response(StatusCode::OK, &json!([])),

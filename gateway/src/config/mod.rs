@@ -59,6 +59,7 @@ pub struct Config {
     pub admin: AdminSettings,
     pub limits: Limits,
     pub runtime: RuntimeSettings,
+    pub fleet: FleetSettings,
 }
 
 impl Config {
@@ -92,10 +93,117 @@ impl Config {
         }
         resolve_opt(&mut self.upstream.tls_ca);
         for plugin in &mut self.plugins {
-            resolve(&mut plugin.path);
+            if let PluginSource::File(path) = &mut plugin.source {
+                resolve(path);
+            }
         }
         resolve_opt(&mut self.plugin_runtime.cache_dir);
         resolve_opt(&mut self.admin.token_file);
+    }
+
+    /// The ZooKeeper the fleet registers in and plugins are published to:
+    /// `fleet.connect` when set, else discovery's ensemble (after
+    /// `kylin.properties` was applied), with the fleet's session timeout.
+    /// `None` when the fleet is off or no ZooKeeper is known.
+    pub fn fleet_zookeeper(&self) -> Option<FleetZookeeper> {
+        if !self.fleet.enabled {
+            return None;
+        }
+        let discovery = match &self.discovery {
+            Discovery::Zookeeper(settings) => Some(settings),
+            Discovery::Static(_) => None,
+        };
+        let (hosts, chroot, digest_auth) = match &self.fleet.connect {
+            Some((hosts, chroot)) => (hosts.clone(), chroot.clone(), self.fleet.auth.clone()),
+            None => {
+                let d = discovery?;
+                (d.hosts.clone(), d.chroot.clone(), d.digest_auth.clone())
+            }
+        };
+        let base_path = match (&self.fleet.base_path, discovery) {
+            (Some(path), _) => path.clone(),
+            (None, Some(d)) => d.base_path.clone(),
+            (None, None) => DEFAULT_BASE_PATH.to_string(),
+        };
+        Some(FleetZookeeper {
+            hosts,
+            chroot,
+            base_path,
+            digest_auth,
+            session_timeout: self.fleet.session_timeout,
+            connect_timeout: discovery.map_or(Duration::from_secs(5), |d| d.connect_timeout),
+        })
+    }
+}
+
+/// Kylin's default metadata base path (`/kylin/kylin_metadata`).
+pub const DEFAULT_BASE_PATH: &str = "/kylin/kylin_metadata";
+
+/// `[fleet]`: this gateway's membership in the fleet of gateways that share
+/// a ZooKeeper (`crate::fleet`).
+#[derive(Clone, Serialize)]
+pub struct FleetSettings {
+    pub enabled: bool,
+    /// `fleet.connect` split into hosts and chroot; discovery's when unset.
+    #[serde(serialize_with = "ser_fleet_connect")]
+    pub connect: Option<(String, Option<String>)>,
+    /// Digest credentials `user:pass` for `fleet.connect`. Not printed.
+    #[serde(skip)]
+    pub auth: Option<String>,
+    /// Above `service/kylin_gateway` and `gateway/plugins`; discovery's base
+    /// path when unset.
+    pub base_path: Option<String>,
+    /// This gateway's id in the fleet; a new random one per process when
+    /// unset (as Curator's instances).
+    pub id: Option<String>,
+    /// The host name other gateways and operators see; the host's name
+    /// when unset.
+    pub advertise: Option<String>,
+    #[serde(rename = "session_timeout_ms", with = "ms")]
+    pub session_timeout: Duration,
+}
+
+impl std::fmt::Debug for FleetSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetSettings")
+            .field("enabled", &self.enabled)
+            .field("connect", &self.connect)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("base_path", &self.base_path)
+            .field("id", &self.id)
+            .field("advertise", &self.advertise)
+            .field("session_timeout", &self.session_timeout)
+            .finish()
+    }
+}
+
+fn ser_fleet_connect<S: serde::Serializer>(
+    connect: &Option<(String, Option<String>)>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match connect {
+        Some((hosts, chroot)) => {
+            s.serialize_str(&format!("{hosts}{}", chroot.as_deref().unwrap_or("")))
+        }
+        None => s.serialize_none(),
+    }
+}
+
+/// The fleet's ZooKeeper, resolved ([`Config::fleet_zookeeper`]).
+#[derive(Clone)]
+pub struct FleetZookeeper {
+    pub hosts: String,
+    pub chroot: Option<String>,
+    pub base_path: String,
+    pub digest_auth: Option<String>,
+    pub session_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl FleetZookeeper {
+    /// The connect string with chroot, as the client parses it.
+    pub fn connect_string(&self) -> String {
+        format!("{}{}", self.hosts, self.chroot.as_deref().unwrap_or(""))
     }
 }
 
@@ -433,12 +541,66 @@ pub enum OnError {
     Reject,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct PluginSpec {
     pub name: String,
-    pub path: PathBuf,
+    pub source: PluginSource,
+    /// The string given to the plugin's `init`. For a ZooKeeper plugin the
+    /// published config, unless this gateway overrides it (`config` set).
     pub config: String,
     pub on_error: OnError,
+}
+
+/// Where a plugin's component comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A file, reloaded when it changes.
+    File(PathBuf),
+    /// Published to the fleet's ZooKeeper (`kylin-gateway plugin publish`)
+    /// under the plugin's name; `local_config`: this gateway's `config`
+    /// replaces the published one.
+    Zookeeper { local_config: bool },
+}
+
+impl PluginSpec {
+    /// The file, for file plugins.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.source {
+            PluginSource::File(path) => Some(path),
+            PluginSource::Zookeeper { .. } => None,
+        }
+    }
+
+    /// Where the component comes from, for messages and `/admin/plugins`.
+    pub fn origin(&self) -> String {
+        match &self.source {
+            PluginSource::File(path) => path.display().to_string(),
+            PluginSource::Zookeeper { .. } => format!("zookeeper:{}", self.name),
+        }
+    }
+}
+
+/// Printed as the input keys: `path`, or `source = "zookeeper"`.
+impl Serialize for PluginSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("plugin", 4)?;
+        st.serialize_field("name", &self.name)?;
+        match &self.source {
+            PluginSource::File(path) => st.serialize_field("path", path)?,
+            PluginSource::Zookeeper { local_config } => {
+                st.serialize_field("source", "zookeeper")?;
+                if !local_config {
+                    st.skip_field("config")?;
+                    st.serialize_field("on_error", &self.on_error)?;
+                    return st.end();
+                }
+            }
+        }
+        st.serialize_field("config", &self.config)?;
+        st.serialize_field("on_error", &self.on_error)?;
+        st.end()
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub runtime: RawRuntime,
+    #[serde(default)]
+    pub fleet: RawFleet,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,7 +155,8 @@ pub struct RawShutdown {
 #[serde(deny_unknown_fields)]
 pub struct RawPlugin {
     pub name: String,
-    pub path: String,
+    pub path: Option<String>,
+    pub source: Option<String>,
     pub config: Option<String>,
     pub on_error: Option<String>,
 }
@@ -194,4 +197,16 @@ pub struct RawLimits {
     pub h2_max_concurrent_streams: Option<u32>,
     pub h2_max_pending_accept_reset_streams: Option<usize>,
     pub h2_max_local_error_reset_streams: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub enabled: Option<bool>,
+    pub connect: Option<String>,
+    pub auth: Option<String>,
+    pub base_path: Option<String>,
+    pub id: Option<String>,
+    pub advertise: Option<String>,
+    pub session_timeout_ms: Option<u64>,
 }

@@ -530,8 +530,8 @@ cache_dir = "cache"
         Some(Path::new("/srv/gw/../ca.pem"))
     );
     assert_eq!(
-        config.plugins[0].path,
-        Path::new("/srv/gw/plugins/affinity.wasm")
+        config.plugins[0].path(),
+        Some(Path::new("/srv/gw/plugins/affinity.wasm"))
     );
     assert_eq!(
         config.plugin_runtime.cache_dir.as_deref(),

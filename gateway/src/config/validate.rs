@@ -133,10 +133,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "listen.https is set but [tls] cert and key are missing",
         ));
     }
+    let discovery = discovery(raw.discovery)?;
+    let fleet = fleet(raw.fleet)?;
+    let fleet_zookeeper =
+        fleet.enabled && (fleet.connect.is_some() || matches!(discovery, Discovery::Zookeeper(_)));
     Ok(Config {
         listen,
         tls,
-        discovery: discovery(raw.discovery)?,
+        discovery,
+        fleet,
         routing: routing(raw.routing)?,
         upstream: upstream(raw.upstream)?,
         health: Ejection {
@@ -156,7 +161,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             0,
         )?,
         runtime: runtime(raw.runtime)?,
-        plugins: plugins(raw.plugins)?,
+        plugins: plugins(raw.plugins, fleet_zookeeper)?,
         plugin_runtime: PluginRuntime {
             deadline: ms(
                 "plugin_runtime.deadline_ms",
@@ -425,17 +430,7 @@ fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
                     "only valid with layout \"auto\" or \"kylin-5\"",
                 ));
             }
-            let digest_auth = match raw.auth.as_deref() {
-                None => None,
-                Some(a) => Some(
-                    a.strip_prefix("digest:")
-                        .filter(|c| c.contains(':'))
-                        .ok_or_else(|| {
-                            ConfigError::new("discovery.auth", "expected digest:user:password")
-                        })?
-                        .to_string(),
-                ),
-            };
+            let digest_auth = digest_auth("discovery.auth", raw.auth.as_deref())?;
             Ok(Discovery::Zookeeper(ZookeeperSettings {
                 hosts,
                 chroot,
@@ -706,7 +701,7 @@ fn replay_response_bytes(raw: Option<usize>) -> Result<usize, ConfigError> {
     }
 }
 
-fn plugins(raw: Vec<RawPlugin>) -> Result<Vec<PluginSpec>, ConfigError> {
+fn plugins(raw: Vec<RawPlugin>, fleet_zookeeper: bool) -> Result<Vec<PluginSpec>, ConfigError> {
     let mut seen = BTreeMap::new();
     raw.into_iter()
         .enumerate()
@@ -731,14 +726,105 @@ fn plugins(raw: Vec<RawPlugin>) -> Result<Vec<PluginSpec>, ConfigError> {
                     ));
                 }
             };
+            let source = plugin_source(&key, p.source.as_deref(), p.path, fleet_zookeeper)?;
+            let source = match source {
+                PluginSource::Zookeeper { .. } => PluginSource::Zookeeper {
+                    local_config: p.config.is_some(),
+                },
+                file => file,
+            };
             Ok(PluginSpec {
                 name: p.name,
-                path: p.path.into(),
+                source,
                 config: p.config.unwrap_or_default(),
                 on_error,
             })
         })
         .collect()
+}
+
+/// `plugins[i].source` and `.path`: a file (the default) needs its path; a
+/// ZooKeeper plugin has none and needs the fleet's ZooKeeper.
+fn plugin_source(
+    key: &str,
+    source: Option<&str>,
+    path: Option<String>,
+    fleet_zookeeper: bool,
+) -> Result<PluginSource, ConfigError> {
+    match (source.unwrap_or("file"), path) {
+        ("file", Some(path)) => Ok(PluginSource::File(path.into())),
+        ("file", None) => Err(ConfigError::new(
+            format!("{key}.path"),
+            "missing (or set source = \"zookeeper\")",
+        )),
+        ("zookeeper", Some(_)) => Err(ConfigError::new(
+            format!("{key}.path"),
+            "a plugin with source = \"zookeeper\" has no path",
+        )),
+        ("zookeeper", None) if !fleet_zookeeper => Err(ConfigError::new(
+            format!("{key}.source"),
+            "\"zookeeper\" needs the fleet's ZooKeeper: zookeeper discovery or fleet.connect, \
+             and fleet.enabled not false",
+        )),
+        ("zookeeper", None) => Ok(PluginSource::Zookeeper {
+            local_config: false,
+        }),
+        (other, _) => Err(ConfigError::new(
+            format!("{key}.source"),
+            format!("unknown source '{other}' (expected file or zookeeper)"),
+        )),
+    }
+}
+
+/// `[fleet]`: on unless `enabled = false`; `connect` as discovery's.
+fn fleet(raw: RawFleet) -> Result<FleetSettings, ConfigError> {
+    let connect = match raw.connect.as_deref() {
+        None => None,
+        Some(text) if text.trim().is_empty() => {
+            return Err(ConfigError::new("fleet.connect", "must not be empty"));
+        }
+        Some(text) => Some(
+            kylin_properties::split_connect(text)
+                .map_err(|p| ConfigError::new("fleet.connect", p))?,
+        ),
+    };
+    if let Some(id) = &raw.id
+        && (id.is_empty() || id.contains('/'))
+    {
+        return Err(ConfigError::new(
+            "fleet.id",
+            format!("'{id}' must be non-empty and without '/'"),
+        ));
+    }
+    Ok(FleetSettings {
+        enabled: raw.enabled.unwrap_or(true),
+        connect,
+        auth: digest_auth("fleet.auth", raw.auth.as_deref())?,
+        base_path: raw
+            .base_path
+            .as_deref()
+            .map(|p| absolute_path("fleet.base_path", p))
+            .transpose()?,
+        id: raw.id,
+        advertise: raw.advertise,
+        session_timeout: ms(
+            "fleet.session_timeout_ms",
+            raw.session_timeout_ms,
+            10_000,
+            1_000,
+        )?,
+    })
+}
+
+/// `digest:user:password` → `user:password`.
+fn digest_auth(key: &str, raw: Option<&str>) -> Result<Option<String>, ConfigError> {
+    raw.map(|a| {
+        a.strip_prefix("digest:")
+            .filter(|c| c.contains(':'))
+            .map(str::to_string)
+            .ok_or_else(|| ConfigError::new(key, "expected digest:user:password"))
+    })
+    .transpose()
 }
 
 /// `plugin_runtime.idle_instances`: 1 to 1024.

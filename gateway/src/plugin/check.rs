@@ -73,7 +73,7 @@ pub fn check(
     let runtime = Runtime::new(&settings, 1).map_err(LoadError::Compile)?;
     let spec = PluginSpec {
         name: "check".into(),
-        path: "check.wasm".into(),
+        source: crate::config::PluginSource::File("check.wasm".into()),
         config: config.to_string(),
         on_error: OnError::Fallback,
     };

@@ -147,19 +147,35 @@ fn connect_string(settings: &ZookeeperSettings) -> String {
 
 /// One connection attempt: every server once, bounded by `connect_timeout`.
 async fn connect(settings: &ZookeeperSettings) -> Result<Client, String> {
+    connect_to(
+        &connect_string(settings),
+        settings.session_timeout,
+        settings.connect_timeout,
+        settings.digest_auth.as_deref(),
+    )
+    .await
+}
+
+/// One connection attempt to `cluster` (hosts and chroot), with digest
+/// credentials `user:pass` if given; also the fleet's.
+pub(crate) async fn connect_to(
+    cluster: &str,
+    session_timeout: Duration,
+    connect_timeout: Duration,
+    digest_auth: Option<&str>,
+) -> Result<Client, String> {
     let mut connector = Client::connector()
-        .with_session_timeout(settings.session_timeout)
+        .with_session_timeout(session_timeout)
         .with_fail_eagerly();
-    if let Some(credentials) = &settings.digest_auth {
+    if let Some(credentials) = digest_auth {
         connector = connector.with_auth("digest", credentials.as_bytes());
     }
-    let cluster = connect_string(settings);
-    match tokio::time::timeout(settings.connect_timeout, connector.connect(&cluster)).await {
+    match tokio::time::timeout(connect_timeout, connector.connect(cluster)).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!(
             "no session within {} ms",
-            settings.connect_timeout.as_millis()
+            connect_timeout.as_millis()
         )),
     }
 }
