@@ -452,13 +452,14 @@ impl PluginControl for PluginChain {
                 let loaded_at = plugin
                     .loaded_at
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                    .unwrap_or_default();
                 serde_json::json!({
                     "name": spec.name,
                     "source": if spec.path().is_some() { "file" } else { "zookeeper" },
                     "path": spec.origin(),
                     "sha256": plugin.sha256,
-                    "loaded_at_unix": loaded_at,
+                    "loaded_at_unix": loaded_at.as_secs(),
+                    "loaded_at_ms": loaded_at.as_millis() as u64,
                     "on_error": spec.on_error,
                     "classes": classes,
                     "body_prefix_len": plugin.body_prefix_len(),

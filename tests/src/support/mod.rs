@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod curator;
 pub mod eventually;
 pub mod failover;
+pub mod fleet;
 pub mod gateway;
 pub mod http;
 pub mod output;

@@ -1,0 +1,72 @@
+//! The fleet, end to end: gateway processes sharing a real ZooKeeper
+//! register themselves (real Curator lists them as ServiceInstances) and see
+//! each other join and leave.
+
+use std::time::{Duration, Instant};
+
+use kylin_gateway_tests::support::backend::Backend;
+use kylin_gateway_tests::support::curator::CuratorNode;
+use kylin_gateway_tests::support::fleet::{BASE, SESSION_MS, fleet, fleet_gateway, sees};
+use kylin_gateway_tests::support::gateway::Gateway;
+use kylin_gateway_tests::support::http::{client, get};
+use kylin_gateway_tests::support::zookeeper::ZkServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_register_as_curator_instances_and_leave_with_their_session() {
+    let zk = ZkServer::start();
+    let backend = Backend::start("node", 0).await;
+    let mut gateways: Vec<Gateway> = (0..3).map(|_| fleet_gateway(&zk, &backend, "")).collect();
+    let c = client();
+    for gateway in &gateways {
+        sees(&c, gateway, 3, Duration::from_secs(10)).await;
+    }
+    let view = fleet(&c, &gateways[0]).await;
+    assert_eq!(view["consistent"], true, "{view}");
+    let own = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["self"] == true)
+        .unwrap()
+        .clone();
+    assert_eq!(own["port"], gateways[0].http_port, "{own}");
+    assert_eq!(
+        own["listen"]["admin"],
+        format!("127.0.0.1:{}", gateways[0].admin_port)
+    );
+
+    // Real Curator reads the records as ServiceInstances of kylin_gateway.
+    let curator = CuratorNode::start(&zk.connect_string(), BASE, "reader", "query");
+    let listed = get(&c, &curator.url("/curator/instances?service=kylin_gateway"))
+        .await
+        .unwrap()
+        .json();
+    let mut ports: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            assert_eq!(i["name"], "kylin_gateway", "{i}");
+            i["port"].as_u64().unwrap()
+        })
+        .collect();
+    ports.sort();
+    let mut expected: Vec<u64> = gateways.iter().map(|g| u64::from(g.http_port)).collect();
+    expected.sort();
+    assert_eq!(ports, expected, "Curator lists {listed}");
+
+    // SIGTERM: the record goes with the drain's start, not the timeout.
+    let stopped = Instant::now();
+    gateways[2].process.signal("TERM");
+    let seen = sees(&c, &gateways[0], 2, Duration::from_secs(5)).await;
+    assert!(
+        seen - stopped < Duration::from_millis(SESSION_MS),
+        "a stopped gateway left the fleet after {:?}",
+        seen - stopped
+    );
+    // SIGKILL: the record goes when its session expires.
+    let killed = Instant::now();
+    gateways[1].process.kill();
+    let seen = sees(&c, &gateways[0], 1, Duration::from_millis(SESSION_MS * 3)).await;
+    eprintln!("killed gateway left the fleet after {:?}", seen - killed);
+}
