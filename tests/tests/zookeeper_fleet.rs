@@ -11,6 +11,31 @@ use kylin_gateway_tests::support::gateway::Gateway;
 use kylin_gateway_tests::support::http::{client, get};
 use kylin_gateway_tests::support::zookeeper::ZkServer;
 
+/// A request the gateway is reading the body of (it asked for it with
+/// `100 Continue`), so a drain waits for it.
+fn request_in_progress(port: u16) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(
+            b"POST /kylin/api/query HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = [0u8; 25];
+    stream.read_exact(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    stream.write_all(b"{").unwrap();
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_register_as_curator_instances_and_leave_with_their_session() {
     let zk = ZkServer::start();
@@ -55,7 +80,9 @@ async fn gateways_register_as_curator_instances_and_leave_with_their_session() {
     expected.sort();
     assert_eq!(ports, expected, "Curator lists {listed}");
 
-    // SIGTERM: the record goes with the drain's start, not the timeout.
+    // SIGTERM: the record goes when the drain starts, while a request is
+    // still open, not when the process (or its session) ends.
+    let _open = request_in_progress(gateways[2].http_port);
     let stopped = Instant::now();
     gateways[2].process.signal("TERM");
     let seen = sees(&c, &gateways[0], 2, Duration::from_secs(5)).await;
@@ -63,6 +90,10 @@ async fn gateways_register_as_curator_instances_and_leave_with_their_session() {
         seen - stopped < Duration::from_millis(SESSION_MS),
         "a stopped gateway left the fleet after {:?}",
         seen - stopped
+    );
+    assert!(
+        gateways[2].process.try_wait().is_none(),
+        "the gateway had exited: the record went with the process, not the drain"
     );
     // SIGKILL: the record goes when its session expires.
     let killed = Instant::now();
