@@ -357,11 +357,11 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
                     acceptor,
                     stopped(),
                     config.drain_timeout,
-                    config.limits,
+                    config.limits.clone(),
                 ));
             }
             Some(threads) => {
-                let mut limits = config.limits;
+                let mut limits = config.limits.clone();
                 limits.max_connections = limits.max_connections.div_ceil(threads);
                 let served = server::serve_per_core(
                     address,
