@@ -1,8 +1,8 @@
 //! kylin-gateway: the front door of an Apache Kylin / KAP cluster.
 //!
 //! Data flows one way: [`discovery`] → [`view`] snapshot → router
-//! ([`classify`], [`plugin`], [`balance`]) → [`proxy`] → [`upstream`]
-//! connections.
+//! ([`classify`], [`plugin`], [`balance`]) → [`proxy`] (with per-project
+//! [`quota`]s) → [`upstream`] connections.
 //! [`admin`], [`events`] and metrics observe; [`config`] and [`tls`] set things up.
 
 #![forbid(unsafe_code)]
@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod events;
 pub mod plugin;
 pub mod proxy;
+pub mod quota;
 pub mod tls;
 pub mod triggers;
 pub mod upstream;
