@@ -315,6 +315,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
         public_metrics: config.admin.public_metrics,
         tls: cert_store.clone(),
         upstream_tls: tls.upstream.verification(),
+        quotas: proxy.quotas().clone(),
     };
     let _cert_file_watch = watch_certificates(&config, cert_store)?;
     let _plugin_file_watch = match &plugins {

@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use crate::balance::health::now_ms;
 use crate::discovery::leader_check::LeaderCheckStatus;
 use crate::plugin::PluginControl;
+use crate::quota::ProjectQuotas;
 use crate::tls::{CertStore, Verification};
 use crate::view::{Snapshot, ViewPublisher};
 
@@ -50,6 +51,8 @@ pub struct Admin {
     pub tls: Option<Arc<CertStore>>,
     /// How TLS nodes' certificates are checked (`/admin/nodes`).
     pub upstream_tls: Verification,
+    /// The proxy's per-project quotas (`/admin/limits`).
+    pub quotas: Arc<ProjectQuotas>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -133,6 +136,7 @@ impl Admin {
                 let since = since_param(request.uri().query());
                 json_response(StatusCode::OK, &crate::events::global().json(since))
             }
+            (&Method::GET, "/admin/limits") => json_response(StatusCode::OK, &self.quotas.status()),
             (&Method::GET, "/admin/view") => json_response(StatusCode::OK, &view_json(&snapshot)),
             (&Method::GET, "/admin/plugins") => match &self.plugins {
                 Some(p) => json_response(StatusCode::OK, &p.status()),
@@ -148,6 +152,7 @@ impl Admin {
                     if let Some(store) = &self.tls {
                         store.export_gauges();
                     }
+                    self.quotas.export_gauges();
                     let mut response = text(StatusCode::OK, handle.render());
                     response.headers_mut().insert(
                         header::CONTENT_TYPE,
