@@ -28,11 +28,11 @@ class = "query"
 "#;
 
 /// A Kylin query of `project`, named in the JSON body as Kylin clients do,
-/// after a SQL text that mentions `"project": "held"`: a scan fooled by it
-/// would count the query against "held".
+/// after a SQL text and a nested map that both mention "held" as a
+/// project: a scan fooled by either would count the query against "held".
 async fn query(gateway: &Gateway, path: &str, project: &str) -> Reply {
     let body = format!(
-        r#"{{"sql": "select '\"project\": \"held\"' from t", "project": "{project}", "limit": 10}}"#
+        r#"{{"sql": "select '\"project\": \"held\"' from t", "backdoorToggles": {{"project": "held"}}, "project": "{project}", "limit": 10}}"#
     );
     send(
         &client(),

@@ -83,6 +83,9 @@ fn a_project_inside_the_sql_string_does_not_fool_the_body_scan() {
     let body =
         br#"{"sql": "select '\"project\": \"evil\"' as \"project\" from t", "project": "good"}"#;
     assert_eq!(from_body(body).as_deref(), Some("good"));
+    // A string value that is just the word, before the field.
+    let value = br#"{"comment": "project", "project": "good"}"#;
+    assert_eq!(from_body(value).as_deref(), Some("good"));
     let no_field =
         br#"{"sql": "select 1 as \"project\", 'project' from t", "acceptPartial": true}"#;
     assert_eq!(from_body(no_field), None);
