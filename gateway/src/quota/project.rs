@@ -66,7 +66,8 @@ pub fn from_path<'a>(path: &'a str, api_base: &str) -> Option<Cow<'a, str>> {
 /// there is nothing to decode, `None` when the result is not UTF-8 or an
 /// escape is malformed.
 fn percent_decode(text: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
-    if !text.contains('%') && !(plus_is_space && text.contains('+')) {
+    let encoded = text.contains('%') || (plus_is_space && text.contains('+'));
+    if !encoded {
         return Some(Cow::Borrowed(text));
     }
     let bytes = text.as_bytes();
