@@ -1,8 +1,8 @@
 //! kylin-gateway: the front door of an Apache Kylin / KAP cluster.
 //!
 //! Data flows one way: [`discovery`] → [`view`] snapshot → router
-//! ([`classify`], [`plugin`], [`balance`]) → [`proxy`] → [`upstream`]
-//! connections.
+//! ([`classify`], [`plugin`], [`balance`]) → [`proxy`] (with per-project
+//! [`quota`]s) → [`upstream`] connections.
 //! [`admin`], [`events`] and metrics observe; [`config`] and [`tls`] set things up;
 //! [`fleet`] ties gateways sharing a ZooKeeper together.
 
@@ -17,6 +17,7 @@ pub mod events;
 pub mod fleet;
 pub mod plugin;
 pub mod proxy;
+pub mod quota;
 pub mod tls;
 pub mod triggers;
 pub mod upstream;

@@ -450,6 +450,12 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
         tls.upstream.clone(),
     ));
     let idle_reaper = tokio::spawn(proxy.upstreams().clone().reap_idle(views.clone()));
+    if let Some(fleet) = &fleet {
+        tokio::spawn(fleet::share_limits(
+            fleet.gateways(),
+            proxy.quotas().clone(),
+        ));
+    }
     let cert_store = tls.termination.as_ref().map(|t| t.store.clone());
     let admin_listener = TcpListener::bind(config.listen.admin)
         .await
@@ -468,6 +474,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
         tls: cert_store.clone(),
         upstream_tls: tls.upstream.verification(),
         fleet: fleet.clone(),
+        quotas: proxy.quotas().clone(),
     };
     let _cert_file_watch = watch_certificates(&config, cert_store)?;
     let _plugin_file_watch = match &plugins {
@@ -510,11 +517,11 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
                     acceptor,
                     stopped(),
                     config.drain_timeout,
-                    config.limits,
+                    config.limits.clone(),
                 ));
             }
             Some(threads) => {
-                let mut limits = config.limits;
+                let mut limits = config.limits.clone();
                 limits.max_connections = limits.max_connections.div_ceil(threads);
                 let served = server::serve_per_core(
                     address,

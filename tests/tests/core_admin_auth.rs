@@ -154,6 +154,7 @@ async fn with_a_token_admin_endpoints_need_it_and_probes_do_not() {
         "/admin/view",
         "/admin/plugins",
         "/admin/events",
+        "/admin/limits",
     ];
     for path in private {
         let url = gateway.admin_url(path);

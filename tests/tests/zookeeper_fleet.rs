@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use kylin_gateway_tests::support::backend::Backend;
 use kylin_gateway_tests::support::curator::CuratorNode;
+use kylin_gateway_tests::support::eventually_async;
 use kylin_gateway_tests::support::fleet::{BASE, SESSION_MS, fleet, fleet_gateway, sees};
 use kylin_gateway_tests::support::gateway::Gateway;
-use kylin_gateway_tests::support::http::{client, get};
+use kylin_gateway_tests::support::http::{client, get, send};
 use kylin_gateway_tests::support::zookeeper::ZkServer;
 
 /// A request the gateway is reading the body of (it asked for it with
@@ -100,4 +101,96 @@ async fn gateways_register_as_curator_instances_and_leave_with_their_session() {
     gateways[1].process.kill();
     let seen = sees(&c, &gateways[0], 1, Duration::from_millis(SESSION_MS * 3)).await;
     eprintln!("killed gateway left the fleet after {:?}", seen - killed);
+}
+
+/// Three gateways share `max_concurrent = 6` of project `held`: each
+/// allows ⌈6/3⌉ = 2, so a third held query at one gateway is refused with
+/// 429 naming this gateway's share; when a gateway leaves, the others
+/// allow ⌈6/2⌉ = 3 and the same query is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_quotas_are_shared_out_between_the_live_gateways() {
+    let zk = ZkServer::start();
+    let backend = Backend::start("node", 0).await;
+    let quotas = r#"
+[[limits.projects]]
+name = "held"
+max_concurrent = 6
+[[routing.rules]]
+methods = ["POST"]
+path = "/__kgw/sleep"
+class = "query"
+"#;
+    let mut gateways: Vec<Gateway> = (0..3)
+        .map(|_| fleet_gateway(&zk, &backend, quotas))
+        .collect();
+    let c = client();
+    let allowed =
+        |limits: &serde_json::Value| limits["projects"][0]["allowed"]["max_concurrent"].clone();
+    for gateway in &gateways {
+        sees(&c, gateway, 3, Duration::from_secs(10)).await;
+    }
+    let limits = get(&c, &gateways[0].admin_url("/admin/limits"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(limits["gateways"], 3, "{limits}");
+    assert_eq!(allowed(&limits), 2, "{limits}");
+
+    let hits = backend.hits();
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let url = gateways[0].url("/__kgw/sleep?ms=3000");
+            tokio::spawn(async move {
+                let body = r#"{"sql": "select 1", "project": "held"}"#;
+                send(&client(), "POST", &url, &[], body)
+                    .await
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    eventually_async(
+        "both held queries at the node",
+        Duration::from_secs(10),
+        || async { (backend.hits() >= hits + 2).then_some(()) },
+    )
+    .await;
+    let body = r#"{"sql": "select 1", "project": "held"}"#;
+    let refused = send(&c, "POST", &gateways[0].url("/kylin/api/query"), &[], body)
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    let answer = refused.json();
+    assert_eq!(answer["allowed"], 2, "{answer}");
+    assert_eq!(answer["configured"], 6, "{answer}");
+    assert_eq!(answer["gateways"], 3, "{answer}");
+
+    gateways[2].process.kill();
+    eventually_async(
+        "a share of 3 after a gateway left",
+        Duration::from_millis(SESSION_MS * 3),
+        || async {
+            let limits = get(&c, &gateways[0].admin_url("/admin/limits"))
+                .await
+                .unwrap()
+                .json();
+            (allowed(&limits) == 3).then_some(())
+        },
+    )
+    .await;
+    let admitted = send(&c, "POST", &gateways[0].url("/kylin/api/query"), &[], body)
+        .await
+        .unwrap();
+    assert_eq!(admitted.status, 200, "{}", admitted.text());
+    for request in held {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let limits = get(&c, &gateways[0].admin_url("/admin/limits"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        limits["projects"][0]["rejected"]["max_concurrent"], 1,
+        "{limits}"
+    );
 }

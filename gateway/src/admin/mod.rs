@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use crate::balance::health::now_ms;
 use crate::discovery::leader_check::LeaderCheckStatus;
 use crate::plugin::PluginControl;
+use crate::quota::ProjectQuotas;
 use crate::tls::{CertStore, Verification};
 use crate::view::{Snapshot, ViewPublisher};
 
@@ -52,6 +53,8 @@ pub struct Admin {
     pub upstream_tls: Verification,
     /// The gateways sharing this one's ZooKeeper, when the fleet is on.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// The proxy's per-project quotas (`/admin/limits`).
+    pub quotas: Arc<ProjectQuotas>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -135,6 +138,7 @@ impl Admin {
                 let since = since_param(request.uri().query());
                 json_response(StatusCode::OK, &crate::events::global().json(since))
             }
+            (&Method::GET, "/admin/limits") => json_response(StatusCode::OK, &self.quotas.status()),
             (&Method::GET, "/admin/view") => json_response(StatusCode::OK, &view_json(&snapshot)),
             (&Method::GET, "/admin/fleet") => match &self.fleet {
                 Some(fleet) => json_response(StatusCode::OK, &fleet.status()),
@@ -154,6 +158,7 @@ impl Admin {
                     if let Some(store) = &self.tls {
                         store.export_gauges();
                     }
+                    self.quotas.export_gauges();
                     let mut response = text(StatusCode::OK, handle.render());
                     response.headers_mut().insert(
                         header::CONTENT_TYPE,

@@ -237,7 +237,7 @@ pub struct AdminSettings {
 }
 
 /// `[limits]`: bounds on what a client may hold of the gateway.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Limits {
     /// A new connection's first request head must be complete in this time.
     #[serde(rename = "header_read_timeout_ms", with = "ms")]
@@ -264,6 +264,36 @@ pub struct Limits {
     /// Streams the gateway may have to reset for one client's protocol
     /// errors before the connection is closed.
     pub h2_max_local_error_reset_streams: usize,
+    /// The quota of query traffic of a project not listed in `projects`;
+    /// `None`: such projects are not limited. (Tables last: TOML writes
+    /// them after plain values.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_default: Option<QuotaLimits>,
+    /// Per-project query quotas, fleet totals (`crate::quota`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<ProjectQuota>,
+}
+
+/// One project's query quota: configured totals for the whole fleet of
+/// gateways (each enforces its share). `None`: that limit is off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QuotaLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_s: Option<u64>,
+    /// Requests a project may send at once above `rate_per_s`; set whenever
+    /// `rate_per_s` is (defaults to it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+/// `[[limits.projects]]`: a named project's quota.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProjectQuota {
+    pub name: String,
+    #[serde(flatten)]
+    pub limits: QuotaLimits,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -197,6 +197,28 @@ pub struct RawLimits {
     pub h2_max_concurrent_streams: Option<u32>,
     pub h2_max_pending_accept_reset_streams: Option<usize>,
     pub h2_max_local_error_reset_streams: Option<usize>,
+    pub project_default: Option<RawQuota>,
+    #[serde(default)]
+    pub projects: Vec<RawProjectQuota>,
+}
+
+/// `[limits.project_default]`: a project's query quota, every limit optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    pub max_concurrent: Option<u64>,
+    pub rate_per_s: Option<u64>,
+    pub burst: Option<u64>,
+}
+
+/// `[[limits.projects]]`: one named project's query quota.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProjectQuota {
+    pub name: String,
+    pub max_concurrent: Option<u64>,
+    pub rate_per_s: Option<u64>,
+    pub burst: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -572,3 +572,88 @@ fn kylin_properties_from_the_command_line_stand_in_for_the_files() {
     // Static discovery has no use for it, and is not refused for it.
     assert!(parse_with_kylin_properties(MINIMAL, Some(Path::new("/x"))).is_ok());
 }
+
+#[test]
+fn project_quotas_default_burst_to_the_rate_and_round_trip() {
+    let text = format!(
+        "{MINIMAL}[limits.project_default]\nmax_concurrent = 4\n\
+         [[limits.projects]]\nname = \"learn_kylin\"\nmax_concurrent = 16\nrate_per_s = 100\nburst = 200\n\
+         [[limits.projects]]\nname = \"adhoc\"\nrate_per_s = 5\n"
+    );
+    let config = parse(&text).unwrap();
+    let quota = |max_concurrent, rate_per_s, burst| QuotaLimits {
+        max_concurrent,
+        rate_per_s,
+        burst,
+    };
+    assert_eq!(
+        config.limits.project_default,
+        Some(quota(Some(4), None, None))
+    );
+    assert_eq!(config.limits.projects[0].name, "learn_kylin");
+    assert_eq!(
+        config.limits.projects[0].limits,
+        quota(Some(16), Some(100), Some(200))
+    );
+    assert_eq!(
+        config.limits.projects[1].limits,
+        quota(None, Some(5), Some(5))
+    );
+    let printed = toml::to_string_pretty(&config).unwrap();
+    let again = parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(again.limits.projects, config.limits.projects);
+    assert_eq!(again.limits.project_default, config.limits.project_default);
+    for key in [
+        "[limits.project_default]",
+        "[[limits.projects]]",
+        "burst = 200",
+    ] {
+        assert!(printed.contains(key), "missing {key:?} in\n{printed}");
+    }
+    // No quotas: nothing printed for them beyond an empty list.
+    let none = parse(MINIMAL).unwrap();
+    assert!(none.limits.projects.is_empty());
+    assert!(none.limits.project_default.is_none());
+}
+
+#[test]
+fn project_quota_errors_name_the_key() {
+    let named =
+        |name: &str, fields: &str| format!("[[limits.projects]]\nname = \"{name}\"\n{fields}\n");
+    let project = |fields: &str| named("a", fields);
+    for (extra, expected) in [
+        (
+            format!("{}{}", project(""), named("b", "rate_per_s = 0")),
+            "limits.projects[1].rate_per_s: must be > 0",
+        ),
+        (
+            project("max_concurrent = 0"),
+            "limits.projects[0].max_concurrent: must be > 0",
+        ),
+        (
+            project("burst = 10"),
+            "limits.projects[0].burst: needs rate_per_s",
+        ),
+        (
+            format!("{}{}", project(""), project("")),
+            "limits.projects[1].name: duplicate project 'a'",
+        ),
+        (
+            "[[limits.projects]]\nname = \"\"\n".to_string(),
+            "limits.projects[0].name: must not be empty",
+        ),
+        (
+            "[limits.project_default]\nburst = 0\n".to_string(),
+            "limits.project_default.burst: must be > 0",
+        ),
+        (
+            "[limits.project_default]\nname = \"x\"\n".to_string(),
+            "limits.project_default.name",
+        ),
+        (project("rate_per_s = -1"), "limits.projects[0].rate_per_s"),
+    ] {
+        let error = error_of(&format!("{MINIMAL}{extra}"));
+        assert!(error.starts_with(expected), "{extra}: {error}");
+        assert!(!error.contains('\n'), "one line: {error}");
+    }
+}

@@ -306,6 +306,76 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
             1024,
             1..=usize::MAX,
         )?,
+        project_default: raw
+            .project_default
+            .map(|q| {
+                quota(
+                    "limits.project_default",
+                    q.max_concurrent,
+                    q.rate_per_s,
+                    q.burst,
+                )
+            })
+            .transpose()?,
+        projects: project_quotas(raw.projects)?,
+    })
+}
+
+/// `[[limits.projects]]`: named once each, limits as in [`quota`].
+fn project_quotas(raw: Vec<RawProjectQuota>) -> Result<Vec<ProjectQuota>, ConfigError> {
+    let mut seen = BTreeMap::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let key = format!("limits.projects[{i}]");
+            if p.name.is_empty() {
+                return Err(ConfigError::new(format!("{key}.name"), "must not be empty"));
+            }
+            if let Some(first) = seen.insert(p.name.clone(), i) {
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    format!(
+                        "duplicate project '{}' (also limits.projects[{first}])",
+                        p.name
+                    ),
+                ));
+            }
+            let limits = quota(&key, p.max_concurrent, p.rate_per_s, p.burst)?;
+            Ok(ProjectQuota {
+                name: p.name,
+                limits,
+            })
+        })
+        .collect()
+}
+
+/// One quota under `key`: every limit > 0; `burst` needs `rate_per_s` and
+/// defaults to it.
+fn quota(
+    key: &str,
+    max_concurrent: Option<u64>,
+    rate_per_s: Option<u64>,
+    burst: Option<u64>,
+) -> Result<QuotaLimits, ConfigError> {
+    for (name, value) in [
+        ("max_concurrent", max_concurrent),
+        ("rate_per_s", rate_per_s),
+        ("burst", burst),
+    ] {
+        if value == Some(0) {
+            return Err(ConfigError::new(format!("{key}.{name}"), "must be > 0"));
+        }
+    }
+    if burst.is_some() && rate_per_s.is_none() {
+        return Err(ConfigError::new(
+            format!("{key}.burst"),
+            "needs rate_per_s (burst is the bucket size of that rate)",
+        ));
+    }
+    Ok(QuotaLimits {
+        max_concurrent,
+        rate_per_s,
+        burst: burst.or(rate_per_s),
     })
 }
 

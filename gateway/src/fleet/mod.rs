@@ -154,6 +154,21 @@ pub async fn run(member: Member, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Shares the per-project limits out between the live gateways, for as
+/// long as the fleet is followed: each gateway allows ⌈limit / n⌉.
+pub async fn share_limits(
+    mut gateways: watch::Receiver<usize>,
+    quotas: Arc<crate::quota::ProjectQuotas>,
+) {
+    loop {
+        let live = *gateways.borrow_and_update();
+        quotas.set_gateways(live);
+        if gateways.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Resolves once `stop` is true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;

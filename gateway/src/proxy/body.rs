@@ -132,6 +132,12 @@ impl RequestBody {
         Ok(self.prefix.insert(buf.freeze()))
     }
 
+    /// Whether the client has nothing more to send: all of the body there
+    /// is, is in [`Self::prefix`].
+    pub fn fully_read(&self) -> bool {
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+    }
+
     /// The bytes read ahead so far.
     pub fn prefix(&self) -> &[u8] {
         self.prefix.as_deref().unwrap_or_default()

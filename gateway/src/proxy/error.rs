@@ -5,6 +5,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ResponseBody;
 use crate::classify::TrafficClass;
+use crate::quota::Rejection;
 
 /// Why the gateway answered instead of an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,9 @@ pub enum GatewayError {
     Overloaded,
     #[error("{message}")]
     Rejected { status: StatusCode, message: String },
+    /// The query's project is over this gateway's share of its quota.
+    #[error(transparent)]
+    ProjectQuota(Box<Rejection>),
 }
 
 impl From<super::body::ClientBodyError> for GatewayError {
@@ -54,6 +58,7 @@ impl GatewayError {
             GatewayError::ClientBody(_) | GatewayError::Malformed(_) => StatusCode::BAD_REQUEST,
             GatewayError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Rejected { status, .. } => *status,
+            GatewayError::ProjectQuota(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -69,8 +74,12 @@ impl GatewayError {
         self.status() == StatusCode::SERVICE_UNAVAILABLE
     }
 
-    /// A JSON answer: `{"error": ..., "class": ...}`.
+    /// A JSON answer: `{"error": ..., "class": ...}`, or for a project
+    /// over its quota, the project, the limit and the shares.
     pub fn into_response(self, class: TrafficClass, retry_after_s: u64) -> Response<ResponseBody> {
+        if let GatewayError::ProjectQuota(rejection) = self {
+            return quota_response(&rejection);
+        }
         let status = self.status();
         let body = serde_json::json!({ "error": self.to_string(), "class": class.as_str() });
         let mut response = Response::new(ResponseBody::full(body.to_string()));
@@ -90,6 +99,32 @@ impl GatewayError {
         }
         response
     }
+}
+
+/// 429 with `Retry-After` (for a rate: until the next token) and what
+/// was exceeded, so a client (or its operator) can tell a quota from an
+/// overload.
+fn quota_response(rejection: &Rejection) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": "project quota exceeded",
+        "project": &*rejection.project,
+        "limit": rejection.limit.as_str(),
+        "allowed": rejection.allowed,
+        "configured": rejection.configured,
+        "gateways": rejection.gateways,
+    });
+    let mut response = Response::new(ResponseBody::full(body.to_string()));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(rejection.retry_after_s.max(1)),
+    );
+    response
 }
 
 #[cfg(test)]
@@ -120,5 +155,30 @@ mod tests {
                 assert_eq!(response.headers()[header::RETRY_AFTER], "7");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_quota_rejection_is_429_naming_the_project_and_limit() {
+        use http_body_util::BodyExt;
+        let rejection = Rejection {
+            project: "learn_kylin".into(),
+            limit: crate::quota::LimitKind::RatePerS,
+            allowed: 50,
+            configured: 100,
+            gateways: 2,
+            retry_after_s: 3,
+        };
+        let error = GatewayError::ProjectQuota(Box::new(rejection));
+        assert_eq!(error.status().as_u16(), 429);
+        let response = error.into_response(TrafficClass::Query, 7);
+        assert_eq!(response.status().as_u16(), 429);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "project quota exceeded", "project": "learn_kylin",
+                "limit": "rate_per_s", "allowed": 50, "configured": 100, "gateways": 2})
+        );
     }
 }

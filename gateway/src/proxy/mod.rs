@@ -34,6 +34,7 @@ use crate::classify::{Classifier, TrafficClass};
 use crate::config::{BalanceKind, Config, HashKey, Routing};
 use crate::events;
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
+use crate::quota::{ProjectQuotas, QuotaPermit};
 use crate::tls::UpstreamTls;
 use crate::upstream::{Lease, NodePool, Upstreams};
 use crate::view::{JobRouting, RequestCounters, RoutableNode, Snapshot, ViewPublisher};
@@ -43,6 +44,11 @@ use limits::InFlightLimit;
 /// Bodies up to this size (by `Content-Length`) of replay-safe requests are
 /// read ahead so a retry can resend them; Kylin query bodies are SQL text.
 const REPLAY_BODY_LIMIT: usize = 64 * 1024;
+
+/// Of a query body not read ahead (larger, or without `Content-Length`),
+/// this much is read to find its project: Kylin clients put `project`
+/// next to a short `sql`.
+const PROJECT_PREFIX_BYTES: usize = 4 * 1024;
 
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
@@ -78,6 +84,8 @@ pub struct Proxy {
     in_flight: InFlightLimit,
     /// `kgw_requests_shed_total`, registered on first use.
     shed: OnceLock<metrics::Counter>,
+    /// Per-project query quotas; the fleet membership sets their share.
+    quotas: Arc<ProjectQuotas>,
 }
 
 /// The connection a request arrived on.
@@ -121,7 +129,14 @@ impl Proxy {
             durations: Default::default(),
             in_flight: InFlightLimit::new(config.limits.max_in_flight),
             shed: OnceLock::new(),
+            quotas: Arc::new(ProjectQuotas::new(&config.limits)),
         }
+    }
+
+    /// The per-project quotas: `/admin/limits` reads them, the fleet
+    /// membership calls `set_gateways` on them.
+    pub fn quotas(&self) -> &Arc<ProjectQuotas> {
+        &self.quotas
     }
 
     pub fn views(&self) -> &ViewPublisher {
@@ -260,6 +275,8 @@ impl Proxy {
                 .await?;
         }
         let replay_safe = self.read_ahead_small_body(&parts, &mut body).await?;
+        // Held until the answer's head is out, like the in-flight place.
+        let _quota = self.admit_project(&parts, &mut body, class).await?;
         let slot = BodySlot::new(body);
         let replay_safe = replay_safe && slot.replayable();
         self.attempts(&parts, &slot, replay_safe, &target, snapshot, outcome)
@@ -341,6 +358,39 @@ impl Proxy {
                 .map_err(GatewayError::from)?;
         }
         Ok(replay_safe)
+    }
+
+    /// The quota phase: a query counts against its project's quota, or is
+    /// refused (429) before any node sees it. A body too large to have been
+    /// read ahead is read this far only when quotas are configured.
+    async fn admit_project(
+        &self,
+        parts: &http::request::Parts,
+        body: &mut RequestBody,
+        class: TrafficClass,
+    ) -> Result<Option<QuotaPermit>, GatewayError> {
+        if class != TrafficClass::Query || !self.quotas.enabled() {
+            return Ok(None);
+        }
+        if body.prefix().len() < PROJECT_PREFIX_BYTES && !body.fully_read() {
+            body.read_prefix(PROJECT_PREFIX_BYTES)
+                .await
+                .map_err(GatewayError::from)?;
+        }
+        let project = crate::quota::project::project_of(
+            body.prefix(),
+            parts.uri.query(),
+            parts.uri.path(),
+            &self.routing.api_base,
+        );
+        match project {
+            Some(project) => self
+                .quotas
+                .admit(&project)
+                .map_err(GatewayError::ProjectQuota),
+            // Without a project there is no quota to count against.
+            None => Ok(None),
+        }
     }
 
     /// Sends to a chosen node, and after a failure that is safe to retry,

@@ -103,8 +103,13 @@ pub async fn serve_per_core(
     for index in 0..threads {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         bound.push(bound_rx);
-        let (proxy, tls, mut stop, drained) =
-            (proxy.clone(), tls.clone(), stop.clone(), drained.clone());
+        let (proxy, tls, mut stop, drained, limits) = (
+            proxy.clone(),
+            tls.clone(),
+            stop.clone(),
+            drained.clone(),
+            limits.clone(),
+        );
         let serve_thread = move || {
             crate::upstream::enter_shard(index);
             let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -192,6 +192,35 @@ function renderTls(tls) {
   document.querySelector("#tls tbody").replaceChildren(...rows);
 }
 
+// "share of total" for one limit: this gateway's share and the fleet's.
+function quotaCell(allowed, configured) {
+  if (configured === null || configured === undefined) return el("td", "–", "num");
+  return el("td", allowed === configured ? configured : allowed + " of " + configured, "num");
+}
+
+function renderQuotas(limits) {
+  const section = document.getElementById("quotas-section");
+  const projects = (limits && limits.projects) || [];
+  section.hidden = projects.length === 0;
+  if (section.hidden) return;
+  const n = limits.gateways;
+  document.getElementById("quotas-fleet").textContent =
+    "this gateway's share of each total, " + n + " gateway" + (n === 1 ? "" : "s");
+  const rows = projects.map((p) => {
+    const c = p.configured, a = p.allowed;
+    const rate = quotaCell(a.rate_per_s, c.rate_per_s);
+    if (c.burst) rate.textContent += " (" + (a.burst === c.burst ? c.burst : a.burst + " of " + c.burst) + ")";
+    const rejected = (k) => el("td", p.rejected[k], "num" + (p.rejected[k] > 0 ? " error" : ""));
+    const tr = row([el("td", p.name + (p.listed ? "" : " (default)")),
+      quotaCell(a.max_concurrent, c.max_concurrent), rate,
+      el("td", p.in_flight, "num"), el("td", p.admitted, "num"),
+      rejected("max_concurrent"), rejected("rate_per_s")]);
+    tr.setAttribute("data-project", p.name);
+    return tr;
+  });
+  document.querySelector("#quotas tbody").replaceChildren(...rows);
+}
+
 let tlsChecked = 0;
 let tlsOn = true;
 
@@ -199,16 +228,18 @@ async function poll() {
   const status = document.getElementById("poll-status");
   try {
     const wantTls = tlsOn || Date.now() - tlsChecked > 30000;
-    const [view, leader, nodes, events, plugins, tls] = await Promise.all([
+    const [view, leader, nodes, events, plugins, tls, limits] = await Promise.all([
       get("/admin/view"), get("/admin/leader"), get("/admin/nodes"),
       get("/admin/events?since=" + lastSeq), get("/admin/plugins"),
       wantTls ? get("/admin/tls") : Promise.resolve(null),
+      get("/admin/limits"),
     ]);
     if (wantTls) { tlsChecked = Date.now(); tlsOn = tls !== null; }
     renderEvents(events);
     renderHeader(view, leader, nodes);
     renderNodes(nodes);
     renderPlugins(plugins);
+    renderQuotas(limits);
     if (wantTls) renderTls(tls);
     document.getElementById("token-form").hidden = true;
     status.textContent = "updated " + clock(Date.now());
