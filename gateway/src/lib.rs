@@ -3,10 +3,11 @@
 //! Data flows one way: [`discovery`] → [`view`] snapshot → router
 //! ([`classify`], [`plugin`], [`balance`]) → [`proxy`] → [`upstream`]
 //! connections.
-//! [`admin`], [`events`] and metrics observe; [`config`] and [`tls`] set things up.
+//! [`admin`], [`events`], [`access_log`] and metrics observe; [`config`] and [`tls`] set things up.
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod classify;
