@@ -7,6 +7,9 @@
 #   bench/instructions.sh                     # the build of this tree
 #   bench/instructions.sh OLD_BIN NEW_BIN     # compare given binaries
 #   DURATION=8s GATEWAY_LOG=info bench/instructions.sh
+#   SEPARATE_THREADS=yes GATEWAY_LOG=info bench/instructions.sh
+#                                             # also per thread: serving
+#                                             # threads vs the access log's
 #
 # Needs valgrind, nginx (Debian nginx-light), wrk and curl. Fails (exit 1)
 # if any request is not answered 2xx. Stops what it started
@@ -16,6 +19,7 @@ set -euo pipefail
 DURATION=${DURATION:-8s}
 REQUEST_PATH=${REQUEST_PATH:-/kylin/api/projects}
 GATEWAY_LOG=${GATEWAY_LOG:-warn}
+SEPARATE_THREADS=${SEPARATE_THREADS:-no}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/kgw-instr.XXXXXX)
@@ -29,6 +33,26 @@ if [ ${#binaries[@]} = 0 ]; then
     binaries=("$(release_gateway)")
 fi
 
+# One line per thread that ran while counting (callgrind's
+# --separate-threads files), named by a function only it runs: the serving
+# threads (Proxy::handle), the access log's thread (access_log::, after
+# inlining too), or other.
+per_thread() {
+    local requests=$1 file role
+    shift
+    for file in "$@"; do
+        if grep -q 'Proxy::handle' "$file"; then
+            role="serving thread"
+        elif grep -q 'access_log::' "$file"; then
+            role="access log thread"
+        else
+            role="other thread"
+        fi
+        awk -v r="$role" -v f="${file##*.}" -v n="$requests" \
+            '/^totals:/ { printf "    %-20s %-6s %9.0f instructions/request\n", r, f, $2 / n }' "$file"
+    done
+}
+
 nginx_port=$(free_port)
 start_nginx "$nginx_port"
 wait_port "$nginx_port"
@@ -41,8 +65,11 @@ for bin in "${binaries[@]}"; do
     out="$work/callgrind.out"
     rm -f "$out"*
     # Instrumentation starts after the warm-up: start-up and pool filling
-    # are not counted.
-    RUST_LOG=$GATEWAY_LOG valgrind --tool=callgrind --instr-atstart=no \
+    # are not counted. Fair scheduling: the gateway's threads hand work to
+    # each other (the log writers), and valgrind's default lock can starve
+    # one of them until wrk times out.
+    RUST_LOG=$GATEWAY_LOG valgrind --tool=callgrind --instr-atstart=no --fair-sched=yes \
+        --separate-threads="$SEPARATE_THREADS" \
         --callgrind-out-file="$out" "$bin" --config "$work/gateway.toml" \
         >"$work/gateway.log" 2>"$work/valgrind.log" &
     pid=$!
@@ -62,7 +89,10 @@ for bin in "${binaries[@]}"; do
     requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
     kill "$pid"
     wait "$pid" 2>/dev/null || true
-    instructions=$(awk '/^totals:/ {print $2}' "$out"*)
+    instructions=$(awk '/^totals:/ {s += $2} END {print s}' "$out"*)
     awk -v b="$bin" -v i="$instructions" -v n="$requests" \
         'BEGIN { printf "%-50s %8d requests %9.0f instructions/request\n", b, n, i / n }'
+    if [ "$SEPARATE_THREADS" = yes ]; then
+        per_thread "$requests" "$out"*
+    fi
 done

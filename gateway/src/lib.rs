@@ -3,11 +3,12 @@
 //! Data flows one way: [`discovery`] → [`view`] snapshot → router
 //! ([`classify`], [`plugin`], [`balance`]) → [`proxy`] (with per-project
 //! [`quota`]s) → [`upstream`] connections.
-//! [`admin`], [`events`] and metrics observe; [`config`] and [`tls`] set things up;
+//! [`admin`], [`events`], [`access_log`] and metrics observe; [`config`] and [`tls`] set things up;
 //! [`fleet`] ties gateways sharing a ZooKeeper together.
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod classify;

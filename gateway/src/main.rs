@@ -184,6 +184,9 @@ fn main() -> ExitCode {
                 Err(error) => return config_failure(&error),
             };
             let _log_writer = init_tracing();
+            // After the filter is installed (it decides whether the access
+            // log is on); dropped before `_log_writer`, flushing its lines.
+            let _access_log = kylin_gateway::access_log::install_if_enabled();
             let runtime = match build_runtime(config.runtime) {
                 Ok(runtime) => runtime,
                 Err(error) => {

@@ -1,7 +1,7 @@
 //! The proxy as a proxy: end-to-end headers pass untouched and hop-by-hop
 //! ones are stripped both ways, X-Forwarded-* are set, raw paths and query
-//! strings survive, h2c and TLS downstream work, and a 1 GiB body streams
-//! both ways through flat memory.
+//! strings survive, h2c and TLS downstream work, a 1 GiB body streams
+//! both ways through flat memory, and each request writes one access line.
 
 use std::sync::Arc;
 
@@ -271,4 +271,64 @@ async fn one_gib_streams_both_ways_in_flat_memory() {
     eprintln!(
         "gateway RSS: peak {peak} KiB, after upload {peak_after_upload} KiB, now {current} KiB"
     );
+}
+
+/// The access log operators read (`RUST_LOG` at `info`): one line per
+/// request with the fields they grep for, in the `tracing` fmt layout; and
+/// none when `RUST_LOG` turns target `access` off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_writes_one_access_line_unless_the_target_is_off() {
+    let node = Backend::start("n", 0).await;
+    let discovery = static_discovery(&[(node.addr, "all", true)]);
+    let c = client();
+    let mut lines = Vec::new();
+    for rust_log in ["info", "info,access=off"] {
+        let launch = Launch {
+            rust_log: Some(rust_log.into()),
+            log_to_file: true,
+            ..Launch::default()
+        };
+        let gateway = Gateway::launch(&launch, &discovery);
+        gateway.wait_ready().await;
+        let reply = get(&c, &gateway.url("/kylin/api/projects?project=p1"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        // The line is written by the log thread, a moment after the answer.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let log = gateway.log();
+        lines.push(
+            log.lines()
+                .filter(|l| l.contains(" INFO access: "))
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(
+        lines[0].len(),
+        1,
+        "one access line with RUST_LOG=info: {lines:?}"
+    );
+    let line = &lines[0][0];
+    let (timestamp, rest) = line.split_once("  INFO access: ").unwrap();
+    assert!(
+        timestamp.len() == 27 && timestamp.ends_with('Z') && timestamp.as_bytes()[10] == b'T',
+        "an RFC 3339 UTC timestamp with microseconds: {line}"
+    );
+    let client_field = rest.split(' ').next().unwrap();
+    assert!(client_field.starts_with("client=127.0.0.1:"), "{line}");
+    let expected_middle = format!(
+        " method=GET path=\"/kylin/api/projects\" class=\"other\" upstream=\"{}\" status=200 duration_ms=",
+        node.addr
+    );
+    assert!(rest.contains(&expected_middle), "{line}");
+    assert!(rest.ends_with(" retries=0 error=\"\""), "{line}");
+    let duration: f64 = rest
+        .split(" duration_ms=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("duration_ms is a number: {line}"));
+    assert!(duration > 0.0 && duration < 10_000.0, "{line}");
+    assert!(lines[1].is_empty(), "access=off: {:?}", lines[1]);
 }

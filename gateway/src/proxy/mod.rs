@@ -19,7 +19,7 @@ pub use error::GatewayError;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -28,6 +28,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::access_log;
 use crate::balance::health::{Ejection, now_ms};
 use crate::balance::{Balancer, Tried, hash_key};
 use crate::classify::{Classifier, TrafficClass};
@@ -200,18 +201,19 @@ impl Proxy {
             )
             .record(elapsed.as_secs_f64());
         let upstream = counters.upstream();
-        tracing::info!(
-            target: "access",
-            client = %downstream.client,
-            method = %method,
-            path = outcome.path.as_ref().map_or("", |pq| pq.path()),
-            class = class.as_str(),
-            upstream = &**upstream,
-            status = status.as_u16(),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            retries = outcome.retries,
-            error = outcome.error.as_deref().unwrap_or(""),
-        );
+        // Formatted and written on the access log's thread, not here.
+        access_log::emit(|| access_log::Record {
+            at: SystemTime::now(),
+            client: downstream.client,
+            method,
+            path: outcome.path,
+            class,
+            upstream: upstream.clone(),
+            status: status.as_u16(),
+            elapsed,
+            retries: outcome.retries,
+            error: outcome.error,
+        });
         response
     }
 

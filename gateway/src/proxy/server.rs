@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,7 +32,7 @@ pub async fn serve(
     limits: Limits,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = connection_builder(&limits);
+    let builders = Arc::new(Builders::new(&limits));
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let refused = metrics::counter!("kgw_connections_refused_total");
     tokio::pin!(shutdown);
@@ -60,7 +61,7 @@ pub async fn serve(
             client,
             permit,
         };
-        let connection = serve_one(accepted, &proxy, tls.clone(), builder.clone(), &graceful);
+        let connection = serve_one(accepted, &proxy, tls.clone(), builders.clone(), &graceful);
         tokio::spawn(first_request_within(
             limits.header_read_timeout,
             connection.first,
@@ -170,7 +171,9 @@ fn reuseport_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// HTTP/1.1 and h2c (and both over TLS), bounded by `limits`.
+/// HTTP/1.1 and h2c (and both over TLS), bounded by `limits`: one builder
+/// per protocol for plaintext connections, which [`speaks_h2c`] tells
+/// apart, and the auto-detecting one for TLS.
 ///
 /// hyper's HTTP/1 header read timeout runs from the moment a connection
 /// waits for a request head, so on a keep-alive connection it bounds the
@@ -182,21 +185,69 @@ fn reuseport_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
 /// hyper's guards against reset floods (streams reset by the client before
 /// they were accepted, and streams the gateway had to reset for protocol
 /// errors), each closing the connection with GOAWAY past its count.
-fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout)
-        .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams);
-    builder
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// The same settings behind hyper's protocol detection, for TLS.
+    auto: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: &Limits) -> Builders {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.idle_timeout)
+            .max_buf_size(limits.max_header_bytes);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(header_list_size(limits))
+            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.idle_timeout)
+            .max_buf_size(limits.max_header_bytes);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(header_list_size(limits))
+            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams);
+        Builders { http1, http2, auto }
+    }
+}
+
+fn header_list_size(limits: &Limits) -> u32 {
+    u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX)
+}
+
+/// Whether a plaintext client speaks h2c with prior knowledge (its first
+/// bytes are the HTTP/2 preface), read with `peek`: the bytes stay in the
+/// socket, so hyper's first read takes the whole head into one buffer. (The
+/// auto-detecting builder hands the sniffed bytes back as a first short
+/// read, after which hyper grows its read buffer to 16 KiB and keeps it
+/// for the connection's life.) A client that has sent nothing costs only
+/// this wait, no protocol state.
+async fn speaks_h2c(stream: &TcpStream) -> std::io::Result<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut start = [0u8; PREFACE.len()];
+    loop {
+        let read = stream.peek(&mut start).await?;
+        // End of stream: hyper's HTTP/1 reads it and ends the connection.
+        if read == 0 || start[..read] != PREFACE[..read] {
+            return Ok(false);
+        }
+        if read == PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface: `peek` would return at once again, so wait
+        // a little for the rest (bounded by the first head's deadline).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// An accepted connection and its place under `limits.max_connections`.
@@ -216,7 +267,7 @@ fn serve_one(
     accepted: Accepted,
     proxy: &Arc<Proxy>,
     tls: Option<TlsAcceptor>,
-    builder: auto::Builder<TokioExecutor>,
+    builders: Arc<Builders>,
     graceful: &GracefulShutdown,
 ) -> Connection<impl Future<Output = ()> + Send + 'static> {
     let Accepted {
@@ -235,23 +286,44 @@ fn serve_one(
     let service = service_fn(move |request| {
         arrived.arrived();
         let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(request, downstream).await) }
+        // Boxed: hyper keeps one slot the size of this future per
+        // connection for the connection's life (about 6 KB of request-path
+        // state); boxed, an idle connection holds a pointer instead.
+        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(request, downstream).await) })
     });
     let watcher = graceful.watcher();
+    // HTTP/1 is served inline; h2c and TLS connections (rare: BI tools and
+    // the JDBC driver speak plaintext HTTP/1.1) are boxed, so their larger
+    // state does not size every connection's task.
     let future = async move {
         let _permit = permit;
-        let result = match tls {
-            None => {
-                let io = ClientIo::new(stream, io_first);
-                let connection = builder.serve_connection(TokioIo::new(io), service);
-                watcher.watch(connection.into_owned()).await
-            }
+        let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match tls {
+            None => match speaks_h2c(&stream).await {
+                Ok(false) => {
+                    let io = TokioIo::new(ClientIo::new(stream, io_first));
+                    let connection = builders.http1.serve_connection(io, service);
+                    watcher.watch(connection).await.map_err(Into::into)
+                }
+                Ok(true) => {
+                    let io = TokioIo::new(ClientIo::new(stream, io_first));
+                    let connection = builders.http2.serve_connection(io, service);
+                    Box::pin(watcher.watch(connection))
+                        .await
+                        .map_err(Into::into)
+                }
+                Err(error) => Err(error.into()),
+            },
             Some(acceptor) => {
-                let Some(stream) = handshake(&acceptor, stream, client).await else {
-                    return;
-                };
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                watcher.watch(connection.into_owned()).await
+                Box::pin(async move {
+                    let Some(stream) = handshake(&acceptor, stream, client).await else {
+                        return Ok(());
+                    };
+                    let connection = builders
+                        .auto
+                        .serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                })
+                .await
             }
         };
         if let Err(error) = result {

@@ -1,0 +1,140 @@
+//! Memory per idle keep-alive connection (issue 9 item 5): BI tools and
+//! Kylin's JDBC driver keep connections open, so a front door holds many
+//! idle ones. 2,000 client connections each send one request and then stay
+//! open and idle; the gateway's resident set must grow by no more than
+//! [`BOUND_KIB`] per connection over what it held after a warm-up.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use kylin_gateway_tests::support::backend::Backend;
+use kylin_gateway_tests::support::gateway::{Gateway, static_discovery};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+const IDLE: usize = 2_000;
+/// Connections opened (and kept) before the baseline is read: the
+/// allocator's arenas, the upstream pool and the runtime's buffers reach
+/// their working size on these, not on the measured ones.
+const WARM_UP: usize = 200;
+/// KiB of resident memory per idle connection at most. Measured with this
+/// test (debug build): 13.1 KiB; the build before the idle-connection work
+/// took 28 KiB (release). Issue 9's target, 8 KB, is not reached: hyper
+/// keeps an 8 KiB read buffer (reserved while it waits for the next head)
+/// and an 8 KiB head-writing buffer with every HTTP/1 connection; see
+/// bench/RESULTS.md. HAProxy holds about 1 KiB, nginx 0.5 KiB.
+const BOUND_KIB: f64 = 16.0;
+
+/// One client connection the gateway answered once: its request sender and
+/// the task driving it, both kept so the connection stays open.
+struct Idle {
+    _sender: SendRequest<Empty<Bytes>>,
+    _driver: tokio::task::JoinHandle<()>,
+}
+
+async fn served_once(port: u16) -> Idle {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the gateway");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::get("/kylin/api/projects")
+        .header("Host", "gateway")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.expect("an answer");
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.expect("the body");
+    Idle {
+        _sender: sender,
+        _driver: driver,
+    }
+}
+
+/// `count` connections, each answered once, opened 100 at a time.
+async fn open_idle(port: u16, count: usize) -> Vec<Idle> {
+    let mut open = Vec::with_capacity(count);
+    while open.len() < count {
+        let mut batch = JoinSet::new();
+        for _ in 0..100.min(count - open.len()) {
+            batch.spawn(served_once(port));
+        }
+        open.extend(batch.join_all().await);
+    }
+    open
+}
+
+/// Two file descriptors per connection here and in the gateway (which
+/// inherits this limit), plus margin: raised to the hard limit when the soft
+/// one is short (with util-linux's `prlimit`, as the gateway's support code
+/// does for its address-space limit).
+fn ensure_fd_limit(needed: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("read /proc/self/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("an open-files limit");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    if soft == "unlimited" || soft.parse::<u64>().unwrap() >= needed {
+        return;
+    }
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={hard}:{hard}"))
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit --nofile failed");
+    assert!(
+        hard == "unlimited" || hard.parse::<u64>().unwrap() >= needed,
+        "the open-files hard limit {hard} is below the {needed} this test needs"
+    );
+}
+
+/// The gateway's resident set once it has settled (two equal readings in a
+/// row, or the last of ten).
+async fn settled_rss_kib(gateway: &Gateway) -> u64 {
+    let mut last = gateway.memory_kib().1;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = gateway.memory_kib().1;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_costs_little_memory() {
+    ensure_fd_limit(2 * (IDLE + WARM_UP) as u64 + 1_000);
+    let node = Backend::start("n", 0).await;
+    let gateway = Gateway::start(&format!(
+        "[limits]\nmax_connections = {}\nidle_timeout_ms = 600000\n{}",
+        IDLE + WARM_UP + 100,
+        static_discovery(&[(node.addr, "all", true)])
+    ));
+    gateway.wait_ready().await;
+
+    let warm = open_idle(gateway.http_port, WARM_UP).await;
+    let before = settled_rss_kib(&gateway).await;
+    let idle = open_idle(gateway.http_port, IDLE).await;
+    let after = settled_rss_kib(&gateway).await;
+    let per_connection = after.saturating_sub(before) as f64 / IDLE as f64;
+    eprintln!(
+        "RSS {before} KiB after {WARM_UP} warm-up connections, {after} KiB with {IDLE} more idle: {per_connection:.2} KiB per idle connection"
+    );
+    assert!(
+        per_connection <= BOUND_KIB,
+        "an idle keep-alive connection costs {per_connection:.2} KiB of the gateway's memory (bound {BOUND_KIB} KiB)"
+    );
+    drop((warm, idle));
+}
