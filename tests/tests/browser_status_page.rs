@@ -129,6 +129,14 @@ async fn the_page_follows_the_cluster_without_a_reload() {
         &format!("{rows}.length === 3"),
     )
     .await;
+    // The fleet (this gateway, registered in the same ZooKeeper) is listed.
+    page_until(
+        &page,
+        "this gateway in the fleet table",
+        WAIT,
+        "[...document.querySelectorAll('#fleet tbody tr')].some(tr => tr.textContent.includes('(this)'))",
+    )
+    .await;
     let crown: String = eval(&page, "document.getElementById('leader').textContent").await;
     assert!(crown.starts_with('♛'), "leader header: {crown:?}");
     // Set on this document: a reload would drop it.

@@ -221,6 +221,29 @@ function renderQuotas(limits) {
   document.querySelector("#quotas tbody").replaceChildren(...rows);
 }
 
+// The gateways sharing this one's ZooKeeper; a gateway whose plugins
+// differ from the most common set (or that refused a version) is marked.
+function renderFleet(fleet) {
+  const section = document.getElementById("fleet-section");
+  section.hidden = !fleet || !fleet.enabled;
+  if (section.hidden) return;
+  const n = fleet.gateways;
+  document.getElementById("fleet-summary").textContent =
+    n + " gateway" + (n === 1 ? "" : "s") +
+    (fleet.consistent ? ", same plugins everywhere" : ", plugins differ") +
+    (fleet.connected ? "" : ", ZooKeeper disconnected");
+  const rows = (fleet.members || []).map((m) => {
+    const plugins = (m.plugins || []).map((p) =>
+      p.name + " " + (p.sha256 || "–").slice(0, 12) + (p.error ? " (refused: " + p.error + ")" : "")).join(", ");
+    const tr = row([m.id + (m.self ? " (this)" : ""), m.address + ":" + (m.port || m.ssl_port || ""),
+      m.version, new Date(m.started_at_ms).toLocaleString(),
+      el("td", plugins || "none", m.plugins_differ ? "error" : "")]);
+    tr.setAttribute("data-gateway", m.id);
+    return tr;
+  });
+  document.querySelector("#fleet tbody").replaceChildren(...rows);
+}
+
 let tlsChecked = 0;
 let tlsOn = true;
 
@@ -228,11 +251,11 @@ async function poll() {
   const status = document.getElementById("poll-status");
   try {
     const wantTls = tlsOn || Date.now() - tlsChecked > 30000;
-    const [view, leader, nodes, events, plugins, tls, limits] = await Promise.all([
+    const [view, leader, nodes, events, plugins, tls, limits, fleet] = await Promise.all([
       get("/admin/view"), get("/admin/leader"), get("/admin/nodes"),
       get("/admin/events?since=" + lastSeq), get("/admin/plugins"),
       wantTls ? get("/admin/tls") : Promise.resolve(null),
-      get("/admin/limits"),
+      get("/admin/limits"), get("/admin/fleet"),
     ]);
     if (wantTls) { tlsChecked = Date.now(); tlsOn = tls !== null; }
     renderEvents(events);
@@ -240,6 +263,7 @@ async function poll() {
     renderNodes(nodes);
     renderPlugins(plugins);
     renderQuotas(limits);
+    renderFleet(fleet);
     if (wantTls) renderTls(tls);
     document.getElementById("token-form").hidden = true;
     status.textContent = "updated " + clock(Date.now());
