@@ -10,11 +10,36 @@ use std::time::Duration;
 use kylin_gateway_tests::support::backend::Backend;
 use kylin_gateway_tests::support::eventually_async;
 use kylin_gateway_tests::support::fleet::{
-    fleet, fleet_gateway, plugin_command, pointer, publish, routing, runs, sees, sha256_of,
+    BASE, fleet, fleet_gateway, plugin_command, pointer, publish, routing, runs, sees, sha256_of,
 };
+use kylin_gateway_tests::support::gateway::TempDir;
 use kylin_gateway_tests::support::http::{TestClient, client, send};
 use kylin_gateway_tests::support::plugins::built;
+use kylin_gateway_tests::support::zookeeper;
 use kylin_gateway_tests::support::zookeeper::ZkServer;
+
+/// `component` with a custom section of `size` bytes appended: the same
+/// plugin, a different sha256, as large as needed.
+fn with_custom_section(component: &[u8], size: usize) -> Vec<u8> {
+    let name = b"kgw-padding";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.resize(payload.len() + size, 0);
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    let mut len = payload.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(&payload);
+    out
+}
 
 /// Sends queries to every gateway until stopped; counts answers that are
 /// not 200.
@@ -103,6 +128,7 @@ async fn a_published_plugin_rolls_out_to_every_gateway_under_load() {
             .as_u64()
             .unwrap()
             .saturating_sub(moved_at);
+        println!("installed {took} ms after the publish");
         assert!(took <= 1000, "installed {took} ms after the publish");
     }
     let reply = send(
@@ -121,6 +147,23 @@ async fn a_published_plugin_rolls_out_to_every_gateway_under_load() {
         reply.text()
     );
 
+    // Larger than ZooKeeper's 1 MB jute.maxbuffer: stored in chunks, and
+    // installed like any other version (not timed: fetching 1.5 MB and
+    // compiling on three debug-built gateways at once is the slow case).
+    let dir = TempDir::new("kgw-fleet");
+    let large = dir.path.join("misbehave-large.wasm");
+    let padded = with_custom_section(&std::fs::read(&files.misbehave).unwrap(), 1_500_000);
+    std::fs::write(&large, padded).unwrap();
+    let published = publish(&zk, &large, "calm");
+    assert!(published.status.success(), "{published:?}");
+    assert!(
+        String::from_utf8_lossy(&published.stdout).contains("in 3 chunks"),
+        "{published:?}"
+    );
+    for gateway in [&one, &two] {
+        runs(&c, gateway, &sha256_of(&large), Duration::from_secs(10)).await;
+    }
+
     // A component that fails its checks is not published.
     let broken = publish(&zk, &files.misbehave, "init-fail");
     assert!(
@@ -133,11 +176,11 @@ async fn a_published_plugin_rolls_out_to_every_gateway_under_load() {
     );
     assert_eq!(pointer(&zk).await["current"]["config"], "calm");
 
-    // Rollback: back to query-affinity everywhere it runs.
+    // Rollback: back to the version before the large one everywhere it runs.
     let rolled = plugin_command(&zk, &["rollback", "--name", "routing"]);
     assert!(rolled.status.success(), "{rolled:?}");
     for gateway in [&one, &two] {
-        runs(&c, gateway, &affinity, Duration::from_secs(10)).await;
+        runs(&c, gateway, &calm, Duration::from_secs(10)).await;
     }
     // The fleet records follow the installs: `plugin list` shows the two
     // gateways on the current version and the refusing one on none.
@@ -153,6 +196,18 @@ async fn a_published_plugin_rolls_out_to_every_gateway_under_load() {
     .await;
 
     stop.store(true, Ordering::Relaxed);
+    // Publishing again with --keep 1 drops every other stored version.
+    let affinity_file = files.query_affinity.to_str().unwrap();
+    let args = ["publish", affinity_file, "--name", "routing", "--keep", "1"];
+    let republished = plugin_command(&zk, &args);
+    assert!(republished.status.success(), "{republished:?}");
+    let stored = zookeeper::client(&zk.connect_string())
+        .await
+        .list_children(&format!("{BASE}/gateway/plugins/sha256"))
+        .await
+        .unwrap();
+    assert_eq!(stored, [affinity.clone()], "stored versions after --keep 1");
+
     let (sent, failed) = traffic.await.unwrap();
     assert!(sent > 30, "only {sent} requests during the rollout");
     assert_eq!(

@@ -245,8 +245,16 @@ impl State {
             return Ok(());
         }
         *tried = Some(version);
+        let fetching = std::time::Instant::now();
         match store::fetch(client, &self.store, &pointer.current.sha256).await {
             Ok(bytes) => {
+                tracing::info!(
+                    plugin = %name,
+                    sha256 = %pointer.current.sha256,
+                    bytes = bytes.len(),
+                    fetch_ms = fetching.elapsed().as_millis() as u64,
+                    "fleet: published version fetched"
+                );
                 let _ = chain.install(*index, bytes, pointer.current.config).await;
             }
             Err(store::StoreError::Zookeeper(e)) => {

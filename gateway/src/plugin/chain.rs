@@ -281,14 +281,16 @@ impl ChainInner {
         {
             spec.config = config;
         }
+        let loading = std::time::Instant::now();
         match self.runtime.load(&spec, bytes, self.stats[index].clone()) {
             Ok(plugin) => {
                 let plugin = Arc::new(plugin);
+                let load_ms = loading.elapsed().as_millis() as u64;
                 let mut next = self.current.load().plugins.clone();
                 next[index] = Some(plugin.clone());
                 self.current.store(Arc::new(ChainState::new(next)));
                 self.set_error(index, None);
-                tracing::info!(plugin = %spec.name, sha256 = %plugin.sha256, "published plugin version installed");
+                tracing::info!(plugin = %spec.name, sha256 = %plugin.sha256, load_ms, "published plugin version installed");
                 crate::events::record(
                     crate::events::Kind::Plugin,
                     format!("plugin {} installed from ZooKeeper", spec.name),
