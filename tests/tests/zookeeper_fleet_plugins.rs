@@ -206,7 +206,11 @@ async fn a_published_plugin_rolls_out_to_every_gateway_under_load() {
         .list_children(&format!("{BASE}/gateway/plugins/sha256"))
         .await
         .unwrap();
-    assert_eq!(stored, [affinity.clone()], "stored versions after --keep 1");
+    assert_eq!(
+        stored,
+        std::slice::from_ref(&affinity),
+        "stored versions after --keep 1"
+    );
 
     let (sent, failed) = traffic.await.unwrap();
     assert!(sent > 30, "only {sent} requests during the rollout");

@@ -31,9 +31,16 @@ pub struct State {
     members_dir: String,
     own_path: String,
     store: StorePaths,
-    /// Per ZooKeeper plugin (chain index, name): the version last tried
-    /// (sha256, config), so a refused one is not tried again and again.
-    followed: Vec<(usize, String, Option<(String, String)>)>,
+    followed: Vec<Followed>,
+}
+
+/// One ZooKeeper plugin: its place in the chain, its name, and the version
+/// last tried (sha256, config), so a refused one is not tried again and
+/// again.
+struct Followed {
+    index: usize,
+    name: String,
+    tried: Option<(String, String)>,
 }
 
 impl State {
@@ -48,7 +55,11 @@ impl State {
                 chain
                     .zookeeper_plugins()
                     .into_iter()
-                    .map(|(index, name)| (index, name, None))
+                    .map(|(index, name)| Followed {
+                        index,
+                        name,
+                        tried: None,
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -211,7 +222,7 @@ impl State {
         client: &Client,
         slot: usize,
     ) -> Result<Fired<usize>, Error> {
-        let path = self.store.pointer(&self.followed[slot].1);
+        let path = self.store.pointer(&self.followed[slot].name);
         let (data, watcher) = match client.get_and_watch_data(&path).await {
             Ok((data, _, watcher)) => (Some(data), watcher),
             Err(Error::NoNode) => (None, client.check_and_watch_stat(&path).await?.1),
@@ -229,7 +240,7 @@ impl State {
         let Some(chain) = self.member.plugins.clone() else {
             return Ok(());
         };
-        let (index, name, tried) = &mut self.followed[slot];
+        let Followed { index, name, tried } = &mut self.followed[slot];
         let pointer: store::Pointer = match serde_json::from_slice(pointer) {
             Ok(pointer) => pointer,
             Err(problem) => {
