@@ -524,8 +524,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
                 ));
             }
             Some(threads) => {
-                let mut limits = config.limits.clone();
-                limits.max_connections = limits.max_connections.div_ceil(threads);
+                let limits = config.limits.clone();
                 let served = server::serve_per_core(
                     address,
                     threads,

@@ -284,3 +284,24 @@ async fn a_stalled_request_body_is_cut_off_and_the_node_sees_it_aborted() {
         .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
 }
+
+/// `max_connections` is one cap for all serving threads. The kernel spreads
+/// connections over the threads' `SO_REUSEPORT` sockets by a hash, never
+/// evenly: with the cap shared out per thread (here 26 of 101 each), 100
+/// connections would find one thread full about 97 times in 100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_is_one_cap_for_every_serving_thread() {
+    // One place spare: the start-up probe's connection may still hold one.
+    let (_node, gateway) =
+        one_node_with_limits("max_connections = 101\n[runtime]\nthreads = 4").await;
+    let mut open = Vec::new();
+    for i in 0..100 {
+        let conn = Conn::served(gateway.http_port).await;
+        assert!(
+            conn.is_some(),
+            "connection {i} of 100 was refused under a cap of 101"
+        );
+        open.push(conn);
+    }
+    drop(open);
+}

@@ -31,9 +31,23 @@ pub async fn serve(
     drain: Duration,
     limits: Limits,
 ) {
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    serve_capped(listener, proxy, tls, shutdown, drain, limits, open).await;
+}
+
+/// [`serve`], with the places under `limits.max_connections` in `open`,
+/// which several listeners may share.
+async fn serve_capped(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+    limits: Limits,
+    open: Arc<Semaphore>,
+) {
     let graceful = GracefulShutdown::new();
     let builders = Arc::new(Builders::new(&limits));
-    let open = Arc::new(Semaphore::new(limits.max_connections));
     let refused = metrics::counter!("kgw_connections_refused_total");
     tokio::pin!(shutdown);
     loop {
@@ -99,17 +113,22 @@ pub async fn serve_per_core(
     // Every thread keeps its runtime (and the upstream connections it
     // drives, which other threads may be using) until all have drained.
     let drained = Arc::new(tokio::sync::Barrier::new(threads));
+    // One cap for all threads: the kernel's spread of connections over the
+    // sockets is uneven, so a per-thread share would refuse some before the
+    // total is reached.
+    let open = Arc::new(Semaphore::new(limits.max_connections));
     let mut bound = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
     for index in 0..threads {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         bound.push(bound_rx);
-        let (proxy, tls, mut stop, drained, limits) = (
+        let (proxy, tls, mut stop, drained, limits, open) = (
             proxy.clone(),
             tls.clone(),
             stop.clone(),
             drained.clone(),
             limits.clone(),
+            open.clone(),
         );
         let serve_thread = move || {
             crate::upstream::enter_shard(index);
@@ -130,7 +149,7 @@ pub async fn serve_per_core(
                         let shutdown = async move {
                             let _ = stop.wait_for(|stop| *stop).await;
                         };
-                        serve(listener, proxy, tls, shutdown, drain, limits).await;
+                        serve_capped(listener, proxy, tls, shutdown, drain, limits, open).await;
                     }
                     Err(error) => {
                         let _ = bound_tx.send(Err(error));
