@@ -657,3 +657,97 @@ fn project_quota_errors_name_the_key() {
         assert!(!error.contains('\n'), "one line: {error}");
     }
 }
+
+#[test]
+fn the_fleet_uses_discoverys_zookeeper_unless_told_otherwise() {
+    // Static discovery: no ZooKeeper, so no fleet, and no published plugins.
+    assert!(parse(MINIMAL).unwrap().fleet_zookeeper().is_none());
+    let published = "[[plugins]]\nname = \"routing\"\nsource = \"zookeeper\"\n";
+    assert_eq!(
+        error_of(&format!("{MINIMAL}{published}")),
+        "plugins[0].source: \"zookeeper\" needs the fleet's ZooKeeper: zookeeper discovery or \
+         fleet.connect, and fleet.enabled not false"
+    );
+    // fleet.connect: its own ensemble, discovery's base path default.
+    let connected = parse(&format!(
+        "{MINIMAL}{published}[fleet]\nconnect = \"zk1:2181,zk2:2181/gw\"\nid = \"gw-1\"\n"
+    ))
+    .unwrap();
+    let zk = connected.fleet_zookeeper().unwrap();
+    assert_eq!(zk.connect_string(), "zk1:2181,zk2:2181/gw");
+    assert_eq!(zk.base_path, DEFAULT_BASE_PATH);
+    assert_eq!(
+        connected.plugins[0].source,
+        PluginSource::Zookeeper {
+            local_config: false
+        }
+    );
+    // ZooKeeper discovery: its ensemble, chroot, base path and auth.
+    let discovered = parse(
+        r#"
+[discovery]
+kind = "zookeeper"
+connect = "zk:2181/kylin-root"
+metadata_prefix = "prod"
+auth = "digest:kylin:secret"
+"#,
+    )
+    .unwrap();
+    let zk = discovered.fleet_zookeeper().unwrap();
+    assert_eq!(zk.connect_string(), "zk:2181/kylin-root");
+    assert_eq!(zk.base_path, "/kylin/prod");
+    assert_eq!(zk.digest_auth.as_deref(), Some("kylin:secret"));
+    // enabled = false: no fleet, even with a ZooKeeper.
+    let off = parse(&format!(
+        "{MINIMAL}[fleet]\nconnect = \"zk:2181\"\nenabled = false\n"
+    ))
+    .unwrap();
+    assert!(off.fleet_zookeeper().is_none());
+}
+
+#[test]
+fn fleet_and_plugin_source_errors_name_the_key() {
+    for (toml, expected) in [
+        (
+            "[fleet]\nconnect = \"\"\n",
+            "fleet.connect: must not be empty",
+        ),
+        (
+            "[fleet]\nid = \"a/b\"\n",
+            "fleet.id: 'a/b' must be non-empty and without '/'",
+        ),
+        (
+            "[fleet]\nbase_path = \"kylin\"\n",
+            "fleet.base_path: 'kylin' must start with '/'",
+        ),
+        (
+            "[fleet]\nauth = \"kylin:secret\"\n",
+            "fleet.auth: expected digest:user:password",
+        ),
+        ("[[plugins]]\nname = \"p\"\n", "plugins[0].path: missing"),
+        (
+            "[[plugins]]\nname = \"p\"\nsource = \"http\"\n",
+            "plugins[0].source: unknown source 'http'",
+        ),
+        (
+            "[fleet]\nconnect = \"zk:2181\"\n[[plugins]]\nname = \"p\"\nsource = \"zookeeper\"\npath = \"p.wasm\"\n",
+            "plugins[0].path: a plugin with source = \"zookeeper\" has no path",
+        ),
+    ] {
+        let error = error_of(&format!("{MINIMAL}{toml}"));
+        assert!(error.starts_with(expected), "{toml}: {error}");
+    }
+}
+
+#[test]
+fn check_config_prints_a_zookeeper_plugin_as_written() {
+    let config = parse(&format!(
+        "{MINIMAL}[fleet]\nconnect = \"zk:2181\"\n[[plugins]]\nname = \"routing\"\nsource = \"zookeeper\"\n"
+    ))
+    .unwrap();
+    let printed = toml::to_string_pretty(&config).unwrap();
+    assert!(printed.contains("source = \"zookeeper\""), "{printed}");
+    let again = parse(&printed).unwrap();
+    assert_eq!(again.plugins[0].source, config.plugins[0].source);
+    assert_eq!(again.fleet.connect, config.fleet.connect);
+}

@@ -138,7 +138,7 @@ pub async fn run(member: Member, mut stop: watch::Receiver<bool>) {
                 continue;
             }
         };
-        backoff = BACKOFF_MIN;
+        let began = std::time::Instant::now();
         let end = state.follow(&client, &mut stop).await;
         state.member.fleet.set_connected(false);
         match end {
@@ -147,8 +147,14 @@ pub async fn run(member: Member, mut stop: watch::Receiver<bool>) {
                 tracing::warn!("fleet: ZooKeeper session ended; registering again");
             }
         }
+        // Sessions that keep failing at once must not become a storm.
+        backoff = if began.elapsed() < BACKOFF_MAX {
+            (backoff * 2).min(BACKOFF_MAX)
+        } else {
+            BACKOFF_MIN
+        };
         tokio::select! {
-            () = tokio::time::sleep(BACKOFF_MIN) => {}
+            () = tokio::time::sleep(backoff) => {}
             () = stopped(&mut stop) => return,
         }
     }

@@ -135,6 +135,18 @@ impl State {
     /// session has not expired yet, or a misconfigured twin) is left alone:
     /// the members watch sees it go, and registration is tried again then.
     async fn register(&self, client: &Client) -> Result<(), Error> {
+        match self.try_register(client).await {
+            // A ZooKeeper this gateway may read but not write (ACLs) still
+            // gives it the fleet and the published plugins.
+            Err(error) if !ends_session(&error) => {
+                tracing::warn!(path = %self.own_path, "fleet: cannot register: {error}");
+                Ok(())
+            }
+            result => result,
+        }
+    }
+
+    async fn try_register(&self, client: &Client) -> Result<(), Error> {
         let mut record: GatewayRecord = self.member.record.clone();
         if let Some(chain) = &self.member.plugins {
             record.payload.plugins = chain.records();
@@ -268,7 +280,7 @@ impl State {
                 );
                 let _ = chain.install(*index, bytes, pointer.current.config).await;
             }
-            Err(store::StoreError::Zookeeper(e)) => {
+            Err(store::StoreError::Zookeeper(e)) if ends_session(&e) => {
                 *tried = None;
                 return Err(e);
             }
@@ -276,6 +288,20 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// Whether an error means the session is gone or unusable (start a new
+/// one), rather than a refusal of this one operation.
+fn ends_session(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::SessionExpired
+            | Error::ConnectionLoss
+            | Error::ClientClosed
+            | Error::SessionMoved
+            | Error::AuthFailed
+            | Error::Timeout
+    )
 }
 
 /// Resolves when the plugin chain changed; never without a chain.
