@@ -310,7 +310,9 @@ async fn container_parents_deleted_and_recreated() {
     let server = ZkServer::start_with_container_check(Duration::from_millis(100));
     let zk = zookeeper::client(&server.connect_string()).await;
     let mut first = SimNode::start(&server.connect_string(), &SimConfig::new("first", "all"));
-    let gateway = zookeeper_gateway(&server.connect_string(), "");
+    // Without the fleet: a gateway's own record (service/kylin_gateway)
+    // keeps the tree from being empty, and this is about Kylin's.
+    let gateway = zookeeper_gateway(&server.connect_string(), "[fleet]\nenabled = false");
     let c = client();
     poll_until("first discovered", WAIT, || async {
         leader_address(&c, &gateway).await == Some(first.addr())

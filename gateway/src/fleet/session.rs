@@ -157,10 +157,20 @@ impl State {
         } else {
             Acls::anyone_all()
         };
-        let dir_options = CreateMode::Persistent.with_acls(acls);
         let options = CreateMode::Ephemeral.with_acls(acls);
-        client.mkdir(&self.members_dir, &dir_options).await?;
-        match client.create(&self.own_path, &data, &options).await {
+        // The directories are containers, as Curator makes them: once the
+        // last gateway is gone the server deletes them, and Kylin's tree is
+        // left as Kylin left it. The server may do so between the mkdir and
+        // the create, hence the retry.
+        let mut created = Err(Error::NoNode);
+        for _ in 0..3 {
+            make_directories(client, &self.members_dir, acls).await?;
+            created = client.create(&self.own_path, &data, &options).await;
+            if !matches!(created, Err(Error::NoNode)) {
+                break;
+            }
+        }
+        match created {
             Ok(_) => {
                 tracing::info!(id = self.member.fleet.id(), path = %self.own_path, "fleet: registered");
                 Ok(())
@@ -287,6 +297,17 @@ impl State {
             Err(problem) => chain.report_error(*index, format!("cannot fetch: {problem}")),
         }
         Ok(())
+    }
+}
+
+/// `mkdir -p` with container znodes, or persistent ones on a server
+/// without containers (ZooKeeper 3.4).
+async fn make_directories(client: &Client, path: &str, acls: Acls<'static>) -> Result<(), Error> {
+    match client.mkdir(path, &CreateMode::Container.with_acls(acls)).await {
+        Err(Error::Unimplemented | Error::UnexpectedErrorCode(_)) => {
+            client.mkdir(path, &CreateMode::Persistent.with_acls(acls)).await
+        }
+        result => result,
     }
 }
 
