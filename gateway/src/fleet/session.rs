@@ -303,9 +303,14 @@ impl State {
 /// `mkdir -p` with container znodes, or persistent ones on a server
 /// without containers (ZooKeeper 3.4).
 async fn make_directories(client: &Client, path: &str, acls: Acls<'static>) -> Result<(), Error> {
-    match client.mkdir(path, &CreateMode::Container.with_acls(acls)).await {
+    match client
+        .mkdir(path, &CreateMode::Container.with_acls(acls))
+        .await
+    {
         Err(Error::Unimplemented | Error::UnexpectedErrorCode(_)) => {
-            client.mkdir(path, &CreateMode::Persistent.with_acls(acls)).await
+            client
+                .mkdir(path, &CreateMode::Persistent.with_acls(acls))
+                .await
         }
         result => result,
     }
