@@ -206,13 +206,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// A component file's bytes, or exit 2 with the reason.
+fn read_component(file: &Path) -> Result<Vec<u8>, ExitCode> {
+    std::fs::read(file).map_err(|error| {
+        eprintln!("kylin-gateway: cannot read {}: {error}", file.display());
+        ExitCode::from(2)
+    })
+}
+
 fn plugin_check(file: &Path, config: &str, deadline: Duration) -> ExitCode {
-    let bytes = match std::fs::read(file) {
+    let bytes = match read_component(file) {
         Ok(bytes) => bytes,
-        Err(error) => {
-            eprintln!("kylin-gateway: cannot read {}: {error}", file.display());
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match plugin::check(&bytes, config, deadline) {
         Ok(report) => {
@@ -248,12 +253,9 @@ fn plugin_publish(
         eprintln!("kylin-gateway: --keep must be at least 1");
         return ExitCode::from(2);
     }
-    let bytes = match std::fs::read(file) {
+    let bytes = match read_component(file) {
         Ok(bytes) => bytes,
-        Err(error) => {
-            eprintln!("kylin-gateway: cannot read {}: {error}", file.display());
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match plugin::check(&bytes, config, deadline) {
         Ok(report) if report.decision.is_ok() => print!("plugin:   {}\n{report}", file.display()),

@@ -61,6 +61,21 @@ fn project<'a>(limits: &'a serde_json::Value, name: &str) -> &'a serde_json::Val
         .unwrap_or_else(|| panic!("no project {name} in {limits}"))
 }
 
+/// `kgw_project_rejected_total{project, limit}` on `/metrics` is 1.
+async fn assert_rejected_once(gateway: &Gateway, project: &str, limit: &str) {
+    let metrics = get(&client(), &gateway.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text();
+    let labels = [
+        format!("project=\"{project}\""),
+        format!("limit=\"{limit}\""),
+    ];
+    let labels = [labels[0].as_str(), labels[1].as_str()];
+    let rejected = metric_value(&metrics, "kgw_project_rejected_total", &labels);
+    assert_eq!(rejected, Some(1.0), "{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_concurrent_a_query_gets_429_and_other_projects_are_served() {
     let (node, gateway) = one_node_with_limits(QUOTAS).await;
@@ -129,16 +144,7 @@ async fn past_max_concurrent_a_query_gets_429_and_other_projects_are_served() {
     let limits = admin_json(&gateway, "/admin/limits").await;
     assert_eq!(project(&limits, "held")["in_flight"], 0);
     assert_eq!(project(&limits, "held")["admitted"], 3);
-    let metrics = get(&client(), &gateway.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text();
-    let rejected = metric_value(
-        &metrics,
-        "kgw_project_rejected_total",
-        &["project=\"held\"", "limit=\"max_concurrent\""],
-    );
-    assert_eq!(rejected, Some(1.0), "{metrics}");
+    assert_rejected_once(&gateway, "held", "max_concurrent").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,14 +182,5 @@ async fn past_its_burst_a_project_gets_429_for_its_rate() {
     let limits = admin_json(&gateway, "/admin/limits").await;
     assert_eq!(project(&limits, "bursty")["rejected"]["rate_per_s"], 1);
     assert_eq!(project(&limits, "held")["admitted"], 0);
-    let metrics = get(&client(), &gateway.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text();
-    let rejected = metric_value(
-        &metrics,
-        "kgw_project_rejected_total",
-        &["project=\"bursty\"", "limit=\"rate_per_s\""],
-    );
-    assert_eq!(rejected, Some(1.0), "{metrics}");
+    assert_rejected_once(&gateway, "bursty", "rate_per_s").await;
 }

@@ -21,6 +21,7 @@ use crate::balance::health::Ejection;
 use crate::classify::{ApiGeneration, Rule};
 use crate::view::Modes;
 
+pub(crate) use validate::digest_auth;
 pub use validate::{parse, parse_with_kylin_properties};
 
 /// A configuration problem: which key, and what is wrong with it.

@@ -887,7 +887,7 @@ fn fleet(raw: RawFleet) -> Result<FleetSettings, ConfigError> {
 }
 
 /// `digest:user:password` → `user:password`.
-fn digest_auth(key: &str, raw: Option<&str>) -> Result<Option<String>, ConfigError> {
+pub(crate) fn digest_auth(key: &str, raw: Option<&str>) -> Result<Option<String>, ConfigError> {
     raw.map(|a| {
         a.strip_prefix("digest:")
             .filter(|c| c.contains(':'))

@@ -20,19 +20,12 @@ pub struct Target<'a> {
 
 impl Target<'_> {
     async fn connect(&self) -> Result<(Client, StorePaths), String> {
-        let auth = match self.auth {
-            Some(a) => Some(
-                a.strip_prefix("digest:")
-                    .filter(|c| c.contains(':'))
-                    .ok_or("--auth: expected digest:user:password")?,
-            ),
-            None => None,
-        };
+        let auth = crate::config::digest_auth("--auth", self.auth).map_err(|e| e.to_string())?;
         let client = crate::discovery::zookeeper::connect_to(
             self.connect,
             Duration::from_secs(10),
             Duration::from_secs(10),
-            auth,
+            auth.as_deref(),
         )
         .await
         .map_err(|e| format!("cannot connect to ZooKeeper {}: {e}", self.connect))?;

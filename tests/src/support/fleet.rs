@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::backend::Backend;
 use super::eventually_async;
-use super::gateway::Gateway;
+use super::gateway::{Gateway, static_discovery};
 use super::http::{TestClient, get};
 use super::process::{run_with_deadline, target_bin};
 use super::zookeeper::{self, ZkServer};
@@ -19,21 +19,8 @@ pub const SESSION_MS: u64 = 2000;
 /// A gateway in front of `backend`, in the fleet of `zk`, with `extra` TOML.
 pub fn fleet_gateway(zk: &ZkServer, backend: &Backend, extra: &str) -> Gateway {
     Gateway::start(&format!(
-        r#"
-[discovery]
-kind = "static"
-[[discovery.nodes]]
-address = "{}"
-mode = "all"
-leader = true
-
-[fleet]
-connect = "{}"
-session_timeout_ms = {SESSION_MS}
-
-{extra}
-"#,
-        backend.addr,
+        "{}\n[fleet]\nconnect = \"{}\"\nsession_timeout_ms = {SESSION_MS}\n\n{extra}\n",
+        static_discovery(&[(backend.addr, "all", true)]),
         zk.connect_string()
     ))
 }
