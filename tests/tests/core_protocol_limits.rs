@@ -244,3 +244,61 @@ async fn malformed_http2_heads_get_400_and_never_reach_a_node() {
         .unwrap();
     assert_eq!(ok.await.unwrap().status(), 200);
 }
+
+/// HTTP/2 has no head to wait for between requests, so hyper's idle
+/// timer (HTTP/1's) never runs on it: the gateway counts the streams open
+/// on each connection and, once none has been open for `idle_timeout_ms`,
+/// sends GOAWAY and closes. A stream open longer than that (a slow query)
+/// keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_gets_goaway_but_a_long_stream_keeps_it_open() {
+    let (_node, gateway) = one_node_with_limits("idle_timeout_ms = 1000").await;
+    let (mut send, driver, _) = h2c(gateway.http_port).await;
+    // Two and a half idle timeouts at the node, on an otherwise idle
+    // connection.
+    let (slow, _) = send
+        .send_request(h2_get("/__kgw/sleep?ms=2500"), true)
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("no answer to the slow request");
+    assert_eq!(answer.expect("the slow stream was cut off").status(), 200);
+    let idle_since = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("the idle HTTP/2 connection was still open after 5 s")
+        .unwrap();
+    let took = idle_since.elapsed();
+    assert!(ended.is_ok(), "not a graceful GOAWAY: {ended:?}");
+    assert!(took >= Duration::from_millis(900), "closed early: {took:?}");
+    others_are_served(&gateway).await;
+}
+
+/// CONNECT asks for a tunnel; a Kylin front door opens none, over HTTP/1.1
+/// or HTTP/2, and the node never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused_with_501_and_never_reaches_a_node() {
+    let (node, gateway) = one_node_with_limits("").await;
+    let hits_before = node.hits();
+    let mut stream = TcpStream::connect(("127.0.0.1", gateway.http_port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"CONNECT internal.example:22 HTTP/1.1\r\nHost: internal.example:22\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head))
+        .await
+        .expect("no answer to CONNECT")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..read]);
+    assert!(head.starts_with("HTTP/1.1 501"), "{head}");
+
+    let (mut send, _driver, _) = h2c(gateway.http_port).await;
+    let connect = Request::connect("internal.example:22").body(()).unwrap();
+    let (response, _) = send.send_request(connect, false).unwrap();
+    assert_eq!(response.await.unwrap().status(), 501);
+    assert_eq!(node.hits(), hits_before, "CONNECT reached the node");
+    others_are_served(&gateway).await;
+}

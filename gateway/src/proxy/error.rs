@@ -28,6 +28,10 @@ pub enum GatewayError {
     ClientStalled(std::time::Duration),
     #[error("malformed request: {0}")]
     Malformed(&'static str),
+    /// CONNECT (with or without an authority, HTTP/1 or HTTP/2): a Kylin
+    /// front door opens no tunnels.
+    #[error("the gateway does not tunnel (CONNECT)")]
+    Tunnel,
     #[error("the gateway is at its limit of requests in flight")]
     Overloaded,
     #[error("{message}")]
@@ -57,6 +61,7 @@ impl GatewayError {
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::ClientBody(_) | GatewayError::Malformed(_) => StatusCode::BAD_REQUEST,
             GatewayError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::Tunnel => StatusCode::NOT_IMPLEMENTED,
             GatewayError::Rejected { status, .. } => *status,
             GatewayError::ProjectQuota(_) => StatusCode::TOO_MANY_REQUESTS,
         }

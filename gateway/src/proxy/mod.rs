@@ -10,6 +10,7 @@
 mod body;
 mod error;
 mod headers;
+mod idle;
 mod limits;
 pub mod server;
 
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -230,6 +231,9 @@ impl Proxy {
         let (mut parts, incoming) = request.into_parts();
         // A reference-counted copy of the request target, not a new string.
         outcome.path = parts.uri.path_and_query().cloned();
+        if parts.method == Method::CONNECT {
+            return Err(GatewayError::Tunnel);
+        }
         if parts.version == Version::HTTP_2
             && let Some(why) = headers::malformed_h2_head(&parts)
         {

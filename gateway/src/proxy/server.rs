@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{Service, service_fn};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -17,8 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::idle::{Counted, Streams, serve_until_idle};
 use super::limits::{ClientIo, FirstRequest, first_request_within};
-use super::{Downstream, Proxy};
+use super::{Downstream, Proxy, ResponseBody};
 use crate::config::Limits;
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and
@@ -47,6 +50,7 @@ async fn serve_capped(
     open: Arc<Semaphore>,
 ) {
     let graceful = GracefulShutdown::new();
+    let (draining_tx, draining) = tokio::sync::watch::channel(false);
     let builders = Arc::new(Builders::new(&limits));
     let refused = metrics::counter!("kgw_connections_refused_total");
     tokio::pin!(shutdown);
@@ -75,7 +79,11 @@ async fn serve_capped(
             client,
             permit,
         };
-        let connection = serve_one(accepted, &proxy, tls.clone(), builders.clone(), &graceful);
+        let drain = Drain {
+            graceful: &graceful,
+            draining: &draining,
+        };
+        let connection = serve_one(accepted, &proxy, tls.clone(), builders.clone(), drain);
         tokio::spawn(first_request_within(
             limits.header_read_timeout,
             connection.first,
@@ -84,6 +92,7 @@ async fn serve_capped(
     }
     drop(listener);
     tracing::info!("stopped accepting; draining open connections");
+    let _ = draining_tx.send(true);
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
@@ -207,6 +216,9 @@ fn reuseport_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
 struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
+    /// `limits.idle_timeout` for multiplexed connections, which hyper's
+    /// HTTP/1 timer does not cover ([`serve_until_idle`]).
+    idle_timeout: Duration,
     /// The same settings behind hyper's protocol detection, for TLS.
     auto: auto::Builder<TokioExecutor>,
 }
@@ -236,7 +248,12 @@ impl Builders {
             .max_header_list_size(header_list_size(limits))
             .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
             .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams);
-        Builders { http1, http2, auto }
+        Builders {
+            http1,
+            http2,
+            idle_timeout: limits.idle_timeout,
+            auto,
+        }
     }
 }
 
@@ -282,12 +299,21 @@ struct Connection<F> {
     future: F,
 }
 
+/// How a listener drains its connections on shutdown: hyper's graceful
+/// shutdown for HTTP/1, and a signal that multiplexed connections watch
+/// together with their idle timeout ([`serve_until_idle`]).
+#[derive(Clone, Copy)]
+struct Drain<'a> {
+    graceful: &'a GracefulShutdown,
+    draining: &'a tokio::sync::watch::Receiver<bool>,
+}
+
 fn serve_one(
     accepted: Accepted,
     proxy: &Arc<Proxy>,
     tls: Option<TlsAcceptor>,
     builders: Arc<Builders>,
-    graceful: &GracefulShutdown,
+    drain: Drain<'_>,
 ) -> Connection<impl Future<Output = ()> + Send + 'static> {
     let Accepted {
         stream,
@@ -310,7 +336,9 @@ fn serve_one(
         // state); boxed, an idle connection holds a pointer instead.
         Box::pin(async move { Ok::<_, Infallible>(proxy.handle(request, downstream).await) })
     });
-    let watcher = graceful.watcher();
+    let watcher = drain.graceful.watcher();
+    let draining = drain.draining.clone();
+    let idle_timeout = builders.idle_timeout;
     // HTTP/1 is served inline; h2c and TLS connections (rare: BI tools and
     // the JDBC driver speak plaintext HTTP/1.1) are boxed, so their larger
     // state does not size every connection's task.
@@ -325,10 +353,18 @@ fn serve_one(
                 }
                 Ok(true) => {
                     let io = TokioIo::new(ClientIo::new(stream, io_first));
+                    let streams = Arc::new(Streams::default());
+                    let service = count_streams(service, streams.clone());
                     let connection = builders.http2.serve_connection(io, service);
-                    Box::pin(watcher.watch(connection))
-                        .await
-                        .map_err(Into::into)
+                    Box::pin(serve_until_idle(
+                        connection,
+                        streams,
+                        idle_timeout,
+                        draining,
+                        watcher,
+                    ))
+                    .await
+                    .map_err(Into::into)
                 }
                 Err(error) => Err(error.into()),
             },
@@ -337,10 +373,19 @@ fn serve_one(
                     let Some(stream) = handshake(&acceptor, stream, client).await else {
                         return Ok(());
                     };
+                    let streams = Arc::new(Streams::default());
+                    let service = count_streams(service, streams.clone());
                     let connection = builders
                         .auto
                         .serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    serve_until_idle(
+                        connection.into_owned(),
+                        streams,
+                        idle_timeout,
+                        draining,
+                        watcher,
+                    )
+                    .await
                 })
                 .await
             }
@@ -350,6 +395,36 @@ fn serve_one(
         }
     };
     Connection { first, future }
+}
+
+/// `service`, with each request counted as an open stream of `streams`
+/// until its answer's body has been sent.
+fn count_streams<S>(
+    service: S,
+    streams: Arc<Streams>,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Counted<ResponseBody>>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static
+where
+    S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    service_fn(move |request| {
+        let open = streams.open();
+        let answer = service.call(request);
+        async move {
+            let response = answer.await?;
+            Ok(response.map(|body| Counted::new(body, open)))
+        }
+    })
 }
 
 async fn handshake(

@@ -1,0 +1,153 @@
+//! The idle timeout of multiplexed connections (HTTP/2, and every TLS
+//! connection, served by hyper's auto-detecting builder). hyper bounds an
+//! idle HTTP/1 connection by its header read timeout, but has nothing for
+//! an HTTP/2 connection whose streams have all ended: it would stay open
+//! for as long as the client keeps it. Here each connection counts its open
+//! streams (from the request to the end of its answer's body); once none
+//! has been open for `limits.idle_timeout_ms`, the connection is shut down
+//! gracefully (GOAWAY: the client knows no stream was lost). The same path
+//! starts the drain on shutdown. Counting costs two atomics per stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::server::graceful::{GracefulConnection, Watcher};
+use tokio::sync::{Notify, watch};
+
+/// The streams open on one connection.
+#[derive(Default)]
+pub struct Streams {
+    open: AtomicUsize,
+    /// Streams ever opened: tells an idle period that saw a stream come and
+    /// go from one that saw none.
+    opened: AtomicU64,
+    /// Woken when the last open stream ends.
+    none_open: Notify,
+}
+
+/// One open stream; its end (drop) is counted.
+pub struct OpenStream(Arc<Streams>);
+
+impl Streams {
+    pub fn open(self: &Arc<Self>) -> OpenStream {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        OpenStream(self.clone())
+    }
+
+    /// Resolves once no stream has been open for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let none_open = self.none_open.notified();
+            if self.open.load(Ordering::Acquire) > 0 {
+                none_open.await;
+                continue;
+            }
+            let opened = self.opened.load(Ordering::Relaxed);
+            tokio::time::sleep(timeout).await;
+            if self.open.load(Ordering::Acquire) == 0
+                && self.opened.load(Ordering::Relaxed) == opened
+            {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_open.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its stream counted as open until it has
+/// been sent (or dropped).
+pub struct Counted<B> {
+    body: B,
+    _open: OpenStream,
+}
+
+impl<B> Counted<B> {
+    pub fn new(body: B, open: OpenStream) -> Counted<B> {
+        Counted { body, _open: open }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Serves `connection` to its end, shutting it down gracefully once it has
+/// been idle for `timeout` or when `draining` turns true. `watcher` keeps
+/// the connection counted by the listener's drain until it ends.
+pub async fn serve_until_idle<C>(
+    connection: C,
+    streams: Arc<Streams>,
+    timeout: Duration,
+    mut draining: watch::Receiver<bool>,
+    watcher: Watcher,
+) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    let _counted_by_drain = watcher;
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        () = streams.idle_for(timeout) => {
+            tracing::debug!(?timeout, "closing an idle connection");
+        }
+        _ = draining.wait_for(|draining| *draining) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_only_once_no_stream_has_been_open_for_the_timeout() {
+        let streams = Arc::new(Streams::default());
+        let timeout = Duration::from_secs(60);
+        let stream = streams.open();
+        let idle = tokio::spawn({
+            let streams = streams.clone();
+            async move { streams.idle_for(timeout).await }
+        });
+        tokio::time::sleep(timeout * 3).await;
+        assert!(!idle.is_finished(), "idle while a stream was open");
+        drop(stream);
+        tokio::time::sleep(timeout / 2).await;
+        // A stream that comes and goes within the period restarts it.
+        drop(streams.open());
+        tokio::time::sleep(timeout / 2 + Duration::from_secs(1)).await;
+        assert!(!idle.is_finished(), "a stream in the period was missed");
+        tokio::time::sleep(timeout).await;
+        assert!(idle.is_finished(), "not idle after a quiet period");
+    }
+}
