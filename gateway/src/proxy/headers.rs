@@ -45,7 +45,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if let Some(connection) = headers.get(header::CONNECTION).cloned() {
         for name in connection.to_str().unwrap_or("").split(',') {
             let name = name.trim();
-            if !name.is_empty() {
+            // `close` and `keep-alive`, nearly every value seen, name no
+            // header left to remove: skip parsing and hashing them.
+            if !name.is_empty()
+                && !name.eq_ignore_ascii_case("close")
+                && !name.eq_ignore_ascii_case("keep-alive")
+            {
                 headers.remove(name);
             }
         }

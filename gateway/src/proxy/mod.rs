@@ -430,8 +430,13 @@ impl Proxy {
                 continue;
             };
             let request = upstream_request(parts, pool, slot.handle());
-            let sent = self.send(node, pool, request, replay_safe, target.class, buffer_limit);
-            let failure = match sent.await {
+            // Awaited where it is made: a future kept in a local first is
+            // stored twice in this one's state (rustc does not overlap
+            // them), and the doubling compounds level by level.
+            let failure = match self
+                .send(node, pool, request, replay_safe, target.class, buffer_limit)
+                .await
+            {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
@@ -541,8 +546,10 @@ impl Proxy {
         let in_flight = InFlight::start(node.state.clone());
         let sent = Instant::now();
         let deadline = tokio::time::Instant::from_std(sent + self.response_header_timeout);
-        let exchanged = tokio::time::timeout_at(deadline, self.exchange(pool, request, reuse));
-        let (response, lease) = exchanged.await.map_err(|_elapsed| Failure::Timeout)??;
+        let (response, lease) =
+            tokio::time::timeout_at(deadline, self.exchange(pool, request, reuse))
+                .await
+                .map_err(|_elapsed| Failure::Timeout)??;
         let (mut head, incoming) = response.into_parts();
         let body = match buffer_limit.filter(|&limit| fits(&head, limit)) {
             Some(_) => match tokio::time::timeout_at(deadline, incoming.collect()).await {

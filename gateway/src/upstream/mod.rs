@@ -65,7 +65,10 @@ impl Upstreams {
                 }
             }
         }
-        let sender = self.connect(pool.target()).await?;
+        // Boxed: connecting (TCP, TLS, hyper's handshake) is a large future
+        // that a request on a pooled connection never runs; inline, its
+        // size would be in every request's future, copied at every move.
+        let sender = Box::pin(self.connect(pool.target())).await?;
         Ok(Checkout {
             sender,
             reused: false,
