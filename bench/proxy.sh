@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Proxy overhead on loopback: wrk against nginx directly, through
 # nginx as a reverse proxy (upstream keep-alive), through
-# kylin-gateway (release build), through kylin-gateway with the
-# query-affinity plugin deciding every query, and through HAProxy, with the same wrk
+# kylin-gateway (release build), through kylin-gateway with its access
+# log on, with the query-affinity plugin deciding every query, and through
+# HAProxy, with the same wrk
 # settings; prints requests/s and latency, and each as a ratio to direct.
 # Fails (exit 1) if any request to any target is not answered 2xx: errors
 # are not throughput.
@@ -56,6 +57,8 @@ nginx_proxy_port=$(free_port)
 baseline_port=$(free_port)
 baseline_admin_port=$(free_port)
 variant_port=$(free_port)
+log_port=$(free_port)
+log_admin_port=$(free_port)
 variant_admin_port=$(free_port)
 
 start_nginx "$nginx_port"
@@ -85,6 +88,14 @@ if [ -n "${VARIANT_TOML:-}" ]; then
     pids+=($!)
     variant_pid=$!
 fi
+
+# The same gateway with its access log on (operators run with it on),
+# written to a file as a service manager would.
+gateway_config "$work/gateway-log.toml" "$log_port" "$log_admin_port" "$nginx_port"
+RUST_LOG=warn,access=info "$gateway_bin" --config "$work/gateway-log.toml" \
+    >"$work/gateway-access.log" 2>&1 &
+pids+=($!)
+log_pid=$!
 
 # The same gateway with the query-affinity plugin deciding every query.
 if [ ! -f "$root/$PLUGIN" ]; then
@@ -143,7 +154,9 @@ if [ "$variant_pid" != 0 ]; then
     wait_port "$variant_port"
     targets+=(variant:$variant_port:$variant_pid)
 fi
-targets+=(gateway+affinity:$plugin_port:$plugin_pid haproxy:$haproxy_port:$haproxy_pid)
+wait_port "$log_port"
+targets+=(gateway+log:$log_port:$log_pid gateway+affinity:$plugin_port:$plugin_pid
+    haproxy:$haproxy_port:$haproxy_pid)
 
 run_wrk() {
     local name=$1 port=$2
