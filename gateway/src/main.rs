@@ -507,7 +507,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
         listeners.push(("listen.http", address, None));
     }
     if let (Some(address), Some(termination)) = (config.listen.https, &tls.termination) {
-        listeners.push(("listen.https", address, Some(termination.acceptor.clone())));
+        listeners.push(("listen.https", address, Some(termination.store.clone())));
     }
     for (key, address, acceptor) in listeners {
         let scheme = if acceptor.is_some() { "HTTPS" } else { "HTTP" };
@@ -584,8 +584,8 @@ fn watch_certificates(
     if !settings.watch_files {
         return Ok(None);
     }
-    let watch =
-        tls::reload::watch_files(store, &settings.pairs()).context("watching certificate files")?;
+    let watch = tls::reload::watch_files(store, &settings.pairs(), settings.client_ca.as_deref())
+        .context("watching certificate files")?;
     Ok(Some(watch))
 }
 

@@ -2,7 +2,8 @@
 //! a file change, SIGHUP and `POST /admin/tls/reload`; new handshakes get
 //! the new certificate, an open connection keeps working), a bad pair
 //! keeping the old one (reported, counted, logged), SNI choosing among
-//! several certificates with a default, client-certificate authentication,
+//! several certificates with a default, client-certificate authentication
+//! (and its CA bundle rotated without a restart),
 //! the lowest protocol version, the expiry gauge, and start-up errors.
 //! Certificates are made at test time; the served one is identified by the
 //! SHA-256 of its DER.
@@ -397,35 +398,108 @@ async fn client_ca_rejects_a_client_without_a_certificate_and_accepts_one_signed
         &format!("client_ca = \"{}\"", client_ca.display()),
     ))
     .await;
-    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
-    let answer_with = |config| async move {
-        let stream = tls_connect(tls.https_port, "localhost", config).await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(connection);
-        let request = http::Request::get("/kylin/api/projects")
-            .header("host", "localhost")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        // TLS 1.3: a rejected client certificate shows on the first read.
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(std::io::Error::other)?;
-        Ok::<_, std::io::Error>(response.status().as_u16())
-    };
-    let none = answer_with(probe_config(None, &versions)).await;
+    let none = answer_with(tls.https_port, None).await;
     assert!(none.is_err(), "no client certificate: {none:?}");
     let foreign = strangers.leaf(&["client.test"]);
-    let foreign = answer_with(probe_config(Some(&foreign), &versions)).await;
+    let foreign = answer_with(tls.https_port, Some(&foreign)).await;
     assert!(foreign.is_err(), "a certificate of another CA: {foreign:?}");
     let ours = clients.leaf(&["client.test"]);
+    assert_eq!(answer_with(tls.https_port, Some(&ours)).await.unwrap(), 200);
+}
+
+/// The status of one request over a new TLS connection presenting
+/// `client_cert`, or the error when the handshake or the first read fails
+/// (TLS 1.3: a refused client certificate shows on the first read).
+async fn answer_with(port: u16, client_cert: Option<&Leaf>) -> std::io::Result<u16> {
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let stream = tls_connect(port, "localhost", probe_config(client_cert, &versions)).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(connection);
+    let request = http::Request::get("/kylin/api/projects")
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(response.status().as_u16())
+}
+
+/// A rotated client CA bundle is in force after a reload, with no
+/// restart: certificates of the old CA are refused, the new CA's accepted.
+/// A bundle that fails to load keeps the previous one (reported, counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_ca_is_used_after_a_reload_and_a_bad_one_keeps_the_previous() {
+    let ca = TestCa::new("server CA");
+    let (old_clients, new_clients) = (TestCa::new("old client CA"), TestCa::new("new client CA"));
+    let files = pair_files(&ca.leaf(&["localhost"]));
+    let client_ca = files.dir.path.join("client-ca.pem");
+    old_clients.write(&client_ca);
+    let tls = launch(&tls_section(
+        &files,
+        &format!(
+            "client_ca = \"{}\"\nwatch_files = false",
+            client_ca.display()
+        ),
+    ))
+    .await;
+    let (old_leaf, new_leaf) = (
+        old_clients.leaf(&["client.test"]),
+        new_clients.leaf(&["client.test"]),
+    );
     assert_eq!(
-        answer_with(probe_config(Some(&ours), &versions))
-            .await
-            .unwrap(),
+        answer_with(tls.https_port, Some(&old_leaf)).await.unwrap(),
         200
+    );
+    let first = admin_tls(&tls.gateway).await["client_ca"].clone();
+    assert_eq!(first["anchors"], 1, "{first}");
+
+    new_clients.write(&client_ca);
+    let reloaded = post_reload(&tls.gateway).await;
+    assert!(
+        reloaded["client_ca"]["last_reload_error"].is_null(),
+        "{reloaded}"
+    );
+    assert_ne!(
+        reloaded["client_ca"]["sha256"], first["sha256"],
+        "{reloaded}"
+    );
+    let old = answer_with(tls.https_port, Some(&old_leaf)).await;
+    assert!(
+        old.is_err(),
+        "the old CA's certificate after rotation: {old:?}"
+    );
+    assert_eq!(
+        answer_with(tls.https_port, Some(&new_leaf)).await.unwrap(),
+        200
+    );
+
+    std::fs::write(&client_ca, "not a certificate\n").unwrap();
+    let failed = post_reload(&tls.gateway).await;
+    let error = failed["client_ca"]["last_reload_error"]
+        .as_str()
+        .unwrap_or("");
+    assert!(error.contains("client-ca.pem"), "{failed}");
+    assert_eq!(
+        failed["client_ca"]["sha256"],
+        reloaded["client_ca"]["sha256"]
+    );
+    assert_eq!(
+        answer_with(tls.https_port, Some(&new_leaf)).await.unwrap(),
+        200
+    );
+    let text = metrics(&tls.gateway).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "kgw_tls_reload_failures_total",
+            &["name=\"tls.client_ca\""]
+        ),
+        Some(1.0),
+        "{text}"
     );
 }
 

@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::tls::CertStore;
+
 use super::idle::{Counted, Streams, serve_until_idle};
 use super::limits::{ClientIo, FirstRequest, first_request_within};
 use super::{Downstream, Proxy, ResponseBody};
@@ -29,7 +31,7 @@ use crate::config::Limits;
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<CertStore>>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
     limits: Limits,
@@ -43,7 +45,7 @@ pub async fn serve(
 async fn serve_capped(
     listener: TcpListener,
     proxy: Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<CertStore>>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
     limits: Limits,
@@ -114,7 +116,7 @@ pub async fn serve_per_core(
     address: SocketAddr,
     threads: usize,
     proxy: Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<CertStore>>,
     stop: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
     limits: Limits,
@@ -311,7 +313,7 @@ struct Drain<'a> {
 fn serve_one(
     accepted: Accepted,
     proxy: &Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<CertStore>>,
     builders: Arc<Builders>,
     drain: Drain<'_>,
 ) -> Connection<impl Future<Output = ()> + Send + 'static> {
@@ -368,9 +370,9 @@ fn serve_one(
                 }
                 Err(error) => Err(error.into()),
             },
-            Some(acceptor) => {
+            Some(certs) => {
                 Box::pin(async move {
-                    let Some(stream) = handshake(&acceptor, stream, client).await else {
+                    let Some(stream) = handshake(&certs.acceptor(), stream, client).await else {
                         return Ok(());
                     };
                     let streams = Arc::new(Streams::default());

@@ -120,17 +120,25 @@ pub fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
             }
         }
     }
-    let digest = Sha256::digest(der.as_ref());
     Ok(CertInfo {
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
         not_before: rfc2822(&validity.not_before),
         not_after: rfc2822(&validity.not_after),
         not_after_unix: validity.not_after.timestamp(),
-        sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: sha256_hex(der.as_ref()),
         dns_names,
         ip_addresses,
     })
+}
+
+/// SHA-256 of `bytes` in lower-case hex, as `openssl ... -sha256` prints it
+/// without the colons.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn rfc2822(time: &x509_parser::time::ASN1Time) -> String {

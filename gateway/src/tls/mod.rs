@@ -5,6 +5,7 @@
 
 pub mod cert;
 pub mod client;
+pub mod client_auth;
 pub mod connector;
 pub mod reload;
 pub mod server;

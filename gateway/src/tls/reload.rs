@@ -1,7 +1,8 @@
 //! Triggers for reloading the served certificates besides
-//! `POST /admin/tls/reload`: changes to the certificate and key files and
-//! SIGHUP ([`crate::triggers`]). The reload itself is [`CertStore::reload`].
+//! `POST /admin/tls/reload`: changes to the certificate, key and client CA
+//! files, and SIGHUP ([`crate::triggers`]). The reload itself is [`CertStore::reload`].
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +15,16 @@ pub use crate::triggers::FileWatch;
 /// pair.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// Reloads when a certificate or key file changes.
-pub fn watch_files(store: Arc<CertStore>, specs: &[CertSpec]) -> notify::Result<FileWatch> {
+/// Reloads when a certificate, key or client CA file changes.
+pub fn watch_files(
+    store: Arc<CertStore>,
+    specs: &[CertSpec],
+    client_ca: Option<&Path>,
+) -> notify::Result<FileWatch> {
     let files = specs
         .iter()
-        .flat_map(|s| [s.files.cert.clone(), s.files.key.clone()]);
+        .flat_map(|s| [s.files.cert.clone(), s.files.key.clone()])
+        .chain(client_ca.map(Path::to_path_buf));
     crate::triggers::watch_files(files, DEBOUNCE, move || {
         let store = store.clone();
         async move {

@@ -1,11 +1,14 @@
 //! The certificates being served, swapped whole on reload. rustls asks
-//! [`CertStore`] on every handshake; it reads the current set with one
-//! atomic load (no lock) and picks a pair by SNI. A reload reads the files
-//! off the runtime's workers; a pair that fails to load keeps serving its
-//! previous version, and the failure is logged, counted and shown on
-//! `/admin/tls`. Connections already open keep the certificate they began
-//! with.
+//! the store's resolver on every handshake; it reads the current set with
+//! one atomic load (no lock) and picks a pair by SNI. A reload reads the
+//! files off the runtime's workers; a pair that fails to load keeps
+//! serving its previous version, and the failure is logged, counted and
+//! shown on `/admin/tls`. The client CA bundle (`tls.client_ca`) is read
+//! again by the same reload; a new one rebuilds the server configuration,
+//! which each new connection takes with one atomic load. Connections
+//! already open keep what they began with.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,9 +16,13 @@ use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, SupportedProtocolVersion};
 use serde_json::json;
+use tokio_rustls::TlsAcceptor;
 
 use super::cert::{self, LoadedCert};
+use super::client_auth::ClientCa;
+use super::server::server_config;
 use super::sni::SniTable;
 use crate::config::CertSpec;
 
@@ -56,19 +63,35 @@ impl CertSet {
     }
 }
 
-/// The served certificates; a rustls [`ResolvesServerCert`].
+/// The served certificates, as rustls's [`ResolvesServerCert`].
+#[derive(Debug)]
+struct Certs(ArcSwap<CertSet>);
+
+/// The HTTPS listener's TLS state: certificates, client CA, and the
+/// server configuration built from them.
 #[derive(Debug)]
 pub struct CertStore {
-    current: ArcSwap<CertSet>,
+    certs: Arc<Certs>,
+    /// `tls.client_ca` as verified against, if set.
+    client_ca: Option<ArcSwap<ClientCa>>,
+    /// What a new connection's handshake uses.
+    server: ArcSwap<ServerConfig>,
+    versions: &'static [&'static SupportedProtocolVersion],
     provider: Arc<CryptoProvider>,
     /// One reload at a time, so two triggers cannot interleave their swaps.
     reloading: tokio::sync::Mutex<()>,
 }
 
 impl CertStore {
-    /// Loads every pair; any failure is fatal here (start-up), as
-    /// `"<config key>: <file>: <why>"`. Blocking: reads files.
-    pub fn load(specs: Vec<CertSpec>, provider: Arc<CryptoProvider>) -> Result<CertStore, String> {
+    /// Loads every pair and the client CA bundle; any failure is fatal here
+    /// (start-up), as `"<config key>: <file>: <why>"`. Blocking: reads
+    /// files.
+    pub fn load(
+        specs: Vec<CertSpec>,
+        client_ca: Option<&Path>,
+        versions: &'static [&'static SupportedProtocolVersion],
+        provider: Arc<CryptoProvider>,
+    ) -> Result<CertStore, String> {
         let now = SystemTime::now();
         let mut entries = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -84,18 +107,32 @@ impl CertStore {
         if entries.is_empty() {
             return Err("tls: no certificate configured".into());
         }
+        let certs = Arc::new(Certs(ArcSwap::from_pointee(CertSet::new(entries))));
+        let client_ca = client_ca
+            .map(|path| ClientCa::load(path, &provider).map_err(|e| format!("tls.client_ca: {e}")))
+            .transpose()?;
+        let verifier = client_ca.as_ref().map(|ca| ca.verifier.clone());
+        let server = server_config(&provider, versions, verifier, certs.clone())?;
         Ok(CertStore {
-            current: ArcSwap::from_pointee(CertSet::new(entries)),
+            certs,
+            client_ca: client_ca.map(ArcSwap::from_pointee),
+            server: ArcSwap::from_pointee(server),
+            versions,
             provider,
             reloading: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The acceptor for a new connection: the current configuration.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.server.load_full())
     }
 
     /// Reads every pair again and swaps in the ones that load; `trigger`
     /// labels the reload in metrics and logs. Returns the new status.
     pub async fn reload(&self, trigger: &'static str) -> serde_json::Value {
         let _one_at_a_time = self.reloading.lock().await;
-        let old = self.current.load_full();
+        let old = self.certs.0.load_full();
         let specs: Vec<CertSpec> = old.entries.iter().map(|e| e.spec.clone()).collect();
         let provider = self.provider.clone();
         let loaded = tokio::task::spawn_blocking(move || {
@@ -117,7 +154,8 @@ impl CertStore {
             .zip(loaded)
             .map(|(entry, result)| next_entry(entry, result, now))
             .collect();
-        self.current.store(Arc::new(CertSet::new(entries)));
+        self.certs.0.store(Arc::new(CertSet::new(entries)));
+        self.reload_client_ca().await;
         metrics::counter!(RELOADS_METRIC, "trigger" => trigger).increment(1);
         tracing::info!(trigger, "TLS certificates reloaded");
         let status = self.status();
@@ -125,7 +163,7 @@ impl CertStore {
             c.iter()
                 .filter(|c| !c["last_reload_error"].is_null())
                 .count()
-        });
+        }) + usize::from(!status["client_ca"]["last_reload_error"].is_null());
         crate::events::record(
             crate::events::Kind::Certificate,
             match failed {
@@ -137,9 +175,42 @@ impl CertStore {
         status
     }
 
-    /// `/admin/tls`: each pair as served, with its last reload error.
+    /// Reads the client CA bundle again; a new one rebuilds the server
+    /// configuration, one that fails to load keeps the previous in force.
+    async fn reload_client_ca(&self) {
+        let Some(client_ca) = &self.client_ca else {
+            return;
+        };
+        let old = client_ca.load_full();
+        let (path, provider) = (old.path.clone(), self.provider.clone());
+        let loaded = tokio::task::spawn_blocking(move || ClientCa::load(&path, &provider))
+            .await
+            .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+        let next = old.next(loaded);
+        if let Some(error) = &next.last_error {
+            tracing::warn!(
+                "TLS reload: tls.client_ca: {error}; the previous bundle stays in force"
+            );
+            metrics::counter!(RELOAD_FAILURES_METRIC, "name" => "tls.client_ca").increment(1);
+        } else if next.sha256 != old.sha256 {
+            match server_config(
+                &self.provider,
+                self.versions,
+                Some(next.verifier.clone()),
+                self.certs.clone(),
+            ) {
+                Ok(server) => self.server.store(Arc::new(server)),
+                // Built once already with these versions: not expected.
+                Err(error) => tracing::error!("TLS reload: {error}"),
+            }
+        }
+        client_ca.store(Arc::new(next));
+    }
+
+    /// `/admin/tls`: each pair as served, with its last reload error, and
+    /// the client CA bundle (`null` without one).
     pub fn status(&self) -> serde_json::Value {
-        let set = self.current.load();
+        let set = self.certs.0.load();
         let certs: Vec<_> = set
             .entries
             .iter()
@@ -164,14 +235,15 @@ impl CertStore {
                 })
             })
             .collect();
-        json!({ "certs": certs })
+        let client_ca = self.client_ca.as_ref().map(|ca| ca.load().status());
+        json!({ "certs": certs, "client_ca": client_ca })
     }
 
     /// Sets the expiry gauges; called at scrape time so they stay current
     /// without a timer.
     pub fn export_gauges(&self) {
         let now = unix_ms(SystemTime::now()) / 1000;
-        for e in &self.current.load().entries {
+        for e in &self.certs.0.load().entries {
             metrics::gauge!(EXPIRY_METRIC, "name" => e.spec.key.clone())
                 .set(e.current.info.days_left(now as i64));
         }
@@ -214,15 +286,15 @@ fn next_entry(entry: &Entry, result: Result<LoadedCert, String>, now: SystemTime
     }
 }
 
-fn unix_ms(at: SystemTime) -> u64 {
+pub(super) fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl ResolvesServerCert for CertStore {
+impl ResolvesServerCert for Certs {
     /// Per handshake: one atomic load, a hash lookup, an `Arc` clone.
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let set = self.current.load();
+        let set = self.0.load();
         let index = set.sni.select(client_hello.server_name()).unwrap_or(0);
         set.entries
             .get(index)
