@@ -8,6 +8,7 @@
 //! gracefully (GOAWAY: the client knows no stream was lost). The same path
 //! starts the drain on shutdown. Counting costs two atomics per stream.
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,7 +16,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::{Service, service_fn};
 use hyper_util::server::graceful::{GracefulConnection, Watcher};
 use tokio::sync::{Notify, watch};
 
@@ -100,30 +104,78 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     }
 }
 
-/// Serves `connection` to its end, shutting it down gracefully once it has
-/// been idle for `timeout` or when `draining` turns true. `watcher` keeps
-/// the connection counted by the listener's drain until it ends.
-pub async fn serve_until_idle<C>(
-    connection: C,
+/// What a multiplexed connection is watched with: its open streams, the
+/// idle timeout, the listener's drain signal, and the watcher that keeps
+/// it counted by the drain until it ends.
+pub struct IdleWatch {
     streams: Arc<Streams>,
     timeout: Duration,
-    mut draining: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
     watcher: Watcher,
-) -> Result<(), C::Error>
-where
-    C: GracefulConnection,
-{
-    let _counted_by_drain = watcher;
-    let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => return result,
-        () = streams.idle_for(timeout) => {
-            tracing::debug!(?timeout, "closing an idle connection");
+}
+
+impl IdleWatch {
+    pub fn new(timeout: Duration, draining: watch::Receiver<bool>, watcher: Watcher) -> IdleWatch {
+        IdleWatch {
+            streams: Arc::new(Streams::default()),
+            timeout,
+            draining,
+            watcher,
         }
-        _ = draining.wait_for(|draining| *draining) => {}
     }
-    connection.as_mut().graceful_shutdown();
-    connection.await
+
+    /// `service`, with each request counted as an open stream until its
+    /// answer's body has been sent.
+    pub fn count<S, B>(
+        &self,
+        service: S,
+    ) -> impl Service<
+        Request<Incoming>,
+        Response = Response<Counted<B>>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+    {
+        let streams = self.streams.clone();
+        service_fn(move |request| {
+            let open = streams.open();
+            let answer = service.call(request);
+            async move {
+                let response = answer.await?;
+                Ok(response.map(|body| Counted::new(body, open)))
+            }
+        })
+    }
+
+    /// Serves `connection` to its end, shutting it down gracefully once no
+    /// stream has been open for the timeout, or when the drain starts.
+    pub async fn serve<C: GracefulConnection>(self, connection: C) -> Result<(), C::Error> {
+        let IdleWatch {
+            streams,
+            timeout,
+            mut draining,
+            watcher: _counted_by_drain,
+        } = self;
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            () = streams.idle_for(timeout) => {
+                tracing::debug!(?timeout, "closing an idle connection");
+            }
+            _ = draining.wait_for(|draining| *draining) => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        connection.await
+    }
 }
 
 #[cfg(test)]

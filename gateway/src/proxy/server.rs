@@ -8,10 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::{Service, service_fn};
-use hyper::{Request, Response};
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -21,9 +19,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::tls::CertStore;
 
-use super::idle::{Counted, Streams, serve_until_idle};
+use super::idle::IdleWatch;
 use super::limits::{ClientIo, FirstRequest, first_request_within};
-use super::{Downstream, Proxy, ResponseBody};
+use super::{Downstream, Proxy};
 use crate::config::Limits;
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and
@@ -219,7 +217,7 @@ struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     /// `limits.idle_timeout` for multiplexed connections, which hyper's
-    /// HTTP/1 timer does not cover ([`serve_until_idle`]).
+    /// HTTP/1 timer does not cover ([`IdleWatch`]).
     idle_timeout: Duration,
     /// The same settings behind hyper's protocol detection, for TLS.
     auto: auto::Builder<TokioExecutor>,
@@ -303,7 +301,7 @@ struct Connection<F> {
 
 /// How a listener drains its connections on shutdown: hyper's graceful
 /// shutdown for HTTP/1, and a signal that multiplexed connections watch
-/// together with their idle timeout ([`serve_until_idle`]).
+/// together with their idle timeout ([`IdleWatch`]).
 #[derive(Clone, Copy)]
 struct Drain<'a> {
     graceful: &'a GracefulShutdown,
@@ -340,7 +338,6 @@ fn serve_one(
     });
     let watcher = drain.graceful.watcher();
     let draining = drain.draining.clone();
-    let idle_timeout = builders.idle_timeout;
     // HTTP/1 is served inline; h2c and TLS connections (rare: BI tools and
     // the JDBC driver speak plaintext HTTP/1.1) are boxed, so their larger
     // state does not size every connection's task.
@@ -355,18 +352,9 @@ fn serve_one(
                 }
                 Ok(true) => {
                     let io = TokioIo::new(ClientIo::new(stream, io_first));
-                    let streams = Arc::new(Streams::default());
-                    let service = count_streams(service, streams.clone());
-                    let connection = builders.http2.serve_connection(io, service);
-                    Box::pin(serve_until_idle(
-                        connection,
-                        streams,
-                        idle_timeout,
-                        draining,
-                        watcher,
-                    ))
-                    .await
-                    .map_err(Into::into)
+                    let idle = IdleWatch::new(builders.idle_timeout, draining, watcher);
+                    let connection = builders.http2.serve_connection(io, idle.count(service));
+                    Box::pin(idle.serve(connection)).await.map_err(Into::into)
                 }
                 Err(error) => Err(error.into()),
             },
@@ -375,19 +363,11 @@ fn serve_one(
                     let Some(stream) = handshake(&certs.acceptor(), stream, client).await else {
                         return Ok(());
                     };
-                    let streams = Arc::new(Streams::default());
-                    let service = count_streams(service, streams.clone());
+                    let idle = IdleWatch::new(builders.idle_timeout, draining, watcher);
                     let connection = builders
                         .auto
-                        .serve_connection(TokioIo::new(stream), service);
-                    serve_until_idle(
-                        connection.into_owned(),
-                        streams,
-                        idle_timeout,
-                        draining,
-                        watcher,
-                    )
-                    .await
+                        .serve_connection(TokioIo::new(stream), idle.count(service));
+                    idle.serve(connection.into_owned()).await
                 })
                 .await
             }
@@ -397,36 +377,6 @@ fn serve_one(
         }
     };
     Connection { first, future }
-}
-
-/// `service`, with each request counted as an open stream of `streams`
-/// until its answer's body has been sent.
-fn count_streams<S>(
-    service: S,
-    streams: Arc<Streams>,
-) -> impl Service<
-    Request<Incoming>,
-    Response = Response<Counted<ResponseBody>>,
-    Error = Infallible,
-    Future: Send + 'static,
-> + Clone
-+ Send
-+ 'static
-where
-    S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    service_fn(move |request| {
-        let open = streams.open();
-        let answer = service.call(request);
-        async move {
-            let response = answer.await?;
-            Ok(response.map(|body| Counted::new(body, open)))
-        }
-    })
 }
 
 async fn handshake(
