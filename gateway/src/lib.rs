@@ -13,6 +13,7 @@ pub mod admin;
 pub mod balance;
 pub mod classify;
 pub mod config;
+pub mod digest;
 pub mod discovery;
 pub mod events;
 pub mod fleet;

@@ -136,7 +136,7 @@ pub fn assemble(manifest: &Manifest, chunks: Vec<Vec<u8>>) -> Result<Vec<u8>, St
             manifest.size
         ));
     }
-    let sha256 = crate::plugin::sha256_hex(&bytes);
+    let sha256 = crate::digest::sha256_hex(&bytes);
     if sha256 != manifest.sha256 {
         return Err(format!(
             "content has sha256 {sha256}, expected {}",
@@ -222,7 +222,7 @@ async fn store_blob(
     bytes: &[u8],
     auth: bool,
 ) -> Result<Manifest, StoreError> {
-    let sha256 = crate::plugin::sha256_hex(bytes);
+    let sha256 = crate::digest::sha256_hex(bytes);
     if let Some((found, _)) = manifest(client, paths, &sha256).await? {
         return Ok(found);
     }

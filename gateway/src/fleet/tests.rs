@@ -123,7 +123,7 @@ fn chunks_reassemble_only_to_the_published_bytes() {
     let chunks: Vec<Vec<u8>> = store::chunks(&bytes).map(<[u8]>::to_vec).collect();
     assert_eq!(chunks.len(), 3);
     let manifest = Manifest {
-        sha256: crate::plugin::sha256_hex(&bytes),
+        sha256: crate::digest::sha256_hex(&bytes),
         size: bytes.len(),
         chunks: 3,
         published_at_ms: 0,

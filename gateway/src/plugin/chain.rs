@@ -330,7 +330,7 @@ impl ChainInner {
                 Err(error) => {
                     ReloadOutcome::Failed(format!("cannot read {}: {error}", path.display()))
                 }
-                Ok(bytes) if Some(super::runtime::sha256_hex(&bytes).as_str()) == running => {
+                Ok(bytes) if Some(crate::digest::sha256_hex(&bytes).as_str()) == running => {
                     ReloadOutcome::Unchanged
                 }
                 Ok(bytes) => match self.runtime.load(spec, &bytes, self.stats[i].clone()) {

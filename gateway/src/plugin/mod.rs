@@ -17,7 +17,6 @@ pub use policy::{Decision, PluginControl, RequestFacts, Route, RoutingPolicy};
 pub use reload::{FileWatch, reload_on_sighup, watch_files};
 pub use runtime::{
     CallFailure, FailureKind, LoadError, LoadedPlugin, PluginStats, Runtime, RuntimeOptions,
-    sha256_hex,
 };
 
 #[cfg(test)]

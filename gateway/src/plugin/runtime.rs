@@ -238,7 +238,7 @@ impl Runtime {
             name: spec.name.as_str().into(),
             config: spec.config.clone(),
             on_error: spec.on_error,
-            sha256: sha256_hex(bytes),
+            sha256: crate::digest::sha256_hex(bytes),
             loaded_at: SystemTime::now(),
             pre,
             limits: self.limits,
@@ -262,16 +262,6 @@ impl Runtime {
         plugin.release(first);
         Ok(plugin)
     }
-}
-
-/// Hex SHA-256 of a plugin file: its version in `/admin/plugins` and how a
-/// reload tells an unchanged file from a new one.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// One loaded version of one plugin.

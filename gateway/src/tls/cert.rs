@@ -9,7 +9,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
 
 use crate::config::TlsCertFiles;
@@ -126,19 +125,10 @@ pub fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
         not_before: rfc2822(&validity.not_before),
         not_after: rfc2822(&validity.not_after),
         not_after_unix: validity.not_after.timestamp(),
-        sha256: sha256_hex(der.as_ref()),
+        sha256: crate::digest::sha256_hex(der.as_ref()),
         dns_names,
         ip_addresses,
     })
-}
-
-/// SHA-256 of `bytes` in lower-case hex, as `openssl ... -sha256` prints it
-/// without the colons.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn rfc2822(time: &x509_parser::time::ASN1Time) -> String {

@@ -43,7 +43,7 @@ impl ClientCa {
         Ok(ClientCa {
             path: path.to_path_buf(),
             verifier,
-            sha256: super::cert::sha256_hex(&pem),
+            sha256: crate::digest::sha256_hex(&pem),
             anchors,
             loaded_at: SystemTime::now(),
             last_error: None,
