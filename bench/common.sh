@@ -1,6 +1,7 @@
 # Shared by the bench scripts (sourced, not run): a temp dir and pid list
 # cleaned up on exit, loopback port helpers, the release build of the
-# gateway, and an nginx backend answering like a Kylin node.
+# gateway, an nginx backend answering like a Kylin node, and nginx and
+# HAProxy as the proxies to measure against.
 # Needs `root` and `work` set by the caller.
 
 pids=()
@@ -137,6 +138,31 @@ http {
 }
 CONF
     nginx -p "$dir" -c "$dir/nginx.conf" 2>"$dir/stderr.log" &
+    pids+=($!)
+}
+
+# Starts HAProxy on 127.0.0.1:$1 as a reverse proxy to 127.0.0.1:$2 (one
+# process, server connections reused by every client: http-reuse always),
+# with client and server timeouts of $3 and $4 seconds. $! is its pid.
+start_haproxy() {
+    local port=$1 backend=$2 client_s=$3 server_s=$4
+    cat >"$work/haproxy.cfg" <<CONF
+global
+    maxconn 8192
+defaults
+    mode http
+    timeout connect 1s
+    timeout client ${client_s}s
+    timeout server ${server_s}s
+    option http-keep-alive
+frontend bench
+    bind 127.0.0.1:$port
+    default_backend kylin
+backend kylin
+    http-reuse always
+    server node 127.0.0.1:$backend
+CONF
+    haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
     pids+=($!)
 }
 

@@ -95,25 +95,8 @@ measure "nginx as proxy" "$nginx_proxy_pid" "$proxy_port"
 kill "$nginx_proxy_pid"
 
 haproxy_port=$(free_port)
-cat >"$work/haproxy.cfg" <<EOF
-global
-    maxconn 8192
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 60s
-    timeout server 60s
-    option http-keep-alive
-frontend bench
-    bind 127.0.0.1:$haproxy_port
-    default_backend kylin
-backend kylin
-    http-reuse always
-    server node 127.0.0.1:$nginx_port
-EOF
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+start_haproxy "$haproxy_port" "$nginx_port" 60 60
 haproxy_pid=$!
-pids+=($haproxy_pid)
 wait_port "$haproxy_port"
 measure "HAProxy" "$haproxy_pid" "$haproxy_port"
 kill "$haproxy_pid"

@@ -119,24 +119,7 @@ wrk.body = '$body'
 wrk.headers["Content-Type"] = "application/json"
 EOF
 
-cat >"$work/haproxy.cfg" <<EOF
-global
-    maxconn 8192
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 30s
-    timeout server 300s
-    option http-keep-alive
-frontend bench
-    bind 127.0.0.1:$haproxy_port
-    default_backend kylin
-backend kylin
-    http-reuse always
-    server node 127.0.0.1:$nginx_port
-EOF
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
-pids+=($!)
+start_haproxy "$haproxy_port" "$nginx_port" 30 300
 haproxy_pid=$!
 
 wait_port "$nginx_port"
