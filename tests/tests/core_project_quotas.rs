@@ -5,9 +5,6 @@
 //! a project past its burst gets 429 for its rate; `/admin/limits` and
 //! `/metrics` count the rejections.
 
-use std::time::Duration;
-
-use kylin_gateway_tests::support::eventually_async;
 use kylin_gateway_tests::support::gateway::{Gateway, metric_value, one_node_with_limits};
 use kylin_gateway_tests::support::http::{Reply, client, get, send};
 
@@ -80,21 +77,9 @@ async fn assert_rejected_once(gateway: &Gateway, project: &str, limit: &str) {
 async fn past_max_concurrent_a_query_gets_429_and_other_projects_are_served() {
     let (node, gateway) = one_node_with_limits(QUOTAS).await;
     let hits_before = node.hits();
-    let held: Vec<_> = (0..2)
-        .map(|_| {
-            let url = gateway.url("/__kgw/sleep?ms=4000");
-            tokio::spawn(async move {
-                let body = r#"{"sql": "select 1", "project": "held"}"#;
-                send(&client(), "POST", &url, &[], body).await.unwrap()
-            })
-        })
-        .collect();
-    eventually_async(
-        "both held queries at the node",
-        Duration::from_secs(10),
-        || async { (node.hits() >= hits_before + 2).then_some(()) },
-    )
-    .await;
+    let held = node
+        .hold_queries(&gateway.url("/__kgw/sleep?ms=4000"), 2)
+        .await;
 
     // The third, naming its project in the query string this time.
     let refused = send(

@@ -24,6 +24,9 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::eventually_async;
+use super::http::{Reply, client, send};
+
 /// A running backend; stops when dropped.
 pub struct Backend {
     pub name: String,
@@ -121,6 +124,30 @@ impl Backend {
 
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Sends `count` queries of project `held` to `sleep_url` (this node's
+    /// `/__kgw/sleep?ms=N`, through a gateway) and returns once the node
+    /// has them all: each then holds its place in the project's quota
+    /// until it is answered.
+    pub async fn hold_queries(&self, sleep_url: &str, count: u64) -> Vec<JoinHandle<Reply>> {
+        let before = self.hits();
+        let held = (0..count)
+            .map(|_| {
+                let url = sleep_url.to_string();
+                tokio::spawn(async move {
+                    let body = r#"{"sql": "select 1", "project": "held"}"#;
+                    send(&client(), "POST", &url, &[], body).await.unwrap()
+                })
+            })
+            .collect();
+        eventually_async(
+            "the held queries at the node",
+            Duration::from_secs(10),
+            || async { (self.hits() >= before + count).then_some(()) },
+        )
+        .await;
+        held
     }
 
     /// Stops accepting and closes open connections (the port then refuses
