@@ -1,6 +1,10 @@
 //! `[limits]` against hostile or broken clients: a connection that does not
 //! finish its first request head in time is answered 408 and closed while
-//! others are served; a request body that stalls is cut off with 408; an idle keep-alive connection is closed after the idle timeout;
+//! others are served; a request body that stalls is cut off with 408; an
+//! idle keep-alive connection is closed after the idle timeout, whether it
+//! still holds hyper's buffers or gave them back (`idle_release_ms`), and
+//! one that gave them back is served again on the same socket, a head cut
+//! in two across the release included;
 //! past `max_connections` a new connection is closed at once (counted) and
 //! accepted again once one closes; past `max_in_flight` a request gets 503
 //! + `Retry-After` (counted) and the place is given back after.
@@ -107,23 +111,134 @@ async fn an_unfinished_first_request_head_is_cut_off_while_others_are_served() {
     assert!(took >= Duration::from_millis(250), "closed early: {took:?}");
 }
 
+/// Both ways an idle connection waits: inside hyper (its header read
+/// timer), and released to the socket alone (the gateway's timer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    // A second: room for a busy machine between the two requests below.
-    let (_node, gateway) =
-        one_node_with_limits("header_read_timeout_ms = 10000\nidle_timeout_ms = 1000").await;
-    let mut conn = Conn::served(gateway.http_port)
+    for release in ["idle_release_ms = 0", "idle_release_ms = 100"] {
+        // A second: room for a busy machine between the two requests below.
+        let (_node, gateway) = one_node_with_limits(&format!(
+            "header_read_timeout_ms = 10000\nidle_timeout_ms = 1000\n{release}"
+        ))
+        .await;
+        let mut conn = Conn::served(gateway.http_port)
+            .await
+            .expect("a served connection");
+        // The next request within the idle time is served on the same one.
+        assert_eq!(conn.get("/kylin/api/projects").await, Some(200));
+        let idle_since = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), &mut conn.driver)
+            .await
+            .unwrap_or_else(|_| panic!("{release}: the idle connection was still open after 5 s"))
+            .unwrap();
+        let took = idle_since.elapsed();
+        assert!(
+            took >= Duration::from_millis(900),
+            "{release}: closed early: {took:?}"
+        );
+        let released = counter(&gateway, "kgw_connections_idle_releases_total").await;
+        assert_eq!(
+            released > 0.0,
+            release.ends_with("100"),
+            "{release}: {released} releases"
+        );
+    }
+}
+
+const PROJECTS: &[u8] = b"GET /kylin/api/projects HTTP/1.1\r\nHost: gateway\r\n\r\n";
+
+/// Reads one answer (head and `Content-Length` body) off `stream`.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .expect("read the answer");
+        assert!(
+            n > 0,
+            "closed before a whole answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        let Some(head_end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = text[..head_end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .expect("a Content-Length");
+        if answer.len() >= head_end + 4 + length {
+            return text.into_owned();
+        }
+    }
+}
+
+/// Waits until the gateway has released idle connections `times` times in
+/// all, and `now` of them are released at present.
+async fn released(gateway: &Gateway, times: f64, now: f64) {
+    eventually_async(
+        &format!("{times} releases, {now} released at present"),
+        Duration::from_secs(10),
+        || async {
+            let total = counter(gateway, "kgw_connections_idle_releases_total").await;
+            let released = counter(gateway, "kgw_connections_idle_released").await;
+            assert!(total <= times, "released {total} times");
+            (total == times && released == now).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_idle_connection_is_served_again_on_the_same_socket() {
+    let (node, gateway) =
+        one_node_with_limits("idle_release_ms = 100\nidle_timeout_ms = 30000").await;
+    let mut stream = TcpStream::connect(("127.0.0.1", gateway.http_port))
         .await
-        .expect("a served connection");
-    // The next request within the idle time is served on the same one.
-    assert_eq!(conn.get("/kylin/api/projects").await, Some(200));
-    let idle_since = Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), &mut conn.driver)
-        .await
-        .expect("the idle connection was still open after 5 s")
         .unwrap();
-    let took = idle_since.elapsed();
-    assert!(took >= Duration::from_millis(900), "closed early: {took:?}");
+    // The first request and half the next in one write: hyper reads both,
+    // answers the first, and is released holding the half, which the next
+    // hyper connection reads first.
+    let (start, rest) = PROJECTS.split_at(20);
+    stream.write_all(&[PROJECTS, start].concat()).await.unwrap();
+    let first = read_answer(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    released(&gateway, 1.0, 1.0).await;
+    stream.write_all(rest).await.unwrap();
+    let second = read_answer(&mut stream).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    released(&gateway, 2.0, 1.0).await;
+
+    // Half a head wakes a released connection; it is not released again
+    // before the head is whole (no signal to wait for: three periods), and
+    // the answer keeps the connection open.
+    stream.write_all(start).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(rest).await.unwrap();
+    let third = read_answer(&mut stream).await;
+    assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+    assert!(
+        !third.to_ascii_lowercase().contains("connection: close"),
+        "{third}"
+    );
+    assert_eq!(node.hits(), 3);
+
+    // The drain closes a released connection at once.
+    released(&gateway, 3.0, 1.0).await;
+    let signalled = Instant::now();
+    gateway.process.signal("TERM");
+    let took = closed_by_gateway(&mut stream, signalled, Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(3),
+        "closed {took:?} after SIGTERM"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

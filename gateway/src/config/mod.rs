@@ -247,6 +247,10 @@ pub struct Limits {
     /// long after the previous answer.
     #[serde(rename = "idle_timeout_ms", with = "ms")]
     pub idle_timeout: Duration,
+    /// A plaintext HTTP/1 connection without a request for this long gives
+    /// back hyper's buffers until the client sends again; `None` (0): never.
+    #[serde(rename = "idle_release_ms", with = "option_ms")]
+    pub idle_release: Option<Duration>,
     /// Open downstream connections per listener; more are closed at once.
     pub max_connections: usize,
     /// Requests being handled at once; more are answered 503.
@@ -673,6 +677,15 @@ mod ms {
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+/// An optional duration as the milliseconds of its key, 0 for none.
+mod option_ms {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.map_or(0, |d| d.as_millis() as u64))
     }
 }
 

@@ -190,6 +190,7 @@ pub struct RawAdmin {
 pub struct RawLimits {
     pub header_read_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
+    pub idle_release_ms: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_in_flight: Option<usize>,
     pub body_read_timeout_ms: Option<u64>,

@@ -261,6 +261,10 @@ fn sni_names(key: &str, names: Vec<String>) -> Result<Vec<String>, ConfigError> 
         .collect()
 }
 
+/// `limits.idle_release_ms` by default: a connection between a BI tool's
+/// requests keeps its buffers, one idle longer gives them back.
+const IDLE_RELEASE_MS: u64 = 1_000;
+
 fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
     let at_least_one = |key: &str, value: Option<usize>| match value {
         Some(0) => Err(ConfigError::new(key, "must be at least 1")),
@@ -274,6 +278,10 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
             1,
         )?,
         idle_timeout: ms("limits.idle_timeout_ms", raw.idle_timeout_ms, 60_000, 1)?,
+        idle_release: match raw.idle_release_ms.unwrap_or(IDLE_RELEASE_MS) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        },
         max_connections: at_least_one("limits.max_connections", raw.max_connections)?,
         max_in_flight: at_least_one("limits.max_in_flight", raw.max_in_flight)?,
         body_read_timeout: ms(

@@ -1,47 +1,67 @@
-//! The idle timeout of multiplexed connections (HTTP/2, and every TLS
-//! connection, served by hyper's auto-detecting builder). hyper bounds an
-//! idle HTTP/1 connection by its header read timeout, but has nothing for
-//! an HTTP/2 connection whose streams have all ended: it would stay open
-//! for as long as the client keeps it. Here each connection counts its open
-//! streams (from the request to the end of its answer's body); once none
-//! has been open for `limits.idle_timeout_ms`, the connection is shut down
-//! gracefully (GOAWAY: the client knows no stream was lost). The same path
-//! starts the drain on shutdown. Counting costs two atomics per stream.
+//! What a client connection is doing ([`Activity`]: its open streams,
+//! whether its last write blocked), and the idle timeout of multiplexed
+//! connections (HTTP/2, and every TLS connection, served by hyper's
+//! auto-detecting builder). hyper bounds an idle HTTP/1 connection by its
+//! header read timeout, but has nothing for an HTTP/2 connection whose
+//! streams have all ended: it would stay open for as long as the client
+//! keeps it. Here each connection counts its open streams (from the request
+//! to the end of its answer's body); once none has been open for
+//! `limits.idle_timeout_ms`, the connection is shut down gracefully
+//! (GOAWAY: the client knows no stream was lost). The same path starts the
+//! drain on shutdown. Counting costs two atomics per stream.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::service::{Service, service_fn};
-use hyper_util::server::graceful::{GracefulConnection, Watcher};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::{Notify, watch};
 
-/// The streams open on one connection.
+/// What one client connection is doing: the streams open on it (an
+/// HTTP/1 connection has at most one), and whether its last write blocked.
 #[derive(Default)]
-pub struct Streams {
+pub struct Activity {
     open: AtomicUsize,
     /// Streams ever opened: tells an idle period that saw a stream come and
     /// go from one that saw none.
     opened: AtomicU64,
     /// Woken when the last open stream ends.
     none_open: Notify,
+    /// The client's socket took less than it was offered: hyper may still
+    /// hold bytes of an answer it has not sent.
+    write_blocked: AtomicBool,
 }
 
 /// One open stream; its end (drop) is counted.
-pub struct OpenStream(Arc<Streams>);
+pub struct OpenStream(Arc<Activity>);
 
-impl Streams {
+impl Activity {
     pub fn open(self: &Arc<Self>) -> OpenStream {
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::AcqRel);
         OpenStream(self.clone())
+    }
+
+    /// Streams opened so far.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// When the connection is idle (no stream open, every byte of its
+    /// answers taken by the socket), the count of streams opened so far: two
+    /// equal marks taken a while apart mean it was idle all along.
+    pub fn idle_mark(&self) -> Option<u64> {
+        let idle =
+            self.open.load(Ordering::Acquire) == 0 && !self.write_blocked.load(Ordering::Relaxed);
+        idle.then(|| self.opened())
+    }
+
+    pub fn set_write_blocked(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Relaxed);
     }
 
     /// Resolves once no stream has been open for `timeout`.
@@ -104,56 +124,25 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     }
 }
 
-/// What a multiplexed connection is watched with: its open streams, the
-/// idle timeout, the listener's drain signal, and the watcher that keeps
-/// it counted by the drain until it ends.
+/// What a multiplexed connection is watched with: its activity, the idle
+/// timeout and the listener's drain signal.
 pub struct IdleWatch {
-    streams: Arc<Streams>,
+    streams: Arc<Activity>,
     timeout: Duration,
     draining: watch::Receiver<bool>,
-    watcher: Watcher,
 }
 
 impl IdleWatch {
-    pub fn new(timeout: Duration, draining: watch::Receiver<bool>, watcher: Watcher) -> IdleWatch {
+    pub fn new(
+        streams: Arc<Activity>,
+        timeout: Duration,
+        draining: watch::Receiver<bool>,
+    ) -> IdleWatch {
         IdleWatch {
-            streams: Arc::new(Streams::default()),
+            streams,
             timeout,
             draining,
-            watcher,
         }
-    }
-
-    /// `service`, with each request counted as an open stream until its
-    /// answer's body has been sent.
-    pub fn count<S, B>(
-        &self,
-        service: S,
-    ) -> impl Service<
-        Request<Incoming>,
-        Response = Response<Counted<B>>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-    where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body<Data = Bytes> + Unpin + Send + 'static,
-    {
-        let streams = self.streams.clone();
-        service_fn(move |request| {
-            let open = streams.open();
-            let answer = service.call(request);
-            async move {
-                let response = answer.await?;
-                Ok(response.map(|body| Counted::new(body, open)))
-            }
-        })
     }
 
     /// Serves `connection` to its end, shutting it down gracefully once no
@@ -163,7 +152,6 @@ impl IdleWatch {
             streams,
             timeout,
             mut draining,
-            watcher: _counted_by_drain,
         } = self;
         let mut connection = std::pin::pin!(connection);
         tokio::select! {
@@ -184,7 +172,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_only_once_no_stream_has_been_open_for_the_timeout() {
-        let streams = Arc::new(Streams::default());
+        let streams = Arc::new(Activity::default());
         let timeout = Duration::from_secs(60);
         let stream = streams.open();
         let idle = tokio::spawn({

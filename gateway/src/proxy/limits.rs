@@ -5,15 +5,9 @@
 //! request.
 
 use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// Requests being handled at once, capped: past the cap a request is shed
 /// (503) instead of queued.
@@ -70,7 +64,7 @@ impl FirstRequest {
             .is_ok()
     }
 
-    fn timed_out(&self) -> bool {
+    pub(super) fn timed_out(&self) -> bool {
         self.0.load(Ordering::Relaxed) == TIMED_OUT
     }
 }
@@ -95,83 +89,6 @@ pub async fn first_request_within<F: Future>(
         None
     } else {
         Some(connection.await)
-    }
-}
-
-/// A plaintext client connection as hyper sees it. Cut off at the first
-/// head's deadline after it sent part of a head, it is answered
-/// `408 Request Timeout` as it closes (as HAProxy does; a connection that
-/// sent nothing is closed silently, as browsers' pre-connects expect).
-pub struct ClientIo {
-    stream: TcpStream,
-    first: FirstRequest,
-    sent_bytes: bool,
-}
-
-const REQUEST_TIMEOUT: &[u8] =
-    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-
-impl ClientIo {
-    pub fn new(stream: TcpStream, first: FirstRequest) -> ClientIo {
-        ClientIo {
-            stream,
-            first,
-            sent_bytes: false,
-        }
-    }
-}
-
-impl Drop for ClientIo {
-    fn drop(&mut self) {
-        if self.sent_bytes && self.first.timed_out() {
-            // Best effort and never blocking: a full send buffer drops it.
-            let _ = self.stream.try_write(REQUEST_TIMEOUT);
-        }
-    }
-}
-
-impl AsyncRead for ClientIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.sent_bytes = true;
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for ClientIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

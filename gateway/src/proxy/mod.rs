@@ -8,10 +8,12 @@
 //! across the request.
 
 mod body;
+mod client_io;
 mod error;
 mod headers;
 mod idle;
 mod limits;
+mod release;
 pub mod server;
 
 pub use body::{BodySlot, Recoverable, RequestBody, ResponseBody};

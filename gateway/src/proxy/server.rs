@@ -19,8 +19,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::tls::CertStore;
 
-use super::idle::IdleWatch;
-use super::limits::{ClientIo, FirstRequest, first_request_within};
+use super::client_io::ClientIo;
+use super::idle::{Activity, Counted, IdleWatch};
+use super::limits::{FirstRequest, first_request_within};
+use super::release::{self, Release};
 use super::{Downstream, Proxy};
 use crate::config::Limits;
 
@@ -219,6 +221,8 @@ struct Builders {
     /// `limits.idle_timeout` for multiplexed connections, which hyper's
     /// HTTP/1 timer does not cover ([`IdleWatch`]).
     idle_timeout: Duration,
+    /// When idle plaintext HTTP/1 connections give back hyper's buffers.
+    release: Release,
     /// The same settings behind hyper's protocol detection, for TLS.
     auto: auto::Builder<TokioExecutor>,
 }
@@ -252,6 +256,10 @@ impl Builders {
             http1,
             http2,
             idle_timeout: limits.idle_timeout,
+            release: Release {
+                after: limits.idle_release,
+                idle_timeout: limits.idle_timeout,
+            },
             auto,
         }
     }
@@ -299,9 +307,10 @@ struct Connection<F> {
     future: F,
 }
 
-/// How a listener drains its connections on shutdown: hyper's graceful
-/// shutdown for HTTP/1, and a signal that multiplexed connections watch
-/// together with their idle timeout ([`IdleWatch`]).
+/// How a listener drains its connections on shutdown: a signal every
+/// connection watches (shutting hyper's connection down gracefully: GOAWAY,
+/// or `Connection: close` on the answer in progress), and hyper-util's
+/// graceful shutdown, which counts the connections still open.
 #[derive(Clone, Copy)]
 struct Drain<'a> {
     graceful: &'a GracefulShutdown,
@@ -327,14 +336,20 @@ fn serve_one(
     let first = FirstRequest::default();
     let arrived = first.clone();
     let io_first = first.clone();
+    let activity = Arc::new(Activity::default());
+    let counted = activity.clone();
     let proxy = proxy.clone();
     let service = service_fn(move |request| {
         arrived.arrived();
+        let open = counted.open();
         let proxy = proxy.clone();
         // Boxed: hyper keeps one slot the size of this future per
         // connection for the connection's life (about 6 KB of request-path
         // state); boxed, an idle connection holds a pointer instead.
-        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(request, downstream).await) })
+        Box::pin(async move {
+            let response = proxy.handle(request, downstream).await;
+            Ok::<_, Infallible>(response.map(|body| Counted::new(body, open)))
+        })
     });
     let watcher = drain.graceful.watcher();
     let draining = drain.draining.clone();
@@ -343,17 +358,21 @@ fn serve_one(
     // state does not size every connection's task.
     let future = async move {
         let _permit = permit;
+        // Counted by the drain until the connection ends.
+        let _watcher = watcher;
         let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match tls {
             None => match speaks_h2c(&stream).await {
                 Ok(false) => {
-                    let io = TokioIo::new(ClientIo::new(stream, io_first));
-                    let connection = builders.http1.serve_connection(io, service);
-                    watcher.watch(connection).await.map_err(Into::into)
+                    let io = ClientIo::new(stream, io_first, activity.clone());
+                    let release = builders.release;
+                    release::serve(&builders.http1, io, service, &activity, release, draining)
+                        .await
+                        .map_err(Into::into)
                 }
                 Ok(true) => {
-                    let io = TokioIo::new(ClientIo::new(stream, io_first));
-                    let idle = IdleWatch::new(builders.idle_timeout, draining, watcher);
-                    let connection = builders.http2.serve_connection(io, idle.count(service));
+                    let io = TokioIo::new(ClientIo::new(stream, io_first, activity.clone()));
+                    let idle = IdleWatch::new(activity, builders.idle_timeout, draining);
+                    let connection = builders.http2.serve_connection(io, service);
                     Box::pin(idle.serve(connection)).await.map_err(Into::into)
                 }
                 Err(error) => Err(error.into()),
@@ -363,10 +382,10 @@ fn serve_one(
                     let Some(stream) = handshake(&certs.acceptor(), stream, client).await else {
                         return Ok(());
                     };
-                    let idle = IdleWatch::new(builders.idle_timeout, draining, watcher);
+                    let idle = IdleWatch::new(activity, builders.idle_timeout, draining);
                     let connection = builders
                         .auto
-                        .serve_connection(TokioIo::new(stream), idle.count(service));
+                        .serve_connection(TokioIo::new(stream), service);
                     idle.serve(connection.into_owned()).await
                 })
                 .await
