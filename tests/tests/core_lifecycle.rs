@@ -10,6 +10,7 @@ use kylin_gateway_tests::support::backend::Backend;
 use kylin_gateway_tests::support::gateway::{Gateway, TempDir, metric_value, static_discovery};
 use kylin_gateway_tests::support::http::{client, get, send};
 use kylin_gateway_tests::support::{eventually, eventually_async, run_with_deadline, target_bin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn refuses_connections(port: u16) -> Option<()> {
     tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -28,7 +29,9 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
 async fn drains_in_flight_requests(runtime: &str) {
     let node = Backend::start("n", 0).await;
     let mut gateway = Gateway::start(&format!(
-        "{}\n[shutdown]\ndrain_timeout_ms = 10000\n[runtime]\nkind = \"{runtime}\"\n",
+        // Idle connections stay with hyper (not released) here: the drain
+        // of released ones is core_limits'.
+        "{}\n[limits]\nidle_release_ms = 60000\n[shutdown]\ndrain_timeout_ms = 10000\n[runtime]\nkind = \"{runtime}\"\n",
         static_discovery(&[(node.addr, "all", true)])
     ));
     gateway.wait_ready().await;
@@ -48,7 +51,19 @@ async fn drains_in_flight_requests(runtime: &str) {
         },
     )
     .await;
+    // A keep-alive connection that was answered and is idle: the drain
+    // closes it at once rather than waiting for its client.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", gateway.http_port))
+        .await
+        .unwrap();
+    idle.write_all(b"GET /kylin/api/projects HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 4096];
+    let n = idle.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
     gateway.process.signal("TERM");
+    let signalled = Instant::now();
     let http_port = gateway.http_port;
     eventually_async("listener closed", Duration::from_secs(5), || {
         refuses_connections(http_port)
@@ -62,14 +77,32 @@ async fn drains_in_flight_requests(runtime: &str) {
     let admin = client();
     let readyz = get(&admin, &gateway.admin_url("/readyz")).await.unwrap();
     assert_eq!((readyz.status, readyz.text().as_str()), (503, "draining\n"));
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut answer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "{runtime}: the idle connection was not closed by the drain: {closed:?}"
+    );
     let (reply, took) = slow.await.unwrap();
     let reply = reply.expect("the in-flight request was cut off");
     assert_eq!(reply.status, 200);
     assert!(took >= Duration::from_millis(1500));
+    // The answer in flight closes its connection: the client's pool does
+    // not keep it, and the gateway need not wait for the drain deadline.
+    assert_eq!(
+        reply.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "{runtime}: {:?}",
+        reply.headers
+    );
     let status = eventually("gateway exit", Duration::from_secs(10), || {
         gateway.process.try_wait()
     });
     assert_eq!(status.code(), Some(0), "{status:?}");
+    let exited = signalled.elapsed();
+    assert!(
+        exited < Duration::from_secs(6),
+        "{runtime}: exited {exited:?} after SIGTERM (drain deadline 10 s)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

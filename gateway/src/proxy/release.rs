@@ -13,9 +13,13 @@
 use std::convert::Infallible;
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -83,9 +87,10 @@ where
 
 /// Runs `connection` until it ends, or until it has been idle for a whole
 /// release period: idle at two checks a period apart, with no request in
-/// between (checked once per period, so a busy connection pays one timer
-/// wake-up per period, nothing per request). It is released between one
-/// and two periods after its last answer.
+/// between. It is released between one and two periods after its last
+/// answer. The check's timer and the drain signal are polled only after
+/// one of them woke the task ([`SideWake`]): the connection's own wake-ups,
+/// several per request, do not pay for them.
 async fn run<S, B>(
     mut connection: http1::Connection<TokioIo<ClientIo>, S>,
     activity: &Activity,
@@ -100,6 +105,8 @@ where
 {
     let period = release_after.unwrap_or(Duration::MAX);
     let mut check = pin!(tokio::time::sleep_until(far_after(period)));
+    let mut drain = pin!(draining.wait_for(|draining| *draining));
+    let mut side = SideWake::new();
     // Only after an answer is hyper's connection idle, so that a shutdown
     // closes it at once (bytes of a next head it has read are handed
     // back); before its first request it would wait for that head and
@@ -107,23 +114,27 @@ where
     // is bounded by hyper's header read timeout instead.
     let served_before = activity.opened();
     let mut mark = activity.idle_mark();
-    let stop = loop {
-        tokio::select! {
-            ended = poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
-                ended?;
-                break None;
-            }
-            () = check.as_mut(), if release_after.is_some() => {
-                let now = activity.idle_mark();
-                if now.is_some_and(|opened| opened > served_before) && now == mark {
-                    break Some(Stop::Release);
-                }
-                mark = now;
-                check.as_mut().reset(far_after(period));
-            }
-            _ = draining.wait_for(|draining| *draining) => break Some(Stop::Drain),
+    let stop = poll_fn(|cx| {
+        if let Poll::Ready(ended) = connection.poll_without_shutdown(cx) {
+            return Poll::Ready(ended.map(|()| None));
         }
-    };
+        let Some(mut side_cx) = side.woken(cx) else {
+            return Poll::Pending;
+        };
+        while release_after.is_some() && check.as_mut().poll(&mut side_cx).is_ready() {
+            let now = activity.idle_mark();
+            if now.is_some_and(|opened| opened > served_before) && now == mark {
+                return Poll::Ready(Ok(Some(Stop::Release)));
+            }
+            mark = now;
+            check.as_mut().reset(far_after(period));
+        }
+        if drain.as_mut().poll(&mut side_cx).is_ready() {
+            return Poll::Ready(Ok(Some(Stop::Drain)));
+        }
+        Poll::Pending
+    })
+    .await?;
     if stop.is_some() {
         // An idle connection is closed at once, without touching the
         // socket; a busy one (only when draining) after its answer, which
@@ -137,6 +148,65 @@ where
         Some(Stop::Release) => Ran::Released(io.replaying(parts.read_buf), parts.service),
         _ => Ran::Closed(io),
     })
+}
+
+/// The waker given to a connection's side futures (the release check, the
+/// drain signal): it notes that one of them woke, then wakes the task.
+struct SideWake {
+    shared: Arc<SideWakeShared>,
+    waker: Waker,
+    /// The task waker last registered.
+    registered: Option<Waker>,
+}
+
+struct SideWakeShared {
+    woke: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for SideWakeShared {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woke.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl SideWake {
+    fn new() -> SideWake {
+        let shared = Arc::new(SideWakeShared {
+            // Polled once at the start, to register.
+            woke: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        SideWake {
+            waker: Waker::from(shared.clone()),
+            shared,
+            registered: None,
+        }
+    }
+
+    /// A context for polling the side futures when one of them woke since
+    /// they were last polled; `None` otherwise (an atomic load and a
+    /// pointer comparison). A side wake takes the registered task waker, so
+    /// it is registered again after every side wake, before the side
+    /// futures are polled.
+    fn woken(&mut self, cx: &Context<'_>) -> Option<Context<'_>> {
+        let woke = self.shared.woke.load(Ordering::Relaxed)
+            && self.shared.woke.swap(false, Ordering::AcqRel);
+        let registered = self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if woke || !registered {
+            self.shared.task.register(cx.waker());
+            self.registered = Some(cx.waker().clone());
+        }
+        woke.then(|| Context::from_waker(&self.waker))
+    }
 }
 
 /// Why a running connection is shut down.
