@@ -21,6 +21,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::{Notify, watch};
 
+use super::side_wake::SideWake;
+
 /// What one client connection is doing: the streams open on it (an
 /// HTTP/1 connection has at most one), and whether its last write blocked.
 #[derive(Default)]
@@ -154,12 +156,28 @@ impl IdleWatch {
             mut draining,
         } = self;
         let mut connection = std::pin::pin!(connection);
-        tokio::select! {
-            result = connection.as_mut() => return result,
-            () = streams.idle_for(timeout) => {
-                tracing::debug!(?timeout, "closing an idle connection");
+        let mut idle = std::pin::pin!(streams.idle_for(timeout));
+        let mut drain = std::pin::pin!(draining.wait_for(|draining| *draining));
+        let mut side = SideWake::new();
+        let ended = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
             }
-            _ = draining.wait_for(|draining| *draining) => {}
+            let Some(mut side_cx) = side.woken(cx) else {
+                return Poll::Pending;
+            };
+            if idle.as_mut().poll(&mut side_cx).is_ready() {
+                tracing::debug!(?timeout, "closing an idle connection");
+                return Poll::Ready(None);
+            }
+            if drain.as_mut().poll(&mut side_cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        if let Some(result) = ended {
+            return result;
         }
         connection.as_mut().graceful_shutdown();
         connection.await

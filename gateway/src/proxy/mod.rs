@@ -15,6 +15,7 @@ mod idle;
 mod limits;
 mod release;
 pub mod server;
+mod side_wake;
 
 pub use body::{BodySlot, Recoverable, RequestBody, ResponseBody};
 pub use error::GatewayError;

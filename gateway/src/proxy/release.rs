@@ -13,13 +13,10 @@
 use std::convert::Infallible;
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -32,6 +29,7 @@ use tokio::time::Instant;
 
 use super::client_io::ClientIo;
 use super::idle::Activity;
+use super::side_wake::SideWake;
 
 /// When idle connections are released, and when they are closed.
 #[derive(Clone, Copy)]
@@ -148,65 +146,6 @@ where
         Some(Stop::Release) => Ran::Released(io.replaying(parts.read_buf), parts.service),
         _ => Ran::Closed(io),
     })
-}
-
-/// The waker given to a connection's side futures (the release check, the
-/// drain signal): it notes that one of them woke, then wakes the task.
-struct SideWake {
-    shared: Arc<SideWakeShared>,
-    waker: Waker,
-    /// The task waker last registered.
-    registered: Option<Waker>,
-}
-
-struct SideWakeShared {
-    woke: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for SideWakeShared {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woke.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl SideWake {
-    fn new() -> SideWake {
-        let shared = Arc::new(SideWakeShared {
-            // Polled once at the start, to register.
-            woke: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
-        SideWake {
-            waker: Waker::from(shared.clone()),
-            shared,
-            registered: None,
-        }
-    }
-
-    /// A context for polling the side futures when one of them woke since
-    /// they were last polled; `None` otherwise (an atomic load and a
-    /// pointer comparison). A side wake takes the registered task waker, so
-    /// it is registered again after every side wake, before the side
-    /// futures are polled.
-    fn woken(&mut self, cx: &Context<'_>) -> Option<Context<'_>> {
-        let woke = self.shared.woke.load(Ordering::Relaxed)
-            && self.shared.woke.swap(false, Ordering::AcqRel);
-        let registered = self
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()));
-        if woke || !registered {
-            self.shared.task.register(cx.waker());
-            self.registered = Some(cx.waker().clone());
-        }
-        woke.then(|| Context::from_waker(&self.waker))
-    }
 }
 
 /// Why a running connection is shut down.
