@@ -105,6 +105,54 @@ async fn drains_in_flight_requests(runtime: &str) {
     );
 }
 
+/// Thread per core binds one `SO_REUSEPORT` socket per thread; a second
+/// gateway on the same port must not join them and split the first one's
+/// connections, on either runtime shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_a_taken_port_exits_naming_it() {
+    let node = Backend::start("n", 0).await;
+    let nodes = static_discovery(&[(node.addr, "all", true)]);
+    let first = Gateway::start(&nodes);
+    first.wait_ready().await;
+    let dir = TempDir::new("kgw-second");
+    for runtime in ["current-thread", "multi-thread"] {
+        let config = dir.path.join(format!("{runtime}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[listen]\nhttp = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:0\"\n\n{nodes}\n[runtime]\nkind = \"{runtime}\"\n",
+                first.http_port
+            ),
+        )
+        .unwrap();
+        let output = run_with_deadline(
+            "second kylin-gateway",
+            Command::new(target_bin("kylin-gateway"))
+                .arg("--config")
+                .arg(&config)
+                .env("RUST_LOG", "warn"),
+            Duration::from_secs(20),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{runtime}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "listen.http: cannot bind 127.0.0.1:{}",
+                first.http_port
+            )),
+            "{runtime}: {stderr}"
+        );
+    }
+    // The first one still has the port to itself.
+    for _ in 0..8 {
+        let reply = get(&client(), &first.url("/kylin/api/projects"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(node.hits(), 8);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_deadline_cuts_off_requests_that_outlast_it() {
     let node = Backend::start("n", 0).await;

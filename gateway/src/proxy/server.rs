@@ -128,6 +128,7 @@ pub async fn serve_per_core(
     // sockets is uneven, so a per-thread share would refuse some before the
     // total is reached.
     let open = Arc::new(Semaphore::new(limits.max_connections));
+    ensure_unshared(address)?;
     let mut bound = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
     for index in 0..threads {
@@ -185,6 +186,23 @@ pub async fn serve_per_core(
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     })
+}
+
+/// Fails with `AddrInUse` when another socket listens on `address`.
+/// `SO_REUSEPORT` lets sockets of one user share a port, so without this a
+/// second gateway (or any program of the same user using the option, as
+/// HAProxy does) would start on a taken port and silently split its
+/// connections with the first. Probed with a socket that does not share;
+/// the window before the serving threads bind is a few microseconds.
+fn ensure_unshared(address: SocketAddr) -> std::io::Result<()> {
+    let probe = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Connections of an earlier process in TIME_WAIT do not count.
+    probe.set_reuseaddr(true)?;
+    probe.bind(address)
 }
 
 /// A listening socket on `address` that other sockets may share
