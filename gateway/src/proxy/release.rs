@@ -162,12 +162,11 @@ async fn wait_for_client(
     release: Release,
     draining: &mut watch::Receiver<bool>,
 ) -> bool {
-    let Some(after) = release.after else {
-        return true;
-    };
     // The connection had been idle for at least a period before it was
     // released.
-    let left = release.idle_timeout.saturating_sub(after);
+    let left = release
+        .idle_timeout
+        .saturating_sub(release.after.unwrap_or_default());
     metrics::counter!(RELEASES_METRIC).increment(1);
     let released = metrics::gauge!(RELEASED_METRIC);
     released.increment(1.0);
