@@ -20,6 +20,7 @@ pub mod fleet;
 pub mod plugin;
 pub mod proxy;
 pub mod quota;
+pub mod text;
 pub mod tls;
 pub mod triggers;
 pub mod upstream;
