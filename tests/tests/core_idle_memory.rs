@@ -20,9 +20,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use kylin_gateway_tests::support::backend::Backend;
+use kylin_gateway_tests::support::cluster::metric;
 use kylin_gateway_tests::support::eventually_async;
-use kylin_gateway_tests::support::gateway::{Gateway, metric_value, static_discovery};
-use kylin_gateway_tests::support::http::{client, get};
+use kylin_gateway_tests::support::gateway::{Gateway, static_discovery};
+use kylin_gateway_tests::support::http::client;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -119,11 +120,7 @@ async fn released(gateway: &Gateway, count: usize) {
         &format!("{count} idle connections released"),
         Duration::from_secs(30),
         || async {
-            let metrics = get(&client, &gateway.admin_url("/metrics"))
-                .await
-                .ok()?
-                .text();
-            let released = metric_value(&metrics, "kgw_connections_idle_released", &[])?;
+            let released = metric(&client, gateway, "kgw_connections_idle_released").await;
             (released == count as f64).then_some(())
         },
     )
