@@ -4,7 +4,6 @@
 //! instructions per value. Each writer's output is the same as its
 //! `Display` or `Debug` form, which its tests check.
 
-use std::fmt::Debug;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
@@ -72,12 +71,8 @@ pub fn push_debug_f64(buf: &mut Vec<u8>, value: f64) {
     if (1e-3..1e15).contains(&value) {
         buf.extend_from_slice(ryu::Buffer::new().format_finite(value).as_bytes());
     } else {
-        push_debug(buf, &value);
+        let _ = write!(buf, "{value:?}");
     }
-}
-
-fn push_debug(buf: &mut Vec<u8>, value: &impl Debug) {
-    let _ = write!(buf, "{value:?}");
 }
 
 #[cfg(test)]
