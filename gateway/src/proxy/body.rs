@@ -14,7 +14,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::upstream::Lease;
+use crate::upstream::{BodyError, Lease, UpstreamBody};
 use crate::view::NodeState;
 
 /// Why a request body could not be read from the client.
@@ -362,7 +362,7 @@ impl Drop for InFlight {
 /// small body of its own.
 pub enum ResponseBody {
     Upstream {
-        inner: Incoming,
+        inner: UpstreamBody,
         _in_flight: InFlight,
         /// The connection it comes on, back to its pool once the body has
         /// ended.
@@ -374,9 +374,11 @@ pub enum ResponseBody {
 impl ResponseBody {
     /// An upstream body to stream through. An empty one gives its
     /// connection back at once (the server may never poll it).
-    pub fn upstream(inner: Incoming, in_flight: InFlight, lease: Lease) -> ResponseBody {
+    pub fn upstream(mut inner: UpstreamBody, in_flight: InFlight, lease: Lease) -> ResponseBody {
         let lease = if inner.is_end_stream() {
-            lease.finish();
+            if let Some(conn) = inner.take_idle() {
+                lease.finish(conn);
+            }
             None
         } else {
             Some(lease)
@@ -399,12 +401,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ResponseBody::Upstream { inner, lease, .. } => {
                 let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
@@ -419,8 +421,11 @@ impl Body for ResponseBody {
                         false
                     }
                 };
-                if clean && let Some(lease) = lease.take() {
-                    lease.finish();
+                if clean
+                    && let Some(lease) = lease.take()
+                    && let Some(conn) = inner.take_idle()
+                {
+                    lease.finish(conn);
                 }
                 Poll::Ready(frame)
             }

@@ -27,9 +27,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, Version};
 use http_body::Body;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::access_log;
@@ -41,7 +40,8 @@ use crate::events;
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
 use crate::quota::{ProjectQuotas, QuotaPermit};
 use crate::tls::UpstreamTls;
-use crate::upstream::{Lease, NodePool, Upstreams};
+use crate::upstream::wire::{RequestHead, ResponseHead};
+use crate::upstream::{Conn, NodePool, UpstreamBody, Upstreams};
 use crate::view::{JobRouting, RequestCounters, RoutableNode, Snapshot, ViewPublisher};
 use body::{ClientFault, InFlight};
 use limits::InFlightLimit;
@@ -432,14 +432,18 @@ impl Proxy {
                 tried.insert(&node.node.id);
                 continue;
             };
-            let request = upstream_request(parts, pool, slot.handle());
+            let head = upstream_head(parts, pool);
+            let exchange = Exchange {
+                head: &head,
+                body: slot.handle(),
+                reuse: replay_safe,
+                class: target.class,
+                buffer_limit,
+            };
             // Awaited where it is made: a future kept in a local first is
             // stored twice in this one's state (rustc does not overlap
             // them), and the doubling compounds level by level.
-            let failure = match self
-                .send(node, pool, request, replay_safe, target.class, buffer_limit)
-                .await
-            {
+            let failure = match self.send(node, pool, exchange).await {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
@@ -541,76 +545,63 @@ impl Proxy {
         &self,
         node: &RoutableNode,
         pool: &Arc<NodePool>,
-        request: Request<Recoverable>,
-        reuse: bool,
-        class: TrafficClass,
-        buffer_limit: Option<usize>,
+        exchange: Exchange<'_>,
     ) -> Result<Response<ResponseBody>, Failure> {
         let in_flight = InFlight::start(node.state.clone());
         let sent = Instant::now();
         let deadline = tokio::time::Instant::from_std(sent + self.response_header_timeout);
-        let (response, lease) =
-            tokio::time::timeout_at(deadline, self.exchange(pool, request, reuse))
-                .await
-                .map_err(|_elapsed| Failure::Timeout)??;
-        let (mut head, incoming) = response.into_parts();
-        let body = match buffer_limit.filter(|&limit| fits(&head, limit)) {
-            Some(_) => match tokio::time::timeout_at(deadline, incoming.collect()).await {
+        let (answer, conn) = tokio::time::timeout_at(
+            deadline,
+            self.exchange(pool, exchange.head, exchange.body, exchange.reuse),
+        )
+        .await
+        .map_err(|_elapsed| Failure::Timeout)??;
+        let mut upstream = UpstreamBody::new(conn, &answer);
+        let mut head = answer.parts;
+        let lease = self.upstreams.lease(pool.clone());
+        let body = match exchange.buffer_limit.filter(|&limit| fits(&head, limit)) {
+            Some(_) => match tokio::time::timeout_at(deadline, upstream.read_all()).await {
                 Ok(Ok(whole)) => {
-                    lease.finish();
-                    ResponseBody::full(whole.to_bytes())
+                    if let Some(conn) = upstream.take_idle() {
+                        lease.finish(conn);
+                    }
+                    ResponseBody::full(whole)
                 }
                 Ok(Err(error)) => return Err(Failure::Broke(error_chain(&error))),
                 Err(_elapsed) => return Err(Failure::Timeout),
             },
-            None => ResponseBody::upstream(incoming, in_flight, lease),
+            None => ResponseBody::upstream(upstream, in_flight, lease),
         };
         self.ejection.record_success(&node.state);
         node.state
             .observe_latency(now_ms() / 1000, sent.elapsed().as_micros() as u64);
         headers::strip_hop_by_hop(&mut head.headers);
-        if class != TrafficClass::Job {
+        if exchange.class != TrafficClass::Job {
             self.pin_session(&mut head.headers, node);
         }
         Ok(Response::from_parts(head, body))
     }
 
     /// One request on one connection to `pool`'s node, up to the answer's
-    /// head: an idle connection when the request may be sent again (`reuse`),
-    /// else a new one. A request an idle connection could not take (its
-    /// node closed it meanwhile; nothing was sent) goes on a new one.
+    /// head: an idle connection when the request may be sent again
+    /// (`reuse`), else a new one. An idle connection its node has closed
+    /// meanwhile is not used (the pool checks before handing it out).
     async fn exchange(
         &self,
-        pool: &Arc<NodePool>,
-        mut request: Request<Recoverable>,
+        pool: &NodePool,
+        head: &RequestHead<'_>,
+        body: Recoverable,
         reuse: bool,
-    ) -> Result<(Response<Incoming>, Lease), Failure> {
-        let connect_failed = |error: std::io::Error| Failure::Connect(error_chain(&error));
-        let mut checkout = self
+    ) -> Result<(ResponseHead, Conn), Failure> {
+        let mut conn = self
             .upstreams
             .checkout(pool, reuse)
             .await
-            .map_err(connect_failed)?;
-        loop {
-            let mut error = match checkout.sender.try_send_request(request).await {
-                Ok(response) => {
-                    let lease = self.upstreams.lease(pool.clone(), checkout.sender);
-                    return Ok((response, lease));
-                }
-                Err(error) => error,
-            };
-            let Some(unsent) = error.take_message() else {
-                return Err(Failure::Broke(error_chain(&error.into_error())));
-            };
-            if !checkout.reused {
-                return Err(Failure::Connect(error_chain(error.error())));
-            }
-            request = unsent;
-            checkout = self
-                .upstreams
-                .checkout(pool, false)
-                .await
-                .map_err(connect_failed)?;
+            .map_err(|error| Failure::Connect(error_chain(&error)))?
+            .conn;
+        match conn.send(head, body).await {
+            Ok(answer) => Ok((answer, conn)),
+            Err(error) => Err(Failure::Broke(error_chain(&error))),
         }
     }
 
@@ -746,30 +737,35 @@ impl From<Failure> for GatewayError {
 
 /// The upstream request for one attempt: the rewritten head, in origin
 /// form. A request that came without a `Host` (HTTP/1.0) names the node.
-fn upstream_request(
-    parts: &http::request::Parts,
-    pool: &NodePool,
-    body: Recoverable,
-) -> Request<Recoverable> {
-    let mut request = Request::new(body);
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = parts.headers.clone();
-    if !request.headers().contains_key(header::HOST) {
+/// The head of `parts` as sent to `pool`'s node (the headers as the
+/// rewrite left them, with a `Host` of the node's when they carry none).
+fn upstream_head<'a>(parts: &'a http::request::Parts, pool: &NodePool) -> RequestHead<'a> {
+    let host = if parts.headers.contains_key(header::HOST) {
+        None
+    } else {
         let target = pool.target();
-        let host = match &target.tls_name {
-            Some(name) => HeaderValue::from_str(name),
-            None => HeaderValue::try_from(target.addr.to_string()),
-        };
-        if let Ok(host) = host {
-            request.headers_mut().insert(header::HOST, host);
+        match &target.tls_name {
+            Some(name) => HeaderValue::from_str(name).ok(),
+            None => HeaderValue::try_from(target.addr.to_string()).ok(),
         }
+    };
+    RequestHead {
+        method: &parts.method,
+        path: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+        headers: &parts.headers,
+        host,
     }
-    request
+}
+
+/// One attempt's request and how to treat its answer.
+struct Exchange<'a> {
+    head: &'a RequestHead<'a>,
+    body: Recoverable,
+    /// It may go on an idle connection (it may be sent again).
+    reuse: bool,
+    class: TrafficClass,
+    /// Answers up to this size are read whole first.
+    buffer_limit: Option<usize>,
 }
 
 /// Whether a response announces a body of at most `limit` bytes.

@@ -14,13 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
-
-use crate::proxy::Recoverable;
-
-/// The sending half of one upstream connection (its I/O runs in its own
-/// task).
-pub type Sender = SendRequest<Recoverable>;
+use super::conn::Conn;
 
 /// How many idle lists each pool has: one per serving thread.
 static SHARDS: AtomicUsize = AtomicUsize::new(1);
@@ -60,7 +54,7 @@ pub struct NodePool {
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -99,13 +93,13 @@ impl NodePool {
 
     /// The newest idle connection that is still open and has been idle at
     /// most `max_idle_time`. Older ones are dropped on the way (outside the
-    /// lock: dropping a sender wakes its connection task).
-    pub fn take(&self, now: Instant, max_idle_time: Duration) -> Option<Sender> {
+    /// lock: closing a socket is a syscall).
+    pub fn take(&self, now: Instant, max_idle_time: Duration) -> Option<Conn> {
         let mut dropped = Vec::new();
         let found = {
             let mut idle = self.idle();
             loop {
-                let Some(entry) = idle.pop_back() else {
+                let Some(mut entry) = idle.pop_back() else {
                     break None;
                 };
                 if now.saturating_duration_since(entry.since) > max_idle_time {
@@ -114,11 +108,11 @@ impl NodePool {
                     dropped.extend(idle.drain(..));
                     break None;
                 }
-                if entry.sender.is_closed() {
+                if !entry.conn.is_open() {
                     dropped.push(entry);
                     continue;
                 }
-                break Some(entry.sender);
+                break Some(entry.conn);
             }
         };
         drop(dropped);
@@ -127,14 +121,14 @@ impl NodePool {
 
     /// Keeps a connection whose last exchange ended cleanly, up to
     /// `max_idle` per node (the oldest goes first).
-    pub fn put(&self, sender: Sender, now: Instant, max_idle: usize) {
-        if max_idle == 0 || sender.is_closed() {
+    pub fn put(&self, conn: Conn, now: Instant, max_idle: usize) {
+        if max_idle == 0 {
             return;
         }
         let evicted = {
             let mut idle = self.idle();
             let evicted = (idle.len() >= max_idle).then(|| idle.pop_front()).flatten();
-            idle.push_back(Idle { sender, since: now });
+            idle.push_back(Idle { conn, since: now });
             evicted
         };
         drop(evicted);
@@ -148,9 +142,9 @@ impl NodePool {
             let mut dropped = Vec::new();
             {
                 let mut idle = lock(shard);
-                for entry in std::mem::take(&mut *idle) {
+                for mut entry in std::mem::take(&mut *idle) {
                     let expired = now.saturating_duration_since(entry.since) > max_idle_time;
-                    if expired || entry.sender.is_closed() {
+                    if expired || !entry.conn.is_open() {
                         dropped.push(entry);
                     } else {
                         idle.push_back(entry);

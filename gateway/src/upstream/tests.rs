@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -69,19 +69,22 @@ fn pool(addr: SocketAddr) -> Arc<NodePool> {
 /// One GET on a connection from `pool`, read to its end, the connection
 /// handed back as the proxy does. Returns whether it was reused.
 async fn exchange(upstreams: &Upstreams, pool: &Arc<NodePool>, reuse: bool, path: &str) -> bool {
-    let mut checkout = upstreams.checkout(pool, reuse).await.unwrap();
+    let Checkout { mut conn, reused } = upstreams.checkout(pool, reuse).await.unwrap();
     let body = BodySlot::new(RequestBody::from_bytes(Bytes::new())).handle();
-    let request = Request::get(path)
-        .header(http::header::HOST, "node")
-        .body(body)
-        .unwrap();
-    let Ok(response) = checkout.sender.try_send_request(request).await else {
-        panic!("the node did not answer");
+    let headers = http::HeaderMap::new();
+    let head = wire::RequestHead {
+        method: &http::Method::GET,
+        path,
+        headers: &headers,
+        host: Some(http::HeaderValue::from_static("node")),
     };
-    let text = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(text, "ok");
-    upstreams.lease(pool.clone(), checkout.sender).finish();
-    checkout.reused
+    let answer = conn.send(&head, body).await.expect("the node answers");
+    let mut body = UpstreamBody::new(conn, &answer);
+    assert_eq!(body.read_all().await.unwrap(), "ok");
+    if let Some(conn) = body.take_idle() {
+        upstreams.lease(pool.clone()).finish(conn);
+    }
+    reused
 }
 
 #[tokio::test]

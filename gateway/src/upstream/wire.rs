@@ -1,0 +1,450 @@
+//! HTTP/1.1 as the gateway speaks it to nodes, without I/O: a request head
+//! written into a buffer, a response head parsed from one (RFC 9112), and
+//! the response body's framing decoded frame by frame. [`super::conn`]
+//! moves the bytes.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode, Version};
+
+/// A response head longer than this is refused (Kylin's are a few hundred
+/// bytes; hyper's client allowed about 400 KiB of buffer, nginx 4–8 KiB).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Headers a response head may carry (hyper's client allowed 100).
+const MAX_HEADERS: usize = 100;
+
+/// A chunk-size line or trailer line longer than this is refused.
+const MAX_LINE_BYTES: usize = 4 * 1024;
+
+/// What went wrong in a node's bytes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("invalid response head from the node: {0}")]
+    Head(&'static str),
+    #[error("response head from the node over {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("invalid chunked body from the node: {0}")]
+    Chunk(&'static str),
+    #[error("the node closed the connection before its answer was complete")]
+    Incomplete,
+}
+
+/// The request line and headers to send. `host` is sent when `headers` has
+/// no `Host`.
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    pub host: Option<HeaderValue>,
+}
+
+/// How a request body is framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+impl RequestFraming {
+    /// The framing of a request with `headers` whose body announces
+    /// `exact` bytes (if known) or has ended. A `Content-Length` sent by
+    /// the client is kept as is.
+    pub fn of(headers: &HeaderMap, exact: Option<u64>, end_stream: bool) -> RequestFraming {
+        if let Some(length) = content_length(headers) {
+            return match length {
+                Ok(0) => RequestFraming::Empty,
+                Ok(n) => RequestFraming::Length(n),
+                // The client's head was checked by hyper: not reached.
+                Err(_) => RequestFraming::Chunked,
+            };
+        }
+        match (end_stream, exact) {
+            (true, _) | (false, Some(0)) => RequestFraming::Empty,
+            (false, Some(n)) => RequestFraming::Length(n),
+            (false, None) => RequestFraming::Chunked,
+        }
+    }
+}
+
+/// Writes `head` (request line, headers, the framing header the headers
+/// lack, blank line) to `dst`.
+pub fn encode_request_head(dst: &mut Vec<u8>, head: &RequestHead<'_>, framing: RequestFraming) {
+    dst.extend_from_slice(head.method.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(head.path.as_bytes());
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in head.headers {
+        push_header(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(host) = head
+        .host
+        .as_ref()
+        .filter(|_| !head.headers.contains_key(header::HOST))
+    {
+        push_header(dst, b"host", host.as_bytes());
+    }
+    match framing {
+        RequestFraming::Length(n) if !head.headers.contains_key(header::CONTENT_LENGTH) => {
+            dst.extend_from_slice(b"content-length: ");
+            crate::text::push_integer(dst, n);
+            dst.extend_from_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => push_header(dst, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
+fn push_header(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    dst.extend_from_slice(name);
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value);
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// Writes the chunk-size line of a chunk of `len` bytes.
+pub fn push_chunk_size(dst: &mut Vec<u8>, len: usize) {
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut n = len;
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.extend_from_slice(&digits[at..]);
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk and the end of a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// A parsed response head and what follows it.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub parts: http::response::Parts,
+    pub framing: BodyFraming,
+    /// The connection can carry another request once the body has ended.
+    pub keep_alive: bool,
+}
+
+/// How a response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the node closes the connection.
+    UntilClose,
+}
+
+/// Parses a response head from the front of `buf`, taking its bytes.
+/// `None` while the head is incomplete. Interim (1xx) answers are skipped:
+/// the final answer follows them.
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, WireError> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        let len = match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+                return Err(WireError::HeadTooLarge);
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(WireError::Head("too many headers"));
+            }
+            Err(_) => return Err(WireError::Head("malformed")),
+        };
+        let code = response.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|_| WireError::Head("status code"))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(WireError::Head("101 without an upgrade asked"));
+        }
+        if status.is_informational() {
+            buf.advance(len);
+            continue;
+        }
+        let version = match response.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        // Values are slices of the head's bytes, taken without copying:
+        // their places are noted while httparse borrows the buffer.
+        let base = buf.as_ptr() as usize;
+        let mut names = Vec::with_capacity(response.headers.len());
+        let mut spans = [(0u32, 0u32); MAX_HEADERS];
+        for (h, span) in response.headers.iter().zip(spans.iter_mut()) {
+            names.push(
+                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| WireError::Head("name"))?,
+            );
+            *span = (
+                (h.value.as_ptr() as usize - base) as u32,
+                h.value.len() as u32,
+            );
+        }
+        let head_bytes = buf.split_to(len).freeze();
+        let mut map = HeaderMap::with_capacity(names.len());
+        for (name, &(start, len)) in names.into_iter().zip(spans.iter()) {
+            let (start, len) = (start as usize, len as usize);
+            let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..start + len))
+                .map_err(|_| WireError::Head("header value"))?;
+            map.append(name, value);
+        }
+        return finish_head(status, version, map, method).map(Some);
+    }
+}
+
+/// Decides framing and keep-alive for a parsed head (RFC 9112 §6.3).
+fn finish_head(
+    status: StatusCode,
+    version: Version,
+    mut headers: HeaderMap,
+    method: &Method,
+) -> Result<ResponseHead, WireError> {
+    let bodiless = method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        BodyFraming::Empty
+    } else if let Some(coding) = headers.get(header::TRANSFER_ENCODING) {
+        let chunked = coding
+            .as_bytes()
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        // A length next to a transfer coding is not to be trusted, and must
+        // not be passed on with it.
+        headers.remove(header::CONTENT_LENGTH);
+        if chunked {
+            BodyFraming::Chunked
+        } else {
+            BodyFraming::UntilClose
+        }
+    } else {
+        match content_length(&headers) {
+            Some(Ok(0)) => BodyFraming::Empty,
+            Some(Ok(n)) => BodyFraming::Length(n),
+            Some(Err(())) => return Err(WireError::Head("content-length")),
+            None => BodyFraming::UntilClose,
+        }
+    };
+    let keep_alive = framing != BodyFraming::UntilClose && persistent(&headers, version);
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(ResponseHead {
+        parts,
+        framing,
+        keep_alive,
+    })
+}
+
+/// Whether a connection stays open after this message (RFC 9112 §9.3).
+fn persistent(headers: &HeaderMap, version: Version) -> bool {
+    let has = |token: &str| {
+        headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    match version {
+        Version::HTTP_10 => has("keep-alive"),
+        _ => !has("close"),
+    }
+}
+
+/// The `Content-Length` of `headers`: `Err` when its values are not one
+/// number (repeats must agree).
+fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
+    let mut found = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_decimal(part.trim_ascii()).ok_or(());
+            match (found, n) {
+                (_, Err(())) => return Some(Err(())),
+                (Some(m), Ok(n)) if m != n => return Some(Err(())),
+                (_, Ok(n)) => found = Some(n),
+            }
+        }
+    }
+    found.map(Ok)
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// One step of decoding a response body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Data(Bytes),
+    /// More bytes are needed from the node.
+    NeedMore,
+    End,
+}
+
+/// Decodes a response body framed by [`BodyFraming`].
+#[derive(Debug)]
+pub struct Decoder {
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkDataEnd,
+    Trailers,
+    UntilClose,
+    Done,
+}
+
+impl Decoder {
+    pub fn new(framing: BodyFraming) -> Decoder {
+        let state = match framing {
+            BodyFraming::Empty | BodyFraming::Length(0) => State::Done,
+            BodyFraming::Length(n) => State::Length(n),
+            BodyFraming::Chunked => State::ChunkSize,
+            BodyFraming::UntilClose => State::UntilClose,
+        };
+        Decoder { state }
+    }
+
+    pub fn is_end(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Bytes still to come, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The next piece of body from the front of `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, WireError> {
+        loop {
+            match self.state {
+                State::Done => return Ok(Decoded::End),
+                State::Length(n) | State::ChunkData(n) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                    let left = n - take as u64;
+                    self.state = match (self.state, left) {
+                        (State::Length(_), 0) => State::Done,
+                        (State::Length(_), _) => State::Length(left),
+                        (_, 0) => State::ChunkDataEnd,
+                        _ => State::ChunkData(left),
+                    };
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                State::UntilClose => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
+                State::ChunkSize => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = chunk_size(&line)?;
+                    self.state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::ChunkDataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(WireError::Chunk("no CRLF after chunk data"));
+                    }
+                    buf.advance(2);
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers => {
+                    // Trailers are read and dropped: the gateway passes no
+                    // trailers on (it removes `Trailer` like hyper did).
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    if line.is_empty() {
+                        self.state = State::Done;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The node closed the connection: the end of a body delimited by the
+    /// close, an error for any other body not yet complete.
+    pub fn closed(&mut self) -> Result<(), WireError> {
+        match self.state {
+            State::UntilClose | State::Done => {
+                self.state = State::Done;
+                Ok(())
+            }
+            _ => Err(WireError::Incomplete),
+        }
+    }
+}
+
+/// A CRLF-terminated line from the front of `buf` (without the CRLF).
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, WireError> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(end) if end > 0 && buf[end - 1] == b'\r' => {
+            let mut line = buf.split_to(end + 1);
+            line.truncate(end - 1);
+            Ok(Some(line))
+        }
+        Some(_) => Err(WireError::Chunk("bare LF")),
+        None if buf.len() > MAX_LINE_BYTES => Err(WireError::Chunk("line too long")),
+        None => Ok(None),
+    }
+}
+
+/// The size of a chunk-size line (hex digits, then extensions to ignore).
+fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
+    let digits = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(WireError::Chunk("chunk size"));
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let v = (d as char)
+            .to_digit(16)
+            .ok_or(WireError::Chunk("chunk size"))?;
+        Ok(n * 16 + u64::from(v))
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,309 @@
+use super::*;
+
+fn head(text: &str, method: &Method) -> Result<Option<ResponseHead>, WireError> {
+    parse_response_head(&mut BytesMut::from(text), method)
+}
+
+fn complete(text: &str) -> ResponseHead {
+    head(text, &Method::GET).unwrap().expect("complete head")
+}
+
+/// Feeds `wire` to a decoder in pieces of `step` bytes; returns the body
+/// and whether it ended.
+fn decode_in_steps(
+    framing: BodyFraming,
+    wire: &[u8],
+    step: usize,
+) -> Result<(Vec<u8>, bool), WireError> {
+    let mut decoder = Decoder::new(framing);
+    let mut buf = BytesMut::new();
+    let mut body = Vec::new();
+    for piece in wire.chunks(step.max(1)) {
+        buf.extend_from_slice(piece);
+        loop {
+            match decoder.decode(&mut buf)? {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::NeedMore => break,
+                Decoded::End => return Ok((body, true)),
+            }
+        }
+    }
+    Ok((body, decoder.is_end()))
+}
+
+#[test]
+fn a_request_head_carries_its_headers_host_and_framing() {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+    headers.append("accept", HeaderValue::from_static("a"));
+    headers.append("accept", HeaderValue::from_static("b"));
+    let request = RequestHead {
+        method: &Method::POST,
+        path: "/kylin/api/query?x=1",
+        headers: &headers,
+        host: Some(HeaderValue::from_static("node:7070")),
+    };
+    let mut out = Vec::new();
+    encode_request_head(&mut out, &request, RequestFraming::Length(12));
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "POST /kylin/api/query?x=1 HTTP/1.1\r\nx-forwarded-for: 10.0.0.1\r\naccept: a\r\n\
+         accept: b\r\nhost: node:7070\r\ncontent-length: 12\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    encode_request_head(&mut out, &request, RequestFraming::Chunked);
+    assert!(
+        String::from_utf8(out)
+            .unwrap()
+            .ends_with("transfer-encoding: chunked\r\n\r\n")
+    );
+}
+
+#[test]
+fn a_request_keeps_its_own_host_and_length() {
+    let mut headers = HeaderMap::new();
+    headers.insert("host", HeaderValue::from_static("kylin.example"));
+    headers.insert("content-length", HeaderValue::from_static("3"));
+    let request = RequestHead {
+        method: &Method::PUT,
+        path: "/",
+        headers: &headers,
+        host: Some(HeaderValue::from_static("node:7070")),
+    };
+    let framing = RequestFraming::of(&headers, None, false);
+    assert_eq!(framing, RequestFraming::Length(3));
+    let mut out = Vec::new();
+    encode_request_head(&mut out, &request, framing);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "PUT / HTTP/1.1\r\nhost: kylin.example\r\ncontent-length: 3\r\n\r\n"
+    );
+}
+
+#[test]
+fn request_framing_follows_the_length_or_the_body() {
+    let none = HeaderMap::new();
+    assert_eq!(
+        RequestFraming::of(&none, Some(0), true),
+        RequestFraming::Empty
+    );
+    assert_eq!(
+        RequestFraming::of(&none, Some(5), false),
+        RequestFraming::Length(5)
+    );
+    assert_eq!(
+        RequestFraming::of(&none, None, false),
+        RequestFraming::Chunked
+    );
+}
+
+#[test]
+fn chunk_sizes_are_hex() {
+    for (len, text) in [
+        (0, "0\r\n"),
+        (1, "1\r\n"),
+        (255, "ff\r\n"),
+        (65536, "10000\r\n"),
+    ] {
+        let mut out = Vec::new();
+        push_chunk_size(&mut out, len);
+        assert_eq!(out, text.as_bytes());
+    }
+}
+
+#[test]
+fn a_response_head_is_parsed_with_its_framing() {
+    let h =
+        complete("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n");
+    assert_eq!(h.parts.status, 200);
+    assert_eq!(h.parts.headers["content-type"], "application/json");
+    assert_eq!(h.framing, BodyFraming::Length(12));
+    assert!(h.keep_alive);
+}
+
+#[test]
+fn the_head_bytes_are_taken_and_the_body_bytes_left() {
+    let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi");
+    let h = parse_response_head(&mut buf, &Method::GET)
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.framing, BodyFraming::Length(2));
+    assert_eq!(&buf[..], b"hi");
+}
+
+#[test]
+fn a_partial_head_waits_and_a_huge_one_is_refused() {
+    assert!(
+        head("HTTP/1.1 200 OK\r\ncontent-le", &Method::GET)
+            .unwrap()
+            .is_none()
+    );
+    let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
+    assert_eq!(
+        head(&huge, &Method::GET).unwrap_err(),
+        WireError::HeadTooLarge
+    );
+}
+
+#[test]
+fn interim_answers_are_skipped() {
+    let h = complete(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: x\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+    );
+    assert_eq!(h.parts.status, 201);
+    assert!(!h.parts.headers.contains_key("link"));
+    assert_eq!(h.framing, BodyFraming::Empty);
+}
+
+#[test]
+fn bodiless_answers_have_no_body_whatever_they_announce() {
+    let h = head(
+        "HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n",
+        &Method::HEAD,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(h.framing, BodyFraming::Empty);
+    assert_eq!(
+        h.parts.headers["content-length"], "99",
+        "HEAD keeps its length"
+    );
+    assert_eq!(
+        complete("HTTP/1.1 204 No Content\r\n\r\n").framing,
+        BodyFraming::Empty
+    );
+    assert_eq!(
+        complete("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n").framing,
+        BodyFraming::Empty
+    );
+}
+
+#[test]
+fn chunked_wins_over_a_length_which_is_dropped() {
+    let h = complete(
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+    );
+    assert_eq!(h.framing, BodyFraming::Chunked);
+    assert!(!h.parts.headers.contains_key("content-length"));
+    assert!(h.keep_alive);
+    let h = complete("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
+    assert_eq!(h.framing, BodyFraming::UntilClose);
+    assert!(!h.keep_alive);
+}
+
+#[test]
+fn lengths_must_agree() {
+    assert_eq!(
+        complete("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n").framing,
+        BodyFraming::Length(3)
+    );
+    for bad in ["3, 4", "-1", "0x10", "", "99999999999999999999"] {
+        let text = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
+        assert_eq!(
+            head(&text, &Method::GET).unwrap_err(),
+            WireError::Head("content-length"),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn keep_alive_follows_version_and_connection() {
+    assert!(
+        !complete("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").keep_alive
+    );
+    assert!(
+        !complete("HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\ncontent-length: 0\r\n\r\n")
+            .keep_alive
+    );
+    assert!(!complete("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n").keep_alive);
+    assert!(
+        complete("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n")
+            .keep_alive
+    );
+    assert!(
+        !complete("HTTP/1.1 200 OK\r\n\r\n").keep_alive,
+        "a body until close"
+    );
+}
+
+#[test]
+fn malformed_heads_are_errors() {
+    for bad in [
+        "HTTP/1.1 2000 OK\r\n\r\n",
+        "HTTP/2 200 OK\r\n\r\n",
+        "garbage\r\n\r\n",
+        "HTTP/1.1 101 Switching\r\n\r\n",
+    ] {
+        assert!(head(bad, &Method::GET).is_err(), "{bad:?}");
+    }
+    let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: v\r\n")).collect();
+    let text = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+    assert_eq!(
+        head(&text, &Method::GET).unwrap_err(),
+        WireError::Head("too many headers")
+    );
+}
+
+#[test]
+fn a_length_body_ends_at_its_length_in_any_split() {
+    for step in [1, 2, 3, 7, 100] {
+        let (body, ended) = decode_in_steps(BodyFraming::Length(5), b"hello", step).unwrap();
+        assert_eq!(body, b"hello");
+        assert!(ended);
+    }
+    let mut decoder = Decoder::new(BodyFraming::Length(3));
+    let mut buf = BytesMut::from("abcNEXT");
+    assert_eq!(
+        decoder.decode(&mut buf).unwrap(),
+        Decoded::Data(Bytes::from_static(b"abc"))
+    );
+    assert_eq!(decoder.decode(&mut buf).unwrap(), Decoded::End);
+    assert_eq!(&buf[..], b"NEXT", "the next answer's bytes stay");
+}
+
+#[test]
+fn a_chunked_body_is_decoded_in_any_split() {
+    let wire = b"5;ext=1\r\nhello\r\nA\r\n, chunked!\r\n0\r\nx-trailer: t\r\n\r\nNEXT";
+    for step in [1, 2, 3, 5, 8, 13, 200] {
+        let (body, ended) = decode_in_steps(BodyFraming::Chunked, wire, step).unwrap();
+        assert_eq!(body, b"hello, chunked!", "step {step}");
+        assert!(ended, "step {step}");
+    }
+}
+
+#[test]
+fn bad_chunks_are_errors() {
+    for bad in [
+        &b"zz\r\n"[..],
+        b"5\r\nhelloXX",
+        b"5\nhello",
+        b"1234567890abcdef0\r\n",
+    ] {
+        assert!(
+            decode_in_steps(BodyFraming::Chunked, bad, 100).is_err(),
+            "{bad:?}"
+        );
+    }
+    let long = vec![b'1'; MAX_LINE_BYTES + 1];
+    assert_eq!(
+        decode_in_steps(BodyFraming::Chunked, &long, 100000).unwrap_err(),
+        WireError::Chunk("line too long")
+    );
+}
+
+#[test]
+fn a_close_ends_only_a_body_delimited_by_it() {
+    let mut until_close = Decoder::new(BodyFraming::UntilClose);
+    assert!(until_close.closed().is_ok());
+    assert!(until_close.is_end());
+    assert_eq!(
+        Decoder::new(BodyFraming::Length(3)).closed().unwrap_err(),
+        WireError::Incomplete
+    );
+    assert_eq!(
+        Decoder::new(BodyFraming::Chunked).closed().unwrap_err(),
+        WireError::Incomplete
+    );
+    assert!(Decoder::new(BodyFraming::Empty).closed().is_ok());
+}
