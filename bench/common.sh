@@ -2,13 +2,14 @@
 # cleaned up on exit, loopback port helpers, the release build of the
 # gateway, an nginx backend answering like a Kylin node, and nginx and
 # HAProxy as the proxies to measure against.
-# Needs `root` and `work` set by the caller.
+# Needs `root` and `work` set by the caller. KEEP_WORK=1 keeps the temp dir
+# (callgrind profiles, logs) for a look afterwards.
 
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
+    [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
