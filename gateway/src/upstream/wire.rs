@@ -3,6 +3,8 @@
 //! the response body's framing decoded frame by frame. [`super::conn`]
 //! moves the bytes.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Version};
@@ -154,9 +156,17 @@ pub fn parse_response_head(
     method: &Method,
 ) -> Result<Option<ResponseHead>, WireError> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        let len = match response.parse(buf) {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut headers,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
                 return Err(WireError::HeadTooLarge);
@@ -181,36 +191,68 @@ pub fn parse_response_head(
             _ => Version::HTTP_11,
         };
         // Values are slices of the head's bytes, taken without copying:
-        // their places are noted while httparse borrows the buffer.
+        // their places are noted while httparse borrows the buffer. The
+        // headers that decide framing are read on the way, by their raw
+        // names, rather than looked up in the map afterwards.
         let base = buf.as_ptr() as usize;
-        let mut names = Vec::with_capacity(response.headers.len());
-        let mut spans = [(0u32, 0u32); MAX_HEADERS];
-        for (h, span) in response.headers.iter().zip(spans.iter_mut()) {
-            names.push(
-                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| WireError::Head("name"))?,
-            );
-            *span = (
-                (h.value.as_ptr() as usize - base) as u32,
-                h.value.len() as u32,
-            );
+        let mut facts = Facts::default();
+        let mut fields = Vec::with_capacity(response.headers.len());
+        for h in response.headers.iter() {
+            facts.note(h.name.as_bytes(), h.value);
+            let name =
+                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| WireError::Head("name"))?;
+            fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
         }
         let head_bytes = buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(names.len());
-        for (name, &(start, len)) in names.into_iter().zip(spans.iter()) {
-            let (start, len) = (start as usize, len as usize);
+        let mut map = HeaderMap::with_capacity(fields.len());
+        for (name, start, len) in fields {
             let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..start + len))
                 .map_err(|_| WireError::Head("header value"))?;
             map.append(name, value);
         }
-        return finish_head(status, version, map, method).map(Some);
+        return finish_head(status, version, map, &facts, method).map(Some);
     }
 }
 
-/// Decides framing and keep-alive for a parsed head (RFC 9112 §6.3).
+/// What a response head's framing headers say.
+#[derive(Default)]
+struct Facts {
+    /// `Content-Length`: `Err` when its values are not one number.
+    length: Option<Result<u64, ()>>,
+    /// `Transfer-Encoding` was sent; whether its last coding is chunked.
+    coding: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Facts {
+    fn note(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for part in value.split(|&b| b == b',') {
+                self.length = match (self.length, parse_decimal(part.trim_ascii())) {
+                    (Some(Err(())), _) | (_, None) => Some(Err(())),
+                    (Some(Ok(m)), Some(n)) if m != n => Some(Err(())),
+                    (_, Some(n)) => Some(Ok(n)),
+                };
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.coding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+}
+
+/// Decides framing and keep-alive for a parsed head (RFC 9112 §6.3, §9.3).
 fn finish_head(
     status: StatusCode,
     version: Version,
     mut headers: HeaderMap,
+    facts: &Facts,
     method: &Method,
 ) -> Result<ResponseHead, WireError> {
     let bodiless = method == Method::HEAD
@@ -218,29 +260,29 @@ fn finish_head(
         || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
         BodyFraming::Empty
-    } else if let Some(coding) = headers.get(header::TRANSFER_ENCODING) {
-        let chunked = coding
-            .as_bytes()
-            .rsplit(|&b| b == b',')
-            .next()
-            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    } else if let Some(chunked) = facts.coding {
         // A length next to a transfer coding is not to be trusted, and must
         // not be passed on with it.
-        headers.remove(header::CONTENT_LENGTH);
+        if facts.length.is_some() {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         if chunked {
             BodyFraming::Chunked
         } else {
             BodyFraming::UntilClose
         }
     } else {
-        match content_length(&headers) {
+        match facts.length {
             Some(Ok(0)) => BodyFraming::Empty,
             Some(Ok(n)) => BodyFraming::Length(n),
             Some(Err(())) => return Err(WireError::Head("content-length")),
             None => BodyFraming::UntilClose,
         }
     };
-    let keep_alive = framing != BodyFraming::UntilClose && persistent(&headers, version);
+    let persistent = match version {
+        Version::HTTP_10 => facts.keep_alive && !facts.close,
+        _ => !facts.close,
+    };
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
@@ -248,40 +290,18 @@ fn finish_head(
     Ok(ResponseHead {
         parts,
         framing,
-        keep_alive,
+        keep_alive: persistent && framing != BodyFraming::UntilClose,
     })
-}
-
-/// Whether a connection stays open after this message (RFC 9112 §9.3).
-fn persistent(headers: &HeaderMap, version: Version) -> bool {
-    let has = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
-    };
-    match version {
-        Version::HTTP_10 => has("keep-alive"),
-        _ => !has("close"),
-    }
 }
 
 /// The `Content-Length` of `headers`: `Err` when its values are not one
 /// number (repeats must agree).
 fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
-    let mut found = None;
+    let mut facts = Facts::default();
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_decimal(part.trim_ascii()).ok_or(());
-            match (found, n) {
-                (_, Err(())) => return Some(Err(())),
-                (Some(m), Ok(n)) if m != n => return Some(Err(())),
-                (_, Ok(n)) => found = Some(n),
-            }
-        }
+        facts.note(b"content-length", value.as_bytes());
     }
-    found.map(Ok)
+    facts.length
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {

@@ -246,7 +246,10 @@ async fn what_the_client_sent_reaches_the_node_before_the_rest_of_the_body() {
     more.send(Bytes::from_static(b"first")).await.unwrap();
     let frames = futures_util::stream::unfold(frames, |mut frames| async move {
         let frame = frames.recv().await?;
-        Some((Ok::<_, std::convert::Infallible>(Frame::data(frame)), frames))
+        Some((
+            Ok::<_, std::convert::Infallible>(Frame::data(frame)),
+            frames,
+        ))
     });
     let sending = tokio::spawn(async move {
         let mut conn = connect(addr).await;
@@ -273,6 +276,9 @@ async fn what_the_client_sent_reaches_the_node_before_the_rest_of_the_body() {
     let mut rest = [0u8; 5];
     stream.read_exact(&mut rest).await.unwrap();
     assert_eq!(&rest, b"secnd");
-    stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(sending.await.unwrap().unwrap(), 204);
 }
