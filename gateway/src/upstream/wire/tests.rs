@@ -307,3 +307,72 @@ fn a_close_ends_only_a_body_delimited_by_it() {
     );
     assert!(Decoder::new(BodyFraming::Empty).closed().is_ok());
 }
+
+/// A body chunk-encoded with the given chunk sizes.
+fn chunked(body: &[u8], sizes: &[usize]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    let mut rest = body;
+    let mut sizes = sizes.iter().cycle();
+    while !rest.is_empty() {
+        let n = (*sizes.next().unwrap()).clamp(1, rest.len());
+        push_chunk_size(&mut wire, n);
+        wire.extend_from_slice(&rest[..n]);
+        wire.extend_from_slice(b"\r\n");
+        rest = &rest[n..];
+    }
+    wire.extend_from_slice(LAST_CHUNK);
+    wire
+}
+
+proptest::proptest! {
+    /// Whatever a node sends, parsing and decoding it returns (an answer or
+    /// an error) and never panics.
+    #[test]
+    fn any_bytes_from_a_node_are_parsed_or_refused(
+        wire in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        prefix in proptest::sample::select(vec![
+            "", "HTTP/1.1 200 OK\r\n", "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+        ]),
+        step in 1usize..50,
+    ) {
+        let mut bytes = prefix.as_bytes().to_vec();
+        bytes.extend_from_slice(&wire);
+        let mut buf = BytesMut::new();
+        let mut decoder = None;
+        for piece in bytes.chunks(step) {
+            buf.extend_from_slice(piece);
+            if decoder.is_none() {
+                match parse_response_head(&mut buf, &Method::GET) {
+                    Ok(Some(head)) => decoder = Some(Decoder::new(head.framing)),
+                    Ok(None) => continue,
+                    Err(_) => return Ok(()),
+                }
+            }
+            let decoder = decoder.as_mut().unwrap();
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Decoded::Data(data)) => proptest::prop_assert!(!data.is_empty()),
+                    Ok(Decoded::NeedMore) => break,
+                    Ok(Decoded::End) | Err(_) => return Ok(()),
+                }
+            }
+        }
+        if let Some(mut decoder) = decoder {
+            let _ = decoder.closed();
+        }
+    }
+
+    /// A chunked body, cut into chunks of any sizes and read in pieces of
+    /// any size, decodes to itself.
+    #[test]
+    fn chunked_bodies_decode_to_what_was_encoded(
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000),
+        sizes in proptest::collection::vec(1usize..300, 1..8),
+        step in 1usize..400,
+    ) {
+        let (decoded, ended) = decode_in_steps(BodyFraming::Chunked, &chunked(&body, &sizes), step).unwrap();
+        proptest::prop_assert_eq!(decoded, body);
+        proptest::prop_assert!(ended);
+    }
+}
