@@ -40,7 +40,7 @@ use crate::events;
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
 use crate::quota::{ProjectQuotas, QuotaPermit};
 use crate::tls::UpstreamTls;
-use crate::upstream::wire::{RequestHead, ResponseHead};
+use crate::upstream::wire::{BodyFraming, RequestHead, ResponseHead};
 use crate::upstream::{Conn, NodePool, UpstreamBody, Upstreams};
 use crate::view::{JobRouting, RequestCounters, RoutableNode, Snapshot, ViewPublisher};
 use body::{ClientFault, InFlight};
@@ -559,8 +559,12 @@ impl Proxy {
         let mut upstream = UpstreamBody::new(conn, &answer);
         let mut head = answer.parts;
         let lease = self.upstreams.lease(pool.clone());
-        let body = match exchange.buffer_limit.filter(|&limit| fits(&head, limit)) {
-            Some(_) => match tokio::time::timeout_at(deadline, upstream.read_all()).await {
+        let read_whole = matches!(
+            (answer.framing, exchange.buffer_limit),
+            (BodyFraming::Length(n), Some(limit)) if n <= limit as u64
+        );
+        let body = match read_whole {
+            true => match tokio::time::timeout_at(deadline, upstream.read_all()).await {
                 Ok(Ok(whole)) => {
                     if let Some(conn) = upstream.take_idle() {
                         lease.finish(conn);
@@ -570,7 +574,7 @@ impl Proxy {
                 Ok(Err(error)) => return Err(Failure::Broke(error_chain(&error))),
                 Err(_elapsed) => return Err(Failure::Timeout),
             },
-            None => ResponseBody::upstream(upstream, in_flight, lease),
+            false => ResponseBody::upstream(upstream, in_flight, lease),
         };
         self.ejection.record_success(&node.state);
         node.state
@@ -766,15 +770,6 @@ struct Exchange<'a> {
     class: TrafficClass,
     /// Answers up to this size are read whole first.
     buffer_limit: Option<usize>,
-}
-
-/// Whether a response announces a body of at most `limit` bytes.
-fn fits(head: &http::response::Parts, limit: usize) -> bool {
-    head.headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > 0 && n <= limit as u64)
 }
 
 /// What happened to a request, for the access log.

@@ -1,8 +1,8 @@
 //! One HTTP/1.1 connection to a node, driven by the task of the request
 //! that uses it: the request is written and the answer read from that task,
 //! and the answer's body is read as the downstream connection polls it. No
-//! task per connection, no channel between a request and its connection,
-//! and an idle connection holds no buffer. [`super::wire`] does the framing.
+//! task per connection, and no channel between a request and its
+//! connection. [`super::wire`] does the framing.
 
 use std::io;
 use std::pin::Pin;
@@ -28,6 +28,9 @@ const COALESCE_BYTES: usize = 16 * 1024;
 /// The most read from a node at once.
 const READ_BYTES: usize = 64 * 1024;
 
+/// A read buffer up to this size stays with an idle connection.
+const KEPT_BUFFER_BYTES: usize = 8 * 1024;
+
 /// The least room a read is given.
 const MIN_READ_BYTES: usize = 4 * 1024;
 
@@ -41,8 +44,8 @@ pub enum NodeStream {
 /// A connection to a node, idle or carrying one exchange.
 pub struct Conn {
     stream: NodeStream,
-    /// Bytes read from the node and not yet used. Empty, with no
-    /// allocation, while the connection is idle.
+    /// Bytes read from the node and not yet used (none while the
+    /// connection is idle).
     buf: BytesMut,
 }
 
@@ -247,7 +250,9 @@ impl UpstreamBody {
     }
 
     /// The connection, once the body has ended cleanly and the connection
-    /// can carry another request (nothing more was sent on it).
+    /// can carry another request (nothing more was sent on it). Its read
+    /// buffer stays when small: once the answer's bytes are written
+    /// downstream, the next answer reuses it in place.
     pub fn take_idle(&mut self) -> Option<Conn> {
         if !(self.decoder.is_end() && self.keep_alive) {
             return None;
@@ -256,7 +261,9 @@ impl UpstreamBody {
         if !conn.buf.is_empty() {
             return None;
         }
-        conn.buf = BytesMut::new();
+        if conn.buf.capacity() > KEPT_BUFFER_BYTES {
+            conn.buf = BytesMut::new();
+        }
         Some(conn)
     }
 
