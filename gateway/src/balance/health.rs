@@ -29,9 +29,15 @@ impl Default for Ejection {
 
 /// Milliseconds on a process-wide monotonic clock (never 0 after start).
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// `instant` on the clock of [`now_ms`], for a caller that has just read
+/// the time anyway.
+pub fn ms_at(instant: Instant) -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    origin.elapsed().as_millis() as u64 + 1
+    let origin = *ORIGIN.get_or_init(|| instant);
+    instant.saturating_duration_since(origin).as_millis() as u64 + 1
 }
 
 impl Ejection {

@@ -32,7 +32,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 
 use crate::access_log;
-use crate::balance::health::{Ejection, now_ms};
+use crate::balance::health::{Ejection, ms_at, now_ms};
 use crate::balance::{Balancer, Tried, hash_key};
 use crate::classify::{Classifier, TrafficClass};
 use crate::config::{BalanceKind, Config, HashKey, Routing};
@@ -577,8 +577,11 @@ impl Proxy {
             false => ResponseBody::upstream(upstream, in_flight, lease),
         };
         self.ejection.record_success(&node.state);
-        node.state
-            .observe_latency(now_ms() / 1000, sent.elapsed().as_micros() as u64);
+        let answered = Instant::now();
+        node.state.observe_latency(
+            ms_at(answered) / 1000,
+            answered.saturating_duration_since(sent).as_micros() as u64,
+        );
         headers::strip_hop_by_hop(&mut head.headers);
         if exchange.class != TrafficClass::Job {
             self.pin_session(&mut head.headers, node);

@@ -47,6 +47,9 @@ pub struct Conn {
     /// Bytes read from the node and not yet used (none while the
     /// connection is idle).
     buf: BytesMut,
+    /// The last request's head, kept for its room: the next head is
+    /// written into it.
+    out: Vec<u8>,
 }
 
 /// Why an exchange failed before its answer's head was complete.
@@ -76,6 +79,7 @@ impl Conn {
         Conn {
             stream,
             buf: BytesMut::new(),
+            out: Vec::new(),
         }
     }
 
@@ -105,12 +109,17 @@ impl Conn {
     {
         let framing =
             RequestFraming::of(head.headers, body.size_hint().exact(), body.is_end_stream());
-        let mut out = Vec::with_capacity(1024);
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        out.reserve(1024);
         wire::encode_request_head(&mut out, head, framing);
         if framing != RequestFraming::Empty {
             self.send_body(&mut out, &mut body, framing).await?;
         }
         self.write_out(&mut out).await?;
+        if out.capacity() <= COALESCE_BYTES {
+            self.out = out;
+        }
         self.read_head(head.method).await
     }
 
