@@ -6,6 +6,10 @@
 # (callgrind profiles, logs) for a look afterwards.
 
 pids=()
+# Command prefixes that pin the proxies and the load (the backend, wrk) to
+# CPUs of their own (proxy.sh PIN=yes); empty: not pinned.
+on_proxy_cpu=()
+on_load_cpu=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -98,7 +102,7 @@ http {
     }
 }
 CONF
-    nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx/stderr.log" &
+    "${on_load_cpu[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx/stderr.log" &
     pids+=($!)
 }
 
@@ -138,7 +142,7 @@ http {
     }
 }
 CONF
-    nginx -p "$dir" -c "$dir/nginx.conf" 2>"$dir/stderr.log" &
+    "${on_proxy_cpu[@]}" nginx -p "$dir" -c "$dir/nginx.conf" 2>"$dir/stderr.log" &
     pids+=($!)
 }
 
@@ -163,7 +167,7 @@ backend kylin
     http-reuse always
     server node 127.0.0.1:$backend
 CONF
-    haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+    "${on_proxy_cpu[@]}" haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
     pids+=($!)
 }
 

@@ -13,6 +13,11 @@
 #   GATEWAY_BIN=path BASELINE_BIN=path bench/proxy.sh   # a given build, and
 #                                       # another one as a "baseline" row
 #   VARIANT_TOML=$'[runtime]\nkind = "current-thread"' bench/proxy.sh
+#   PIN=yes bench/proxy.sh              # the shape: every proxy on
+#                                       # CPU 0 (so one gateway serving
+#                                       # thread, one HAProxy thread, one
+#                                       # nginx process), the backend and wrk
+#                                       # on CPU 1
 #                                       # the same build with more config, as
 #                                       # a "variant" row
 #
@@ -24,6 +29,7 @@ set -euo pipefail
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
+PIN=${PIN:-no}
 # A Kylin query (POST with a JSON body): the class routing plugins see.
 REQUEST_PATH=${REQUEST_PATH:-/kylin/api/query}
 PLUGIN=${PLUGIN:-plugins/target/wasm32-wasip2/release/query_affinity.wasm}
@@ -47,6 +53,12 @@ fi
 
 gateway_bin=${GATEWAY_BIN:-$(release_gateway)}
 
+if [ "$PIN" = yes ]; then
+    need taskset
+    on_proxy_cpu=(taskset -c 0)
+    on_load_cpu=(taskset -c 1)
+fi
+
 nginx_port=$(free_port)
 gateway_port=$(free_port)
 admin_port=$(free_port)
@@ -66,7 +78,7 @@ start_nginx_proxy "$nginx_proxy_port" "$nginx_port"
 nginx_proxy_pid=$!
 gateway_config "$work/gateway.toml" "$gateway_port" "$admin_port" "$nginx_port"
 # Access logs off for every proxy: HAProxy below logs nothing either.
-RUST_LOG=warn "$gateway_bin" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
+RUST_LOG=warn "${on_proxy_cpu[@]}" "$gateway_bin" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
 pids+=($!)
 gateway_pid=$!
 
@@ -74,7 +86,7 @@ gateway_pid=$!
 baseline_pid=0
 if [ -n "${BASELINE_BIN:-}" ]; then
     gateway_config "$work/baseline.toml" "$baseline_port" "$baseline_admin_port" "$nginx_port"
-    RUST_LOG=warn "$BASELINE_BIN" --config "$work/baseline.toml" >"$work/baseline.log" 2>&1 &
+    RUST_LOG=warn "${on_proxy_cpu[@]}" "$BASELINE_BIN" --config "$work/baseline.toml" >"$work/baseline.log" 2>&1 &
     pids+=($!)
     baseline_pid=$!
 fi
@@ -84,7 +96,7 @@ variant_pid=0
 if [ -n "${VARIANT_TOML:-}" ]; then
     gateway_config "$work/variant.toml" "$variant_port" "$variant_admin_port" "$nginx_port"
     printf '%s\n' "$VARIANT_TOML" >>"$work/variant.toml"
-    RUST_LOG=warn "$gateway_bin" --config "$work/variant.toml" >"$work/variant.log" 2>&1 &
+    RUST_LOG=warn "${on_proxy_cpu[@]}" "$gateway_bin" --config "$work/variant.toml" >"$work/variant.log" 2>&1 &
     pids+=($!)
     variant_pid=$!
 fi
@@ -92,7 +104,7 @@ fi
 # The same gateway with its access log on (operators run with it on),
 # written to a file as a service manager would.
 gateway_config "$work/gateway-log.toml" "$log_port" "$log_admin_port" "$nginx_port"
-RUST_LOG=warn,access=info "$gateway_bin" --config "$work/gateway-log.toml" \
+RUST_LOG=warn,access=info "${on_proxy_cpu[@]}" "$gateway_bin" --config "$work/gateway-log.toml" \
     >"$work/gateway-access.log" 2>&1 &
 pids+=($!)
 log_pid=$!
@@ -108,7 +120,7 @@ name = "affinity"
 path = "$root/$PLUGIN"
 config = '{"hash": "project+sql"}'
 EOF
-RUST_LOG=warn "$gateway_bin" --config "$work/gateway-plugin.toml" >"$work/gateway-plugin.log" 2>&1 &
+RUST_LOG=warn "${on_proxy_cpu[@]}" "$gateway_bin" --config "$work/gateway-plugin.toml" >"$work/gateway-plugin.log" 2>&1 &
 pids+=($!)
 plugin_pid=$!
 
@@ -148,9 +160,9 @@ run_wrk() {
     expect_2xx "$name" -X POST -H 'Content-Type: application/json' --data "$body" "$url"
     # A short warm-up fills connection pools; it is not measured, but it
     # must not fail either.
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$work/post.lua" "$url" >"$work/warmup-$name.txt"
+    "${on_load_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$work/post.lua" "$url" >"$work/warmup-$name.txt"
     check_wrk "$name (warm-up)" "$work/warmup-$name.txt"
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/post.lua" \
+    "${on_load_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/post.lua" \
         "$url" >"$work/wrk-$name.txt"
     check_wrk "$name" "$work/wrk-$name.txt"
 }
@@ -191,7 +203,7 @@ for target in "${targets[@]}"; do
 done
 
 echo
-echo "POST $REQUEST_PATH on loopback, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPUs"
+echo "POST $REQUEST_PATH on loopback, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPUs, pinned: $PIN"
 echo "ratios: req/s, p50 and p99 to direct nginx; proxy CPU per request to nginx as a proxy"
 printf '%-17s %12s %9s %10s %9s %10s %9s %12s %9s\n' target req/s ratio p50_ms ratio p99_ms ratio proxy_cpu_us ratio
 for target in "${targets[@]}"; do
