@@ -563,8 +563,8 @@ impl Proxy {
             (answer.framing, exchange.buffer_limit),
             (BodyFraming::Length(n), Some(limit)) if n <= limit as u64
         );
-        let body = match read_whole {
-            true => match tokio::time::timeout_at(deadline, upstream.read_all()).await {
+        let body = if read_whole {
+            match tokio::time::timeout_at(deadline, upstream.read_all()).await {
                 Ok(Ok(whole)) => {
                     if let Some(conn) = upstream.take_idle() {
                         lease.finish(conn);
@@ -573,8 +573,9 @@ impl Proxy {
                 }
                 Ok(Err(error)) => return Err(Failure::Broke(error_chain(&error))),
                 Err(_elapsed) => return Err(Failure::Timeout),
-            },
-            false => ResponseBody::upstream(upstream, in_flight, lease),
+            }
+        } else {
+            ResponseBody::upstream(upstream, in_flight, lease)
         };
         self.ejection.record_success(&node.state);
         let answered = Instant::now();
