@@ -2,8 +2,9 @@
 //! [`NodePool`] of idle HTTP/1.1 connections, carried in the view's
 //! snapshot next to the node's health state. A request takes the newest
 //! idle connection of its node (or connects: TCP, then TLS for a TLS
-//! node), sends on it from its own task ([`Conn`]), and its response body
-//! puts the connection back when the answer ended cleanly ([`Lease`]).
+//! node), sends on it from the request's own task ([`Conn`]), and its
+//! response body puts the connection back when the answer ended cleanly
+//! ([`Lease`]).
 //! No shared pool map, no URI hashing, no task per connection.
 
 mod conn;
