@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use http::Uri;
 use http::uri::{Authority, Scheme};
-use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tower::Service;
@@ -49,9 +49,9 @@ impl NodeConnector {
 }
 
 impl Service<Uri> for NodeConnector {
-    type Response = NodeIo;
+    type Response = TokioIo<NodeStream>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<NodeIo, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<TokioIo<NodeStream>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.http.poll_ready(cx).map_err(Into::into)
@@ -63,7 +63,8 @@ impl Service<Uri> for NodeConnector {
         let timeout = self.handshake_timeout;
         Box::pin(async move {
             if uri.scheme() != Some(&Scheme::HTTPS) {
-                return Ok(NodeIo::Plain(http.call(uri).await?));
+                let tcp = http.call(uri).await?.into_inner();
+                return Ok(TokioIo::new(NodeStream::Plain(tcp)));
             }
             let (name, plain) = split_tls_uri(&uri)?;
             let tcp = http.call(plain).await?.into_inner();
@@ -72,7 +73,7 @@ impl Service<Uri> for NodeConnector {
                 .map_err(|_| {
                     io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
                 })??;
-            Ok(NodeIo::Tls(Box::new(TokioIo::new(stream))))
+            Ok(TokioIo::new(NodeStream::Tls(Box::new(stream))))
         })
     }
 }
@@ -126,43 +127,45 @@ fn percent_decode(text: &str) -> Option<String> {
 }
 
 /// A connection to a node, plain or TLS (boxed: rustls' state is over a
-/// kilobyte, and plain connections should not carry that).
-pub enum NodeIo {
-    Plain(TokioIo<TcpStream>),
-    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+/// kilobyte, and plain connections should not carry that). The gateway's
+/// own client reads and writes it directly; the leader check's hyper client
+/// gets it in a [`TokioIo`].
+pub enum NodeStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl Connection for NodeIo {
+impl Connection for NodeStream {
     fn connected(&self) -> Connected {
         match self {
-            NodeIo::Plain(s) => s.connected(),
-            NodeIo::Tls(s) => s.inner().get_ref().0.connected(),
+            NodeStream::Plain(s) => s.connected(),
+            NodeStream::Tls(s) => s.get_ref().0.connected(),
         }
     }
 }
 
-impl Read for NodeIo {
+impl AsyncRead for NodeStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            NodeIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            NodeIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            NodeStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl Write for NodeIo {
+impl AsyncWrite for NodeStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            NodeIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            NodeIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            NodeStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -172,29 +175,29 @@ impl Write for NodeIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            NodeIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            NodeIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            NodeStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            NodeIo::Plain(s) => s.is_write_vectored(),
-            NodeIo::Tls(s) => s.is_write_vectored(),
+            NodeStream::Plain(s) => s.is_write_vectored(),
+            NodeStream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            NodeIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            NodeIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            NodeStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            NodeIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            NodeIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            NodeStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

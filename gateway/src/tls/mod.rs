@@ -13,6 +13,6 @@ pub mod sni;
 pub mod store;
 
 pub use client::{UpstreamTls, Verification};
-pub use connector::{NodeConnector, NodeIo, tls_authority};
+pub use connector::{NodeConnector, NodeStream, tls_authority};
 pub use server::{Termination, termination};
 pub use store::CertStore;

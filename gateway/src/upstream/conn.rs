@@ -13,9 +13,9 @@ use futures_util::FutureExt;
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+use crate::tls::NodeStream;
 
 use super::wire::{
     self, Decoded, Decoder, LAST_CHUNK, RequestFraming, RequestHead, ResponseHead, WireError,
@@ -33,13 +33,6 @@ const KEPT_BUFFER_BYTES: usize = 8 * 1024;
 
 /// The least room a read is given.
 const MIN_READ_BYTES: usize = 4 * 1024;
-
-/// A node's byte stream, plain or TLS (boxed: rustls' state is large, and
-/// most nodes speak plain HTTP).
-pub enum NodeStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
 
 /// A connection to a node, idle or carrying one exchange.
 pub struct Conn {
@@ -326,46 +319,6 @@ impl Body for UpstreamBody {
         match self.decoder.remaining() {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
-        }
-    }
-}
-
-impl AsyncRead for NodeStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            NodeStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for NodeStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            NodeStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            NodeStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            NodeStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

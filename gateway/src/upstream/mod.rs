@@ -11,7 +11,7 @@ mod conn;
 mod pool;
 pub mod wire;
 
-pub use conn::{BodyError, Conn, NodeStream, SendError, UpstreamBody};
+pub use conn::{BodyError, Conn, SendError, UpstreamBody};
 pub use pool::{NodePool, Target, enter_shard, set_shards};
 
 use std::io;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use crate::config::Upstream;
-use crate::tls::UpstreamTls;
+use crate::tls::{NodeStream, UpstreamTls};
 use crate::view::ViewPublisher;
 
 use std::sync::Arc;

@@ -3,7 +3,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue};
 use http_body_util::{Full, StreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 use crate::upstream::wire::BodyFraming;
