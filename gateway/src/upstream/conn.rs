@@ -195,8 +195,7 @@ impl Conn {
         if out.len() + data.len() <= COALESCE_BYTES {
             out.extend_from_slice(&data);
         } else {
-            self.write(out).await?;
-            out.clear();
+            self.write_out(out).await?;
             self.write(&data).await?;
         }
         if framing == RequestFraming::Chunked {
