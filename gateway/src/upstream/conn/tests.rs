@@ -66,6 +66,16 @@ fn request<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> Req
     }
 }
 
+/// `GET /` without a body on `conn`.
+async fn get(conn: &mut Conn) -> Result<ResponseHead, SendError> {
+    let headers = HeaderMap::new();
+    conn.send(
+        &request(&Method::GET, "/", &headers),
+        Full::new(Bytes::new()),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_connection_carries_one_answer_after_another() {
     let (addr, node) = node(vec![
@@ -163,24 +173,9 @@ async fn an_idle_connection_its_node_closed_is_not_open() {
 
 #[tokio::test]
 async fn a_body_until_close_ends_with_the_connection_which_is_not_reused() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut buf = [0u8; 1024];
-        let _ = stream.read(&mut buf).await.unwrap();
-        stream
-            .write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it")
-            .await
-            .unwrap();
-    });
+    let (addr, _node) = node(vec![b"HTTP/1.1 200 OK\r\n\r\nall of it"]).await;
     let mut conn = connect(addr).await;
-    let headers = HeaderMap::new();
-    let get = Method::GET;
-    let answer = conn
-        .send(&request(&get, "/", &headers), Full::new(Bytes::new()))
-        .await
-        .unwrap();
+    let answer = get(&mut conn).await.unwrap();
     let mut body = UpstreamBody::new(conn, &answer);
     assert_eq!(body.read_all().await.unwrap(), "all of it");
     assert!(body.take_idle().is_none());
@@ -188,24 +183,9 @@ async fn a_body_until_close_ends_with_the_connection_which_is_not_reused() {
 
 #[tokio::test]
 async fn a_body_cut_short_is_an_error_and_the_connection_is_not_reused() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut buf = [0u8; 1024];
-        let _ = stream.read(&mut buf).await.unwrap();
-        stream
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npart")
-            .await
-            .unwrap();
-    });
+    let (addr, _node) = node(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npart"]).await;
     let mut conn = connect(addr).await;
-    let headers = HeaderMap::new();
-    let get = Method::GET;
-    let answer = conn
-        .send(&request(&get, "/", &headers), Full::new(Bytes::new()))
-        .await
-        .unwrap();
+    let answer = get(&mut conn).await.unwrap();
     let mut body = UpstreamBody::new(conn, &answer);
     assert_eq!(body.size_hint().exact(), Some(100));
     let error = body.read_all().await.unwrap_err();
@@ -226,12 +206,7 @@ async fn a_node_that_closes_without_answering_is_an_error() {
         let _ = stream.read(&mut buf).await;
     });
     let mut conn = connect(addr).await;
-    let headers = HeaderMap::new();
-    let get = Method::GET;
-    let error = conn
-        .send(&request(&get, "/", &headers), Full::new(Bytes::new()))
-        .await
-        .unwrap_err();
+    let error = get(&mut conn).await.unwrap_err();
     assert!(
         matches!(error, SendError::Wire(WireError::Incomplete)),
         "{error}"

@@ -31,6 +31,13 @@ fn decode_in_steps(
     Ok((body, decoder.is_end()))
 }
 
+/// `head` as written with `framing`.
+fn encoded(head: &RequestHead<'_>, framing: RequestFraming) -> String {
+    let mut out = Vec::new();
+    encode_request_head(&mut out, head, framing);
+    String::from_utf8(out).unwrap()
+}
+
 #[test]
 fn a_request_head_carries_its_headers_host_and_framing() {
     let mut headers = HeaderMap::new();
@@ -43,19 +50,13 @@ fn a_request_head_carries_its_headers_host_and_framing() {
         headers: &headers,
         host: Some(HeaderValue::from_static("node:7070")),
     };
-    let mut out = Vec::new();
-    encode_request_head(&mut out, &request, RequestFraming::Length(12));
     assert_eq!(
-        String::from_utf8(out).unwrap(),
+        encoded(&request, RequestFraming::Length(12)),
         "POST /kylin/api/query?x=1 HTTP/1.1\r\nx-forwarded-for: 10.0.0.1\r\naccept: a\r\n\
          accept: b\r\nhost: node:7070\r\ncontent-length: 12\r\n\r\n"
     );
-    let mut out = Vec::new();
-    encode_request_head(&mut out, &request, RequestFraming::Chunked);
     assert!(
-        String::from_utf8(out)
-            .unwrap()
-            .ends_with("transfer-encoding: chunked\r\n\r\n")
+        encoded(&request, RequestFraming::Chunked).ends_with("transfer-encoding: chunked\r\n\r\n")
     );
 }
 
@@ -72,10 +73,8 @@ fn a_request_keeps_its_own_host_and_length() {
     };
     let framing = RequestFraming::of(&headers, None, false);
     assert_eq!(framing, RequestFraming::Length(3));
-    let mut out = Vec::new();
-    encode_request_head(&mut out, &request, framing);
     assert_eq!(
-        String::from_utf8(out).unwrap(),
+        encoded(&request, framing),
         "PUT / HTTP/1.1\r\nhost: kylin.example\r\ncontent-length: 3\r\n\r\n"
     );
 }
