@@ -4,6 +4,8 @@
 //! ([`tls_authority`]): the client's pool keys connections by it, and the
 //! connector takes the name to verify from it, so a request carries all its
 //! connection needs and nothing is looked up per connect.
+//! [`NodeStream`], the byte stream to a node, plain or TLS, is shared with
+//! the gateway's own client (`upstream/conn.rs`).
 
 use std::future::Future;
 use std::io;
