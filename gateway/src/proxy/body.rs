@@ -44,6 +44,13 @@ pub enum ClientFault {
     Stalled = 2,
 }
 
+/// A request body as the server hands it over: streamed by hyper, or
+/// already read whole with its head (the gateway's own HTTP/1.1 server).
+pub enum ClientBody {
+    Streamed(Incoming),
+    Read(Bytes),
+}
+
 /// The downstream request body, possibly with bytes already read ahead.
 /// Waiting for the client's next bytes longer than `stall_timeout` fails
 /// the body (a slow-POST client is cut off).
@@ -60,14 +67,17 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, stall_timeout: Duration) -> RequestBody {
-        RequestBody {
-            prefix: None,
-            trailers: None,
-            inner: Some(inner),
-            stall_timeout,
-            stall: None,
-            progressed: false,
+    pub fn new(client: ClientBody, stall_timeout: Duration) -> RequestBody {
+        match client {
+            ClientBody::Streamed(inner) => RequestBody {
+                prefix: None,
+                trailers: None,
+                inner: Some(inner),
+                stall_timeout,
+                stall: None,
+                progressed: false,
+            },
+            ClientBody::Read(bytes) => RequestBody::from_bytes(bytes),
         }
     }
 

@@ -57,6 +57,11 @@ impl ClientIo {
         self.stream.readable().await
     }
 
+    /// Ready when the socket has bytes (or its end) to read.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream.poll_read_ready(cx)
+    }
+
     /// Notes whether a write went through whole: hyper's flush writes until
     /// its buffer is empty or the socket blocks.
     fn note_write<T>(&self, polled: &Poll<io::Result<T>>, whole: impl FnOnce(&T) -> bool) {

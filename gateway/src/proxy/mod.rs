@@ -10,6 +10,7 @@
 mod body;
 mod client_io;
 mod error;
+mod h1;
 mod headers;
 mod idle;
 mod limits;
@@ -17,7 +18,7 @@ mod release;
 pub mod server;
 mod side_wake;
 
-pub use body::{BodySlot, Recoverable, RequestBody, ResponseBody};
+pub use body::{BodySlot, ClientBody, Recoverable, RequestBody, ResponseBody};
 pub use error::GatewayError;
 
 use std::net::SocketAddr;
@@ -29,7 +30,6 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Version};
 use http_body::Body;
-use hyper::body::Incoming;
 
 use crate::access_log;
 use crate::balance::health::{Ejection, ms_at, now_ms};
@@ -156,7 +156,7 @@ impl Proxy {
     /// Serves one request. Never fails: errors become responses.
     pub async fn handle(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         downstream: Downstream,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
@@ -226,7 +226,7 @@ impl Proxy {
     /// answers or retrying is no longer safe.
     async fn forward(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         downstream: Downstream,
         class: &mut TrafficClass,
         outcome: &mut Outcome,

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,10 +22,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::tls::CertStore;
 
 use super::client_io::ClientIo;
+use super::h1;
 use super::idle::{Activity, Counted, IdleWatch};
 use super::limits::{FirstRequest, first_request_within};
 use super::release::{self, Release};
-use super::{Downstream, Proxy};
+use super::{ClientBody, Downstream, Proxy};
 use crate::config::Limits;
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and
@@ -243,6 +246,9 @@ struct Builders {
     release: Release,
     /// The same settings behind hyper's protocol detection, for TLS.
     auto: auto::Builder<TokioExecutor>,
+    /// The same settings for the gateway's own HTTP/1.1 server, which
+    /// serves plaintext HTTP/1.1 until a request it leaves to `http1`.
+    own: h1::Settings,
 }
 
 impl Builders {
@@ -279,6 +285,11 @@ impl Builders {
                 idle_timeout: limits.idle_timeout,
             },
             auto,
+            own: h1::Settings {
+                max_head: limits.max_header_bytes,
+                idle_timeout: limits.idle_timeout,
+                release_after: limits.idle_release,
+            },
         }
     }
 }
@@ -356,8 +367,9 @@ fn serve_one(
     let io_first = first.clone();
     let activity = Arc::new(Activity::default());
     let counted = activity.clone();
+    let own_proxy = proxy.clone();
     let proxy = proxy.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: Request<Incoming>| {
         arrived.arrived();
         let open = counted.open();
         let proxy = proxy.clone();
@@ -365,7 +377,9 @@ fn serve_one(
         // connection for the connection's life (about 6 KB of request-path
         // state); boxed, an idle connection holds a pointer instead.
         Box::pin(async move {
-            let response = proxy.handle(request, downstream).await;
+            let response = proxy
+                .handle(request.map(ClientBody::Streamed), downstream)
+                .await;
             Ok::<_, Infallible>(response.map(|body| Counted::new(body, open)))
         })
     });
@@ -381,11 +395,25 @@ fn serve_one(
         let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match tls {
             None => match speaks_h2c(&stream).await {
                 Ok(false) => {
-                    let io = ClientIo::new(stream, io_first, activity.clone());
+                    let io = ClientIo::new(stream, io_first.clone(), activity.clone());
+                    let mut own_draining = draining.clone();
+                    let drain = own_draining.wait_for(|draining| *draining);
                     let release = builders.release;
-                    release::serve(&builders.http1, io, service, &activity, release, draining)
-                        .await
-                        .map_err(Into::into)
+                    let hyper = |io| async {
+                        release::serve(&builders.http1, io, service, &activity, release, draining)
+                            .await
+                            .map_err(Into::into)
+                    };
+                    h1::serve(
+                        io,
+                        &own_proxy,
+                        downstream,
+                        io_first,
+                        builders.own,
+                        drain,
+                        hyper,
+                    )
+                    .await
                 }
                 Ok(true) => {
                     let io = TokioIo::new(ClientIo::new(stream, io_first, activity.clone()));

@@ -8,6 +8,7 @@ use std::mem::MaybeUninit;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Version};
+use smallvec::SmallVec;
 
 /// A response head longer than this is refused (Kylin's are a few hundred
 /// bytes; hyper's client allowed about 400 KiB of buffer, nginx 4–8 KiB).
@@ -102,7 +103,7 @@ pub fn encode_request_head(dst: &mut Vec<u8>, head: &RequestHead<'_>, framing: R
     dst.extend_from_slice(b"\r\n");
 }
 
-fn push_header(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn push_header(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     dst.extend_from_slice(name);
     dst.extend_from_slice(b": ");
     dst.extend_from_slice(value);
@@ -196,7 +197,8 @@ pub fn parse_response_head(
         // names, rather than looked up in the map afterwards.
         let base = buf.as_ptr() as usize;
         let mut facts = Facts::default();
-        let mut fields = Vec::with_capacity(response.headers.len());
+        let mut fields: SmallVec<[(HeaderName, usize, usize); 16]> =
+            SmallVec::with_capacity(response.headers.len());
         for h in response.headers.iter() {
             facts.note(h.name.as_bytes(), h.value);
             let name =
@@ -214,19 +216,20 @@ pub fn parse_response_head(
     }
 }
 
-/// What a response head's framing headers say.
+/// What a head's framing headers say (read by the gateway's own HTTP/1.1
+/// server for requests too).
 #[derive(Default)]
-struct Facts {
+pub(crate) struct Facts {
     /// `Content-Length`: `Err` when its values are not one number.
-    length: Option<Result<u64, ()>>,
+    pub length: Option<Result<u64, ()>>,
     /// `Transfer-Encoding` was sent; whether its last coding is chunked.
-    coding: Option<bool>,
-    close: bool,
-    keep_alive: bool,
+    pub coding: Option<bool>,
+    pub close: bool,
+    pub keep_alive: bool,
 }
 
 impl Facts {
-    fn note(&mut self, name: &[u8], value: &[u8]) {
+    pub fn note(&mut self, name: &[u8], value: &[u8]) {
         if name.eq_ignore_ascii_case(b"content-length") {
             for part in value.split(|&b| b == b',') {
                 self.length = match (self.length, parse_decimal(part.trim_ascii())) {

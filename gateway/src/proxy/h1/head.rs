@@ -1,0 +1,268 @@
+//! Request heads in and response heads out for the gateway's own HTTP/1.1
+//! server ([`super`]), without I/O. A request is taken here only when it
+//! is HTTP/1.1 and its whole body came with its head; any other shape
+//! (HTTP/1.0, a transfer coding, `Expect`, CONNECT, a body still on its
+//! way, a malformed or oversized head) is left in the buffer for hyper,
+//! which serves it or answers 400, 414 or 431 as it always did.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use smallvec::SmallVec;
+
+use crate::upstream::wire::{Facts, push_header};
+
+/// Headers a request head may carry (hyper's server allows 100).
+const MAX_HEADERS: usize = 100;
+
+/// What the front of a connection's read buffer holds.
+// Returned once per request and matched at once: boxing the request
+// would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Head {
+    /// Not a whole head yet, and under the size limit.
+    Partial,
+    /// A request served here, taken off the buffer with its body.
+    Ready(Request),
+    /// A request left to hyper, and why; the buffer is as it was.
+    Elsewhere(&'static str),
+}
+
+/// A request head and its whole body.
+#[derive(Debug)]
+pub struct Request {
+    pub parts: http::request::Parts,
+    pub body: Bytes,
+    /// The client asked for the connection to close after the answer.
+    pub close: bool,
+}
+
+/// A header's name and where its value lies in the head.
+type Field = (HeaderName, usize, usize);
+
+/// Takes a request off the front of `buf` when one is there whole, head
+/// (at most `max_head` bytes) and body.
+pub fn take_request(buf: &mut BytesMut, max_head: usize) -> Head {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        buf,
+        &mut headers,
+    );
+    let head_len = match parsed {
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return Head::Partial,
+        Ok(_) => return Head::Elsewhere("head too large"),
+        Err(_) => return Head::Elsewhere("malformed head"),
+    };
+    if request.version != Some(1) {
+        return Head::Elsewhere("not HTTP/1.1");
+    }
+    let method = match Method::from_bytes(request.method.unwrap_or_default().as_bytes()) {
+        Ok(method) if method != Method::CONNECT => method,
+        _ => return Head::Elsewhere("method"),
+    };
+    // Values are slices of the head's bytes, taken without copying: their
+    // places are noted while httparse borrows the buffer.
+    let base = buf.as_ptr() as usize;
+    let path = request.path.unwrap_or_default();
+    let path = (path.as_ptr() as usize - base, path.len());
+    let mut facts = Facts::default();
+    let mut fields: SmallVec<[Field; 16]> = SmallVec::with_capacity(request.headers.len());
+    for h in request.headers.iter() {
+        if h.name.eq_ignore_ascii_case("expect") {
+            return Head::Elsewhere("expect");
+        }
+        facts.note(h.name.as_bytes(), h.value);
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Head::Elsewhere("header name");
+        };
+        fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+    }
+    if facts.coding.is_some() {
+        return Head::Elsewhere("transfer coding");
+    }
+    let body_len = match facts.length {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(())) => return Head::Elsewhere("content-length"),
+    };
+    let whole = usize::try_from(body_len)
+        .ok()
+        .and_then(|n| n.checked_add(head_len))
+        .is_some_and(|end| end <= buf.len());
+    if !whole {
+        return Head::Elsewhere("body still on its way");
+    }
+    let head = buf.split_to(head_len).freeze();
+    let body = buf.split_to(body_len as usize).freeze();
+    match request_parts(&head, method, path, fields) {
+        Some(parts) => Head::Ready(Request {
+            parts,
+            body,
+            close: facts.close,
+        }),
+        None => {
+            // httparse took what `http` refuses: hyper answers it.
+            put_back(buf, &head, &body);
+            Head::Elsewhere("request target or header value")
+        }
+    }
+}
+
+fn request_parts(
+    head: &Bytes,
+    method: Method,
+    (path_at, path_len): (usize, usize),
+    fields: SmallVec<[Field; 16]>,
+) -> Option<http::request::Parts> {
+    let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len)).ok()?;
+    // Room for the forwarding headers the proxy adds, so that the map is
+    // not grown (rehashed) for them.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
+    for (name, at, len) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len)).ok()?;
+        headers.append(name, value);
+    }
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    Some(parts)
+}
+
+/// Puts a taken request's bytes back in front of `buf` (rare: a copy).
+fn put_back(buf: &mut BytesMut, head: &[u8], body: &[u8]) {
+    let mut whole = BytesMut::with_capacity(head.len() + body.len() + buf.len());
+    whole.extend_from_slice(head);
+    whole.extend_from_slice(body);
+    whole.extend_from_slice(buf);
+    *buf = whole;
+}
+
+/// How an answer's body goes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (a `HEAD` request, 1xx, 204, 304), whatever the headers say.
+    Bodiless,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`: the length is not known ahead.
+    Chunked,
+}
+
+impl Framing {
+    /// The framing of an answer with `status` to a `method` request, whose
+    /// headers give `length` and whose body has `exact` bytes when known.
+    fn of(
+        method: &Method,
+        status: StatusCode,
+        length: Option<Result<u64, ()>>,
+        exact: Option<u64>,
+    ) -> Framing {
+        if *method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Framing::Bodiless;
+        }
+        match (length, exact) {
+            (Some(Ok(n)), _) | (_, Some(n)) => Framing::Length(n),
+            (_, None) => Framing::Chunked,
+        }
+    }
+}
+
+/// An answer head as written: how its body follows, and whether the
+/// connection closes after it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Written {
+    pub framing: Framing,
+    pub close: bool,
+}
+
+/// Writes the head of an answer to a `method` request (status line and
+/// headers) to `dst`, in one pass over the headers: the framing is this
+/// connection's (`Content-Length`, or chunked when the body's length is
+/// not known), `Date` is added when missing, and `Connection: close` when
+/// the connection closes after it (`close`, or the headers say so).
+pub fn encode_response_head(
+    dst: &mut Vec<u8>,
+    method: &Method,
+    response: &http::response::Parts,
+    exact: Option<u64>,
+    close: bool,
+) -> Written {
+    let status = response.status;
+    dst.extend_from_slice(b"HTTP/1.1 ");
+    dst.extend_from_slice(status.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    dst.extend_from_slice(b"\r\n");
+    let mut facts = Facts::default();
+    let (mut dated, mut connection) = (false, false);
+    for (name, value) in &response.headers {
+        if *name == header::CONTENT_LENGTH {
+            facts.note(b"content-length", value.as_bytes());
+            continue;
+        }
+        if *name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if *name == header::DATE {
+            dated = true;
+        } else if *name == header::CONNECTION {
+            connection = true;
+            facts.note(b"connection", value.as_bytes());
+        }
+        push_header(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let framing = Framing::of(method, status, facts.length, exact);
+    let length = match framing {
+        Framing::Length(n) => Some(n),
+        // A HEAD answer says what a GET's body would be.
+        Framing::Bodiless => facts.length.and_then(Result::ok),
+        Framing::Chunked => {
+            push_header(dst, b"transfer-encoding", b"chunked");
+            None
+        }
+    };
+    if let Some(n) = length {
+        dst.extend_from_slice(b"content-length: ");
+        crate::text::push_integer(dst, n);
+        dst.extend_from_slice(b"\r\n");
+    }
+    if !dated {
+        push_date(dst);
+    }
+    let close = close || facts.close;
+    if close && !connection {
+        push_header(dst, b"connection", b"close");
+    }
+    dst.extend_from_slice(b"\r\n");
+    Written { framing, close }
+}
+
+/// A `Date` header, formatted once a second per thread.
+fn push_date(dst: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        push_header(dst, b"date", text.as_bytes());
+    });
+}
