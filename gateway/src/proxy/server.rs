@@ -397,7 +397,7 @@ fn serve_one(
                 Ok(false) => {
                     let io = ClientIo::new(stream, io_first.clone(), activity.clone());
                     let mut own_draining = draining.clone();
-                    let drain = own_draining.wait_for(|draining| *draining);
+                    let drain = std::pin::pin!(own_draining.wait_for(|draining| *draining));
                     let release = builders.release;
                     let hyper = |io| async {
                         release::serve(&builders.http1, io, service, &activity, release, draining)

@@ -65,15 +65,16 @@ pub struct Settings {
     pub release_after: Option<Duration>,
 }
 
-/// Serves `io` until the client closes, the idle timeout or the drain;
-/// from the first request it does not take, `hyper` serves the rest.
+/// Serves `io` until the client closes, the idle timeout or the drain
+/// (`drain` resolves when it starts); from the first request it does not
+/// take, `hyper` serves the rest.
 pub async fn serve<D, H, F>(
     io: ClientIo,
     proxy: &Proxy,
     downstream: Downstream,
     first: FirstRequest,
     settings: Settings,
-    drain: D,
+    drain: Pin<&mut D>,
     hyper: H,
 ) -> Result<(), BoxError>
 where
@@ -81,7 +82,6 @@ where
     H: FnOnce(ClientIo) -> F,
     F: Future<Output = Result<(), BoxError>>,
 {
-    let drain = pin!(drain);
     let mut conn = Connection {
         io,
         buf: BytesMut::new(),
@@ -97,34 +97,42 @@ where
         settings,
     };
     let mut served = false;
-    loop {
+    // What follows the last request is decided in the loop and done after
+    // it: a value matched on would be kept in the connection's state
+    // across the awaits of its arms.
+    let handed_over = loop {
         let request = match conn.next_request(served).await {
             Next::Request(request) => request,
-            Next::Close => return conn.close().await,
-            Next::Hyper(why) => {
-                tracing::trace!(why, "request left to hyper");
-                metrics::counter!(HANDED_TO_HYPER_METRIC, "why" => why).increment(1);
-                let replay = conn.buf.split().freeze();
-                return Box::pin(hyper(conn.io.replaying(replay))).await;
-            }
+            Next::Close => break None,
+            Next::Hyper(why) => break Some(why),
         };
         first.arrived();
-        let method = request.parts.method.clone();
-        let client_close = request.close;
-        let request = Request::from_parts(request.parts, ClientBody::Read(request.body));
         // Boxed: an idle connection's task would otherwise keep room for
         // the request path's state (several KB) for its whole life.
-        let Some(response) = conn
-            .in_flight(Box::pin(proxy.handle(request, downstream)))
-            .await
-        else {
-            return Ok(());
-        };
-        if !conn.answer(&method, response, client_close).await? {
-            return conn.close().await;
+        match Box::pin(conn.exchange(request, proxy, downstream)).await? {
+            Exchanged::KeepAlive => served = true,
+            Exchanged::Close => break None,
+            Exchanged::ClientGone => return Ok(()),
         }
-        served = true;
-    }
+    };
+    let Some(why) = handed_over else {
+        conn.close().await;
+        return Ok(());
+    };
+    tracing::trace!(why, "request left to hyper");
+    metrics::counter!(HANDED_TO_HYPER_METRIC, "why" => why).increment(1);
+    let replay = conn.buf.split().freeze();
+    Box::pin(hyper(conn.io.replaying(replay))).await
+}
+
+/// How a request's exchange ended, for its connection.
+enum Exchanged {
+    /// Answered; the connection can serve another request.
+    KeepAlive,
+    /// Answered (or cut short); the connection closes.
+    Close,
+    /// The client closed before the answer.
+    ClientGone,
 }
 
 /// What the connection does next.
@@ -305,18 +313,38 @@ impl<D: Future> Connection<'_, D> {
         None
     }
 
+    /// Hands `request` to the proxy and writes its answer.
+    async fn exchange(
+        &mut self,
+        request: head::Request,
+        proxy: &Proxy,
+        downstream: Downstream,
+    ) -> Result<Exchanged, BoxError> {
+        let method = request.parts.method.clone();
+        let client_close = request.close;
+        let request = Request::from_parts(request.parts, ClientBody::Read(request.body));
+        let Some(response) = self.in_flight(proxy.handle(request, downstream)).await else {
+            return Ok(Exchanged::ClientGone);
+        };
+        Ok(if self.answer(&method, response, client_close).await? {
+            Exchanged::KeepAlive
+        } else {
+            Exchanged::Close
+        })
+    }
+
     /// Runs the request's handling until its answer, reading ahead for the
     /// client's end of stream: `None` when the client closed meanwhile
     /// (the handling is dropped, cancelling its upstream request).
     async fn in_flight<F>(&mut self, handling: F) -> Option<Response<ResponseBody>>
     where
-        F: Future<Output = Response<ResponseBody>> + Unpin,
+        F: Future<Output = Response<ResponseBody>>,
     {
-        let mut handling = handling;
+        let mut handling = pin!(handling);
         // Bytes already here are the next request's: no end is coming first.
         let mut watch_end = self.buf.is_empty();
         poll_fn(|cx| {
-            if let Poll::Ready(response) = Pin::new(&mut handling).poll(cx) {
+            if let Poll::Ready(response) = handling.as_mut().poll(cx) {
                 return Poll::Ready(Some(response));
             }
             if watch_end && let Poll::Ready(read) = self.poll_read(cx) {
@@ -421,9 +449,8 @@ impl<D: Future> Connection<'_, D> {
         Ok(())
     }
 
-    async fn close(mut self) -> Result<(), BoxError> {
+    async fn close(&mut self) {
         let _ = self.io.shutdown().await;
-        Ok(())
     }
 }
 
