@@ -323,7 +323,10 @@ impl<D: Future> Connection<'_, D> {
         let method = request.parts.method.clone();
         let client_close = request.close;
         let request = Request::from_parts(request.parts, ClientBody::Read(request.body));
-        let Some(response) = self.in_flight(proxy.handle(request, downstream)).await else {
+        // Pinned where it is made: passed by value, the request path's
+        // state (several KB) would be copied at every move.
+        let handling = pin!(proxy.handle(request, downstream));
+        let Some(response) = self.in_flight(handling).await else {
             return Ok(Exchanged::ClientGone);
         };
         Ok(if self.answer(&method, response, client_close).await? {
@@ -336,11 +339,10 @@ impl<D: Future> Connection<'_, D> {
     /// Runs the request's handling until its answer, reading ahead for the
     /// client's end of stream: `None` when the client closed meanwhile
     /// (the handling is dropped, cancelling its upstream request).
-    async fn in_flight<F>(&mut self, handling: F) -> Option<Response<ResponseBody>>
+    async fn in_flight<F>(&mut self, mut handling: Pin<&mut F>) -> Option<Response<ResponseBody>>
     where
         F: Future<Output = Response<ResponseBody>>,
     {
-        let mut handling = pin!(handling);
         // Bytes already here are the next request's: no end is coming first.
         let mut watch_end = self.buf.is_empty();
         poll_fn(|cx| {
