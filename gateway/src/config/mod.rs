@@ -248,7 +248,7 @@ pub struct Limits {
     #[serde(rename = "idle_timeout_ms", with = "ms")]
     pub idle_timeout: Duration,
     /// A plaintext HTTP/1 connection without a request for this long gives
-    /// back hyper's buffers until the client sends again; `None` (0): never.
+    /// back its buffers until the client sends again; `None` (0): never.
     #[serde(rename = "idle_release_ms", with = "option_ms")]
     pub idle_release: Option<Duration>,
     /// Open downstream connections per listener; more are closed at once.

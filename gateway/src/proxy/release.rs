@@ -1,4 +1,5 @@
-//! Plaintext HTTP/1 connections, served by hyper and given back to the
+//! Plaintext HTTP/1 connections that the gateway's own server
+//! ([`super::h1`]) handed to hyper, served by hyper and given back to the
 //! socket alone while idle. hyper keeps an 8 KiB read buffer and an 8 KiB
 //! head-writing buffer for as long as a connection lives; BI tools and
 //! Kylin's JDBC driver keep many connections open and mostly idle. After

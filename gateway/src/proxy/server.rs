@@ -242,7 +242,8 @@ struct Builders {
     /// `limits.idle_timeout` for multiplexed connections, which hyper's
     /// HTTP/1 timer does not cover ([`IdleWatch`]).
     idle_timeout: Duration,
-    /// When idle plaintext HTTP/1 connections give back hyper's buffers.
+    /// When idle plaintext HTTP/1 connections hyper serves give back its
+    /// buffers.
     release: Release,
     /// The same settings behind hyper's protocol detection, for TLS.
     auto: auto::Builder<TokioExecutor>,
