@@ -14,6 +14,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::limits::deadline;
 use crate::upstream::{BodyError, Lease, UpstreamBody};
 use crate::view::NodeState;
 
@@ -105,7 +106,9 @@ impl RequestBody {
                 let stall = match &mut self.stall {
                     Some(stall) => {
                         if progressed {
-                            stall.as_mut().reset(deadline_after(timeout));
+                            stall
+                                .as_mut()
+                                .reset(deadline(tokio::time::Instant::now(), timeout));
                         }
                         stall
                     }
@@ -171,13 +174,6 @@ impl RequestBody {
         let drained = self.inner.as_ref().is_none_or(Incoming::is_end_stream);
         (drained && self.trailers.is_none()).then(|| self.prefix.clone().unwrap_or_default())
     }
-}
-
-fn deadline_after(timeout: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    // A timeout too long to add is as good as none (a year is far enough).
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
 }
 
 impl Body for RequestBody {

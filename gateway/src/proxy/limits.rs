@@ -9,6 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// `period` after `from`; a period too long to add is as good as none (a
+/// year is far enough). The deadline of every connection and body timer.
+pub fn deadline(from: tokio::time::Instant, period: Duration) -> tokio::time::Instant {
+    from.checked_add(period)
+        .unwrap_or_else(|| from + Duration::from_secs(365 * 86_400))
+}
+
 /// Requests being handled at once, capped: past the cap a request is shed
 /// (503) instead of queued.
 pub struct InFlightLimit {

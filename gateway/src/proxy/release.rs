@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use super::client_io::ClientIo;
 use super::idle::Activity;
+use super::limits::deadline;
 use super::side_wake::SideWake;
 
 /// When idle connections are released, and when they are closed.
@@ -103,7 +104,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let period = release_after.unwrap_or(Duration::MAX);
-    let mut check = pin!(tokio::time::sleep_until(far_after(period)));
+    let mut check = pin!(tokio::time::sleep_until(deadline(Instant::now(), period)));
     let mut drain = pin!(draining.wait_for(|draining| *draining));
     let mut side = SideWake::new();
     // Only after an answer is hyper's connection idle, so that a shutdown
@@ -126,7 +127,7 @@ where
                 return Poll::Ready(Ok(Some(Stop::Release)));
             }
             mark = now;
-            check.as_mut().reset(far_after(period));
+            check.as_mut().reset(deadline(Instant::now(), period));
         }
         if drain.as_mut().poll(&mut side_cx).is_ready() {
             return Poll::Ready(Ok(Some(Stop::Drain)));
@@ -184,9 +185,3 @@ async fn wait_for_client(
 pub const RELEASED_METRIC: &str = "kgw_connections_idle_released";
 /// Times an idle connection was released.
 pub const RELEASES_METRIC: &str = "kgw_connections_idle_releases_total";
-
-fn far_after(period: Duration) -> Instant {
-    Instant::now()
-        .checked_add(period)
-        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
-}

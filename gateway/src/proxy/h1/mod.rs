@@ -39,7 +39,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
 use super::client_io::ClientIo;
-use super::limits::FirstRequest;
+use super::limits::{FirstRequest, deadline};
 use super::release::{RELEASED_METRIC, RELEASES_METRIC};
 use super::side_wake::SideWake;
 use super::{ClientBody, Downstream, Proxy, ResponseBody};
@@ -201,31 +201,24 @@ pub fn on_timer(now: Instant, waiting: Waiting, settings: &Settings) -> TimerAct
         .map_or(settings.idle_timeout, |release| {
             release.min(settings.idle_timeout)
         });
-    let next_check = after(now, period);
+    let next_check = deadline(now, period);
     let Some(since) = waiting.since else {
         // Busy: no deadline runs while a request is in flight.
         return TimerAction::Reset(next_check);
     };
-    let timeout_at = after(since, settings.idle_timeout);
+    let timeout_at = deadline(since, settings.idle_timeout);
     if now >= timeout_at {
         return TimerAction::TimeOut;
     }
     let release_at = settings
         .release_after
         .filter(|_| waiting.releasable)
-        .map(|release| after(since, release));
+        .map(|release| deadline(since, release));
     match release_at {
         Some(at) if now >= at => TimerAction::Release,
         Some(at) => TimerAction::Reset(at.min(timeout_at)),
         None => TimerAction::Reset(timeout_at.min(next_check)),
     }
-}
-
-fn after(instant: Instant, period: Duration) -> Instant {
-    // A period too long to add is as good as none (a year is far enough).
-    instant
-        .checked_add(period)
-        .unwrap_or_else(|| instant + Duration::from_secs(365 * 86_400))
 }
 
 /// An event of the side futures.
