@@ -169,19 +169,32 @@ async fn wait_for_client(
     let left = release
         .idle_timeout
         .saturating_sub(release.after.unwrap_or_default());
-    metrics::counter!(RELEASES_METRIC).increment(1);
-    let released = metrics::gauge!(RELEASED_METRIC);
-    released.increment(1.0);
-    let woke = tokio::select! {
+    let _released = ReleasedMark::new();
+    tokio::select! {
         readable = io.readable() => readable.is_ok(),
         () = tokio::time::sleep(left) => false,
         _ = draining.wait_for(|draining| *draining) => false,
-    };
-    released.decrement(1.0);
-    woke
+    }
 }
 
 /// Open connections released while idle.
 pub const RELEASED_METRIC: &str = "kgw_connections_idle_released";
 /// Times an idle connection was released.
 pub const RELEASES_METRIC: &str = "kgw_connections_idle_releases_total";
+
+/// A connection counted as released (in both metrics) until dropped.
+pub struct ReleasedMark(());
+
+impl ReleasedMark {
+    pub fn new() -> ReleasedMark {
+        metrics::counter!(RELEASES_METRIC).increment(1);
+        metrics::gauge!(RELEASED_METRIC).increment(1.0);
+        ReleasedMark(())
+    }
+}
+
+impl Drop for ReleasedMark {
+    fn drop(&mut self) {
+        metrics::gauge!(RELEASED_METRIC).decrement(1.0);
+    }
+}
