@@ -30,17 +30,18 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Buf;
 use bytes::BytesMut;
 use futures_util::FutureExt;
 use http::{Method, Request, Response};
 use http_body::Body;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
 use super::client_io::ClientIo;
 use super::limits::{FirstRequest, deadline};
-use super::release::{RELEASED_METRIC, RELEASES_METRIC};
+use super::release::ReleasedMark;
 use super::side_wake::SideWake;
 use super::{ClientBody, Downstream, Proxy, ResponseBody};
 use crate::upstream::wire::{LAST_CHUNK, push_chunk_size};
@@ -166,7 +167,7 @@ struct Side<'d, D> {
     drained: bool,
     /// Fires at the next moment [`on_timer`] has something to decide.
     timer: Pin<Box<Sleep>>,
-    /// Counted in [`RELEASED_METRIC`] while released.
+    /// Held while released (counted in the release metrics).
     released: Option<ReleasedMark>,
 }
 
@@ -375,7 +376,7 @@ impl<D: Future> Connection<'_, D> {
             Framing::Bodiless => true,
             framing => self.send_body(body, framing).await?,
         };
-        self.write_out(&[]).await?;
+        self.write_out(&[], &[]).await?;
         Ok(complete && !written.close)
     }
 
@@ -394,7 +395,7 @@ impl<D: Future> Connection<'_, D> {
             let frame = match next.now_or_never() {
                 Some(frame) => frame,
                 None => {
-                    self.write_out(&[]).await?;
+                    self.write_out(&[], &[]).await?;
                     poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
                 }
             };
@@ -415,10 +416,10 @@ impl<D: Future> Connection<'_, D> {
             if chunked {
                 if !data.is_empty() {
                     push_chunk_size(&mut self.out, data.len());
-                    self.write_out(&[&data, b"\r\n"]).await?;
+                    self.write_out(&data, b"\r\n").await?;
                 }
             } else {
-                self.write_out(&[&data]).await?;
+                self.write_out(&data, &[]).await?;
             }
             if last {
                 break;
@@ -433,62 +434,16 @@ impl<D: Future> Connection<'_, D> {
         }
     }
 
-    /// Writes what `out` holds, then `then`, and empties `out`.
-    async fn write_out(&mut self, then: &[&[u8]]) -> io::Result<()> {
-        let mut parts: [&[u8]; 3] = [&self.out, &[], &[]];
-        for (slot, bytes) in parts[1..].iter_mut().zip(then) {
-            *slot = bytes;
-        }
-        write_all_vectored(&mut self.io, &mut parts).await?;
+    /// Writes what `out` holds, then `data` and `tail`, and empties `out`:
+    /// one vectored write when the socket takes it all.
+    async fn write_out(&mut self, data: &[u8], tail: &[u8]) -> io::Result<()> {
+        let mut queued = (&self.out[..]).chain(data).chain(tail);
+        self.io.write_all_buf(&mut queued).await?;
         self.out.clear();
         Ok(())
     }
 
     async fn close(&mut self) {
         let _ = self.io.shutdown().await;
-    }
-}
-
-/// Writes every slice of `parts`, in as few writes as the socket allows.
-async fn write_all_vectored(io: &mut ClientIo, parts: &mut [&[u8]]) -> io::Result<()> {
-    let mut parts = &mut parts[..];
-    loop {
-        while parts.first().is_some_and(|p| p.is_empty()) {
-            parts = &mut parts[1..];
-        }
-        if parts.is_empty() {
-            return Ok(());
-        }
-        let slices: smallvec::SmallVec<[io::IoSlice<'_>; 3]> =
-            parts.iter().map(|p| io::IoSlice::new(p)).collect();
-        let mut written = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, &slices)).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        for part in parts.iter_mut() {
-            let taken = written.min(part.len());
-            *part = &part[taken..];
-            written -= taken;
-            if written == 0 {
-                break;
-            }
-        }
-    }
-}
-
-/// A connection counted as released until dropped.
-struct ReleasedMark;
-
-impl ReleasedMark {
-    fn new() -> ReleasedMark {
-        metrics::counter!(RELEASES_METRIC).increment(1);
-        metrics::gauge!(RELEASED_METRIC).increment(1.0);
-        ReleasedMark
-    }
-}
-
-impl Drop for ReleasedMark {
-    fn drop(&mut self) {
-        metrics::gauge!(RELEASED_METRIC).decrement(1.0);
     }
 }
