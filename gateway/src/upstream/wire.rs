@@ -197,8 +197,7 @@ pub fn parse_response_head(
         // names, rather than looked up in the map afterwards.
         let base = buf.as_ptr() as usize;
         let mut facts = Facts::default();
-        let mut fields: SmallVec<[(HeaderName, usize, usize); 16]> =
-            SmallVec::with_capacity(response.headers.len());
+        let mut fields = Fields::with_capacity(response.headers.len());
         for h in response.headers.iter() {
             facts.note(h.name.as_bytes(), h.value);
             let name =
@@ -206,14 +205,25 @@ pub fn parse_response_head(
             fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
         }
         let head_bytes = buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(fields.len());
-        for (name, start, len) in fields {
-            let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..start + len))
-                .map_err(|_| WireError::Head("header value"))?;
-            map.append(name, value);
-        }
+        let map = header_map(&head_bytes, fields, 0).ok_or(WireError::Head("header value"))?;
         return finish_head(status, version, map, &facts, method).map(Some);
     }
+}
+
+/// A header's name and where its value lies in a head's bytes, noted
+/// while httparse borrows them.
+pub(crate) type Fields = SmallVec<[(HeaderName, usize, usize); 16]>;
+
+/// The headers of a head whose `fields` were noted while it was parsed:
+/// values are slices of `head`, not copies. `room`: headers the map will
+/// gain without growing. `None` when a value is not a header value.
+pub(crate) fn header_map(head: &Bytes, fields: Fields, room: usize) -> Option<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(fields.len() + room);
+    for (name, at, len) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len)).ok()?;
+        map.append(name, value);
+    }
+    Some(map)
 }
 
 /// What a head's framing headers say (read by the gateway's own HTTP/1.1

@@ -10,11 +10,10 @@ use std::mem::MaybeUninit;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, StatusCode, Uri, Version};
-use smallvec::SmallVec;
+use http::header::{self, HeaderName};
+use http::{Method, StatusCode, Uri, Version};
 
-use crate::upstream::wire::{Facts, push_header};
+use crate::upstream::wire::{Facts, Fields, header_map, push_header};
 
 /// Headers a request head may carry (hyper's server allows 100).
 const MAX_HEADERS: usize = 100;
@@ -41,9 +40,6 @@ pub struct Request {
     /// The client asked for the connection to close after the answer.
     pub close: bool,
 }
-
-/// A header's name and where its value lies in the head.
-type Field = (HeaderName, usize, usize);
 
 /// Takes a request off the front of `buf` when one is there whole, head
 /// (at most `max_head` bytes) and body.
@@ -74,7 +70,7 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize) -> Head {
     let path = request.path.unwrap_or_default();
     let path = (path.as_ptr() as usize - base, path.len());
     let mut facts = Facts::default();
-    let mut fields: SmallVec<[Field; 16]> = SmallVec::with_capacity(request.headers.len());
+    let mut fields = Fields::with_capacity(request.headers.len());
     for h in request.headers.iter() {
         if h.name.eq_ignore_ascii_case("expect") {
             return Head::Elsewhere("expect");
@@ -120,16 +116,12 @@ fn request_parts(
     head: &Bytes,
     method: Method,
     (path_at, path_len): (usize, usize),
-    fields: SmallVec<[Field; 16]>,
+    fields: Fields,
 ) -> Option<http::request::Parts> {
     let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len)).ok()?;
     // Room for the forwarding headers the proxy adds, so that the map is
     // not grown (rehashed) for them.
-    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
-    for (name, at, len) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len)).ok()?;
-        headers.append(name, value);
-    }
+    let headers = header_map(head, fields, 4)?;
     let mut parts = http::Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;
