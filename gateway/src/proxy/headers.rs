@@ -141,15 +141,6 @@ pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim_matches('"'))
 }
 
-/// Whether a response sets cookie `name`.
-pub fn sets_cookie(headers: &HeaderMap, name: &str) -> bool {
-    headers.get_all(header::SET_COOKIE).iter().any(|v| {
-        v.as_bytes()
-            .strip_prefix(name.as_bytes())
-            .is_some_and(|rest| rest.first() == Some(&b'='))
-    })
-}
-
 /// The value of query parameter `name` (raw, not decoded).
 pub fn find_query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?
@@ -259,13 +250,6 @@ mod tests {
             Some("learn%20kylin")
         );
         assert_eq!(find_query_param(Some("flag"), "flag"), Some(""));
-        let mut r = HeaderMap::new();
-        r.append(
-            header::SET_COOKIE,
-            HeaderValue::from_static("JSESSIONID=x; Path=/kylin"),
-        );
-        assert!(sets_cookie(&r, "JSESSIONID"));
-        assert!(!sets_cookie(&r, "JSESSION"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! Per request: one snapshot load, atomics for node state, no lock held
 //! across the request.
 
+mod answer;
 mod body;
 mod client_io;
 mod error;
@@ -18,6 +19,7 @@ mod release;
 pub mod server;
 mod side_wake;
 
+pub use answer::Answer;
 pub use body::{BodySlot, ClientBody, Recoverable, RequestBody, ResponseBody};
 pub use error::GatewayError;
 
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, Version};
+use http::{Method, Request, Version};
 use http_body::Body;
 
 use crate::access_log;
@@ -154,11 +156,7 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: errors become responses.
-    pub async fn handle(
-        &self,
-        request: Request<ClientBody>,
-        downstream: Downstream,
-    ) -> Response<ResponseBody> {
+    pub async fn handle(&self, request: Request<ClientBody>, downstream: Downstream) -> Answer {
         let started = Instant::now();
         let method = request.method().clone();
         let mut class = self.classifier.classify(&method, request.uri().path());
@@ -192,7 +190,7 @@ impl Proxy {
                         .increment(1);
                 }
                 outcome.error = Some(error.to_string());
-                error.into_response(class, self.routing.retry_after_s)
+                Answer::from(error.into_response(class, self.routing.retry_after_s))
             }
         };
         let elapsed = started.elapsed();
@@ -230,7 +228,7 @@ impl Proxy {
         downstream: Downstream,
         class: &mut TrafficClass,
         outcome: &mut Outcome,
-    ) -> Result<Response<ResponseBody>, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         let (mut parts, incoming) = request.into_parts();
         // A reference-counted copy of the request target, not a new string.
         outcome.path = parts.uri.path_and_query().cloned();
@@ -414,7 +412,7 @@ impl Proxy {
         target: &Target,
         mut snapshot: Arc<Snapshot>,
         outcome: &mut Outcome,
-    ) -> Result<Response<ResponseBody>, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         // Small answers are read whole before their head goes out: a node
         // dying mid-answer is then retried (reads) or answered with a clean
         // 502 (writes), never a truncated 200. HEAD answers announce a
@@ -546,7 +544,7 @@ impl Proxy {
         node: &RoutableNode,
         pool: &Arc<NodePool>,
         exchange: Exchange<'_>,
-    ) -> Result<Response<ResponseBody>, Failure> {
+    ) -> Result<Answer, Failure> {
         let in_flight = InFlight::start(node.state.clone());
         let sent = Instant::now();
         let deadline = tokio::time::Instant::from_std(sent + self.response_header_timeout);
@@ -557,7 +555,6 @@ impl Proxy {
         .await
         .map_err(|_elapsed| Failure::Timeout)??;
         let mut upstream = UpstreamBody::new(conn, &answer);
-        let mut head = answer.parts;
         let lease = self.upstreams.lease(pool.clone());
         let read_whole = matches!(
             (answer.framing, exchange.buffer_limit),
@@ -583,11 +580,12 @@ impl Proxy {
             ms_at(answered) / 1000,
             answered.saturating_duration_since(sent).as_micros() as u64,
         );
-        headers::strip_hop_by_hop(&mut head.headers);
+        // The node's connection fields were left out as its head was read.
+        let mut answer = Answer::from_node(answer.status, answer.version, answer.fields, body);
         if exchange.class != TrafficClass::Job {
-            self.pin_session(&mut head.headers, node);
+            self.pin_session(&mut answer, node);
         }
-        Ok(Response::from_parts(head, body))
+        Ok(answer)
     }
 
     /// One request on one connection to `pool`'s node, up to the answer's
@@ -615,14 +613,14 @@ impl Proxy {
 
     /// When a node opens a Kylin session (`JSESSIONID`), adds the gateway's
     /// affinity cookie so the session's later requests reach the same node.
-    fn pin_session(&self, headers: &mut http::HeaderMap, node: &RoutableNode) {
-        if headers::sets_cookie(headers, &self.routing.session_cookie)
+    fn pin_session(&self, answer: &mut Answer, node: &RoutableNode) {
+        if answer.fields.sets_cookie(&self.routing.session_cookie)
             && let Ok(cookie) = HeaderValue::try_from(format!(
                 "{}={}; Path=/; HttpOnly",
                 self.routing.affinity_cookie, node.affinity_tag
             ))
         {
-            headers.append(header::SET_COOKIE, cookie);
+            answer.parts.headers.append(header::SET_COOKIE, cookie);
         }
     }
 

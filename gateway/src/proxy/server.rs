@@ -380,7 +380,8 @@ fn serve_one(
         Box::pin(async move {
             let response = proxy
                 .handle(request.map(ClientBody::Streamed), downstream)
-                .await;
+                .await
+                .into_response();
             Ok::<_, Infallible>(response.map(|body| Counted::new(body, open)))
         })
     });

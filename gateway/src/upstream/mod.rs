@@ -8,6 +8,7 @@
 //! No shared pool map, no URI hashing, no task per connection.
 
 mod conn;
+pub mod fields;
 mod pool;
 pub mod wire;
 

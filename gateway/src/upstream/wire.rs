@@ -6,9 +6,10 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Version};
-use smallvec::SmallVec;
+
+use super::fields::{self, Class, Collector, Kind, NodeFields};
 
 /// A response head longer than this is refused (Kylin's are a few hundred
 /// bytes; hyper's client allowed about 400 KiB of buffer, nginx 4–8 KiB).
@@ -133,7 +134,10 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// A parsed response head and what follows it.
 #[derive(Debug)]
 pub struct ResponseHead {
-    pub parts: http::response::Parts,
+    pub status: StatusCode,
+    pub version: Version,
+    /// The end-to-end fields; the connection's own are left out.
+    pub fields: NodeFields,
     pub framing: BodyFraming,
     /// The connection can carry another request once the body has ended.
     pub keep_alive: bool,
@@ -168,7 +172,8 @@ pub fn parse_response_head(
             &mut headers,
         );
         let len = match parsed {
-            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
+            Ok(httparse::Status::Complete(_)) => return Err(WireError::HeadTooLarge),
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
                 return Err(WireError::HeadTooLarge);
             }
@@ -191,39 +196,41 @@ pub fn parse_response_head(
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        // Values are slices of the head's bytes, taken without copying:
-        // their places are noted while httparse borrows the buffer. The
-        // headers that decide framing are read on the way, by their raw
-        // names, rather than looked up in the map afterwards.
-        let base = buf.as_ptr() as usize;
+        // The fields are noted where they lie while httparse borrows the
+        // buffer; the connection's own fields are read on the way (they
+        // decide framing) and left out.
         let mut facts = Facts::default();
-        let mut fields = Fields::with_capacity(response.headers.len());
+        let mut fields = Collector::new(buf);
+        let mut names_fields = false;
         for h in response.headers.iter() {
-            facts.note(h.name.as_bytes(), h.value);
-            let name =
-                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| WireError::Head("name"))?;
-            fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+            let name = h.name.as_bytes();
+            match fields::classify(name) {
+                Class::EndToEnd(kind) => {
+                    if kind == Kind::ContentLength {
+                        facts.note_length(h.value);
+                    }
+                    fields
+                        .keep(name, h.value, kind)
+                        .map_err(|_| WireError::Head("field too long"))?;
+                }
+                Class::Connection => names_fields |= facts.note_connection(h.value),
+                Class::TransferEncoding => facts.note_coding(h.value),
+                Class::HopByHop => {}
+            }
+        }
+        // A length next to a transfer coding is not to be trusted, and must
+        // not be passed on with it.
+        let untrusted_length = facts.coding.is_some() && facts.length.is_some();
+        if names_fields || untrusted_length {
+            let named = connection_names(response.headers);
+            fields.drop_where(buf, |name, kind| {
+                (untrusted_length && kind == Kind::ContentLength)
+                    || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+            });
         }
         let head_bytes = buf.split_to(len).freeze();
-        let map = header_map(&head_bytes, fields, 0).ok_or(WireError::Head("header value"))?;
-        return finish_head(status, version, map, &facts, method).map(Some);
+        return finish_head(status, version, fields.finish(head_bytes), &facts, method).map(Some);
     }
-}
-
-/// A header's name and where its value lies in a head's bytes, noted
-/// while httparse borrows them.
-pub(crate) type Fields = SmallVec<[(HeaderName, usize, usize); 16]>;
-
-/// The headers of a head whose `fields` were noted while it was parsed:
-/// values are slices of `head`, not copies. `room`: headers the map will
-/// gain without growing. `None` when a value is not a header value.
-pub(crate) fn header_map(head: &Bytes, fields: Fields, room: usize) -> Option<HeaderMap> {
-    let mut map = HeaderMap::with_capacity(fields.len() + room);
-    for (name, at, len) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len)).ok()?;
-        map.append(name, value);
-    }
-    Some(map)
 }
 
 /// What a head's framing headers say (read by the gateway's own HTTP/1.1
@@ -241,30 +248,61 @@ pub(crate) struct Facts {
 impl Facts {
     pub fn note(&mut self, name: &[u8], value: &[u8]) {
         if name.eq_ignore_ascii_case(b"content-length") {
-            for part in value.split(|&b| b == b',') {
-                self.length = match (self.length, parse_decimal(part.trim_ascii())) {
-                    (Some(Err(())), _) | (_, None) => Some(Err(())),
-                    (Some(Ok(m)), Some(n)) if m != n => Some(Err(())),
-                    (_, Some(n)) => Some(Ok(n)),
-                };
-            }
+            self.note_length(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            self.coding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            self.note_coding(value);
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            self.note_connection(value);
         }
     }
+
+    /// A `Content-Length` value.
+    pub fn note_length(&mut self, value: &[u8]) {
+        for part in value.split(|&b| b == b',') {
+            self.length = match (self.length, parse_decimal(part.trim_ascii())) {
+                (Some(Err(())), _) | (_, None) => Some(Err(())),
+                (Some(Ok(m)), Some(n)) if m != n => Some(Err(())),
+                (_, Some(n)) => Some(Ok(n)),
+            };
+        }
+    }
+
+    /// A `Transfer-Encoding` value.
+    pub fn note_coding(&mut self, value: &[u8]) {
+        let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+        self.coding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    }
+
+    /// A `Connection` value: true when it names a field (a token other
+    /// than `close` and `keep-alive`).
+    pub fn note_connection(&mut self, value: &[u8]) -> bool {
+        let mut names_fields = false;
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            let close = token.eq_ignore_ascii_case(b"close");
+            let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+            self.close |= close;
+            self.keep_alive |= keep_alive;
+            names_fields |= !(close || keep_alive || token.is_empty());
+        }
+        names_fields
+    }
+}
+
+/// The field names the `Connection` fields of `headers` list.
+fn connection_names<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii))
+        .filter(|token| !token.is_empty())
+        .collect()
 }
 
 /// Decides framing and keep-alive for a parsed head (RFC 9112 §6.3, §9.3).
 fn finish_head(
     status: StatusCode,
     version: Version,
-    mut headers: HeaderMap,
+    fields: NodeFields,
     facts: &Facts,
     method: &Method,
 ) -> Result<ResponseHead, WireError> {
@@ -274,11 +312,6 @@ fn finish_head(
     let framing = if bodiless {
         BodyFraming::Empty
     } else if let Some(chunked) = facts.coding {
-        // A length next to a transfer coding is not to be trusted, and must
-        // not be passed on with it.
-        if facts.length.is_some() {
-            headers.remove(header::CONTENT_LENGTH);
-        }
         if chunked {
             BodyFraming::Chunked
         } else {
@@ -296,12 +329,10 @@ fn finish_head(
         Version::HTTP_10 => facts.keep_alive && !facts.close,
         _ => !facts.close,
     };
-    let mut parts = http::Response::new(()).into_parts().0;
-    parts.status = status;
-    parts.version = version;
-    parts.headers = headers;
     Ok(ResponseHead {
-        parts,
+        status,
+        version,
+        fields,
         framing,
         keep_alive: persistent && framing != BodyFraming::UntilClose,
     })

@@ -10,10 +10,13 @@ use std::mem::MaybeUninit;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
+use smallvec::SmallVec;
 
-use crate::upstream::wire::{Facts, Fields, header_map, push_header};
+use crate::proxy::Answer;
+use crate::upstream::fields::Kind;
+use crate::upstream::wire::{Facts, push_header};
 
 /// Headers a request head may carry (hyper's server allows 100).
 const MAX_HEADERS: usize = 100;
@@ -130,6 +133,22 @@ fn request_parts(
     Some(parts)
 }
 
+/// A header's name and where its value lies in a head's bytes, noted
+/// while httparse borrows them.
+type Fields = SmallVec<[(HeaderName, usize, usize); 16]>;
+
+/// The headers of a head whose `fields` were noted while it was parsed:
+/// values are slices of `head`, not copies. `room`: headers the map will
+/// gain without growing. `None` when a value is not a header value.
+fn header_map(head: &Bytes, fields: Fields, room: usize) -> Option<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(fields.len() + room);
+    for (name, at, len) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len)).ok()?;
+        map.append(name, value);
+    }
+    Some(map)
+}
+
 /// Puts a taken request's bytes back in front of `buf` (rare: a copy).
 fn put_back(buf: &mut BytesMut, head: &[u8], body: &[u8]) {
     let mut whole = BytesMut::with_capacity(head.len() + body.len() + buf.len());
@@ -181,19 +200,20 @@ pub struct Written {
     pub close: bool,
 }
 
-/// Writes the head of an answer to a `method` request (status line and
-/// headers) to `dst`, in one pass over the headers: the framing is this
-/// connection's (`Content-Length`, or chunked when the body's length is
-/// not known), `Date` is added when missing, and `Connection: close` when
-/// the connection closes after it (`close`, or the headers say so).
+/// Writes the head of an answer to a `method` request (status line, the
+/// node's fields, then the gateway's headers) to `dst`, in one pass: the
+/// framing is this connection's (`Content-Length`, or chunked when the
+/// body's length is not known), `Date` is added when missing, and
+/// `Connection: close` when the connection closes after it (`close`, or
+/// the headers say so).
 pub fn encode_response_head(
     dst: &mut Vec<u8>,
     method: &Method,
-    response: &http::response::Parts,
+    answer: &Answer,
     exact: Option<u64>,
     close: bool,
 ) -> Written {
-    let status = response.status;
+    let status = answer.parts.status;
     dst.extend_from_slice(b"HTTP/1.1 ");
     dst.extend_from_slice(status.as_str().as_bytes());
     dst.push(b' ');
@@ -201,9 +221,20 @@ pub fn encode_response_head(
     dst.extend_from_slice(b"\r\n");
     let mut facts = Facts::default();
     let (mut dated, mut connection) = (false, false);
-    for (name, value) in &response.headers {
+    for (name, value, kind) in answer.fields.iter() {
+        match kind {
+            Kind::ContentLength => {
+                facts.note_length(value);
+                continue;
+            }
+            Kind::Date => dated = true,
+            Kind::SetCookie | Kind::Other => {}
+        }
+        push_header(dst, name, value);
+    }
+    for (name, value) in &answer.parts.headers {
         if *name == header::CONTENT_LENGTH {
-            facts.note(b"content-length", value.as_bytes());
+            facts.note_length(value.as_bytes());
             continue;
         }
         if *name == header::TRANSFER_ENCODING {
@@ -213,7 +244,7 @@ pub fn encode_response_head(
             dated = true;
         } else if *name == header::CONNECTION {
             connection = true;
-            facts.note(b"connection", value.as_bytes());
+            facts.note_connection(value.as_bytes());
         }
         push_header(dst, name.as_str().as_bytes(), value.as_bytes());
     }

@@ -33,7 +33,7 @@ use std::time::Duration;
 use bytes::Buf;
 use bytes::BytesMut;
 use futures_util::FutureExt;
-use http::{Method, Request, Response};
+use http::{Method, Request};
 use http_body::Body;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, Sleep};
@@ -43,7 +43,7 @@ use super::client_io::ClientIo;
 use super::limits::{FirstRequest, deadline};
 use super::release::ReleasedMark;
 use super::side_wake::SideWake;
-use super::{ClientBody, Downstream, Proxy, ResponseBody};
+use super::{Answer, ClientBody, Downstream, Proxy, ResponseBody};
 use crate::upstream::wire::{LAST_CHUNK, push_chunk_size};
 use head::{Framing, Head};
 
@@ -333,9 +333,9 @@ impl<D: Future> Connection<'_, D> {
     /// Runs the request's handling until its answer, reading ahead for the
     /// client's end of stream: `None` when the client closed meanwhile
     /// (the handling is dropped, cancelling its upstream request).
-    async fn in_flight<F>(&mut self, mut handling: Pin<&mut F>) -> Option<Response<ResponseBody>>
+    async fn in_flight<F>(&mut self, mut handling: Pin<&mut F>) -> Option<Answer>
     where
-        F: Future<Output = Response<ResponseBody>>,
+        F: Future<Output = Answer>,
     {
         // Bytes already here are the next request's: no end is coming first.
         let mut watch_end = self.buf.is_empty();
@@ -360,18 +360,18 @@ impl<D: Future> Connection<'_, D> {
     async fn answer(
         &mut self,
         method: &Method,
-        response: Response<ResponseBody>,
+        answer: Answer,
         client_close: bool,
     ) -> Result<bool, BoxError> {
-        let (parts, body) = response.into_parts();
         self.out.clear();
         let written = head::encode_response_head(
             &mut self.out,
             method,
-            &parts,
-            body.size_hint().exact(),
+            &answer,
+            answer.body.size_hint().exact(),
             client_close || self.side.drained,
         );
+        let body = answer.body;
         let complete = match written.framing {
             Framing::Bodiless => true,
             framing => self.send_body(body, framing).await?,

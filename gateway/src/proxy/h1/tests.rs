@@ -1,5 +1,7 @@
 use super::head::{Framing, Head, encode_response_head, take_request};
 use super::*;
+use crate::upstream::wire::parse_response_head;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, Version};
 use proptest::prelude::*;
 
@@ -93,12 +95,61 @@ fn encoded(
     exact: Option<u64>,
     close: bool,
 ) -> (String, head::Written) {
-    let mut response = http::Response::new(()).into_parts().0;
-    response.status = status;
-    response.headers = headers.clone();
+    let mut response = http::Response::new(ResponseBody::full(Bytes::new()));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers.clone();
     let mut out = Vec::new();
-    let written = encode_response_head(&mut out, &method, &response, exact, close);
+    let written = encode_response_head(&mut out, &method, &Answer::from(response), exact, close);
     (String::from_utf8(out).unwrap(), written)
+}
+
+/// The head written for a node's answer `node_head` to a `method`
+/// request, with `added` from the gateway.
+fn encoded_from_node(method: Method, node_head: &str, added: HeaderMap) -> (String, Framing) {
+    let mut buf = BytesMut::from(node_head);
+    let head = parse_response_head(&mut buf, &method).unwrap().unwrap();
+    let mut answer = Answer::from_node(
+        head.status,
+        head.version,
+        head.fields,
+        ResponseBody::full(Bytes::new()),
+    );
+    answer.parts.headers = added;
+    let mut out = Vec::new();
+    let written = encode_response_head(&mut out, &method, &answer, None, false);
+    (String::from_utf8(out).unwrap(), written.framing)
+}
+
+#[test]
+fn a_node_answer_is_written_from_its_own_bytes() {
+    let node = "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\
+                Content-Length: 12\r\nConnection: keep-alive\r\nSet-Cookie: JSESSIONID=a\r\n\r\n";
+    let mut added = HeaderMap::new();
+    added.append("set-cookie", HeaderValue::from_static("KYLIN_GW_NODE=ab"));
+    let (text, framing) = encoded_from_node(Method::GET, node, added);
+    assert_eq!(framing, Framing::Length(12));
+    assert_eq!(
+        text,
+        "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\
+         Set-Cookie: JSESSIONID=a\r\nset-cookie: KYLIN_GW_NODE=ab\r\ncontent-length: 12\r\n\r\n",
+        "the node's fields as spelled, the connection's left out, one length and one date"
+    );
+
+    // A HEAD answer keeps the length a GET's body would have.
+    let (text, framing) = encoded_from_node(Method::HEAD, node, HeaderMap::new());
+    assert_eq!(framing, Framing::Bodiless);
+    assert_eq!(text.matches("content-length: 12").count(), 1, "{text}");
+
+    // A chunked node answer of unknown length goes on chunked.
+    let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+    let (text, framing) = encoded_from_node(Method::GET, chunked, HeaderMap::new());
+    assert_eq!(framing, Framing::Chunked);
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("content-length"),
+        "{text}"
+    );
+    assert_eq!(text.matches("date: ").count(), 1, "{text}");
 }
 
 #[test]

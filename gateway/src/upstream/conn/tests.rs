@@ -93,7 +93,7 @@ async fn a_connection_carries_one_answer_after_another() {
         )
         .await
         .unwrap();
-    assert_eq!(answer.parts.status, 200);
+    assert_eq!(answer.status, 200);
     assert_eq!(answer.framing, BodyFraming::Chunked);
     let mut body = UpstreamBody::new(conn, &answer);
     assert_eq!(body.read_all().await.unwrap(), "abc");
@@ -104,7 +104,7 @@ async fn a_connection_carries_one_answer_after_another() {
         .send(&request(&get, "/two", &headers), Full::new(Bytes::new()))
         .await
         .unwrap();
-    assert_eq!(answer.parts.status, 201);
+    assert_eq!(answer.status, 201);
     let mut body = UpstreamBody::new(conn, &answer);
     assert_eq!(body.read_all().await.unwrap(), "ok");
     drop(body);
@@ -233,7 +233,7 @@ async fn what_the_client_sent_reaches_the_node_before_the_rest_of_the_body() {
         let post = Method::POST;
         let body = StreamBody::new(Box::pin(frames));
         let answer = conn.send(&request(&post, "/", &headers), body).await;
-        answer.map(|a| a.parts.status)
+        answer.map(|a| a.status)
     });
     let (mut stream, _) = listener.accept().await.unwrap();
     let mut seen = Vec::new();

@@ -1,4 +1,5 @@
 use super::*;
+use crate::upstream::fields::Kind;
 
 fn head(text: &str, method: &Method) -> Result<Option<ResponseHead>, WireError> {
     parse_response_head(&mut BytesMut::from(text), method)
@@ -6,6 +7,11 @@ fn head(text: &str, method: &Method) -> Result<Option<ResponseHead>, WireError> 
 
 fn complete(text: &str) -> ResponseHead {
     head(text, &Method::GET).unwrap().expect("complete head")
+}
+
+/// The fields a head passes on, as a map.
+fn passed_on(head: ResponseHead) -> HeaderMap {
+    head.fields.into_header_map(HeaderMap::new())
 }
 
 /// Feeds `wire` to a decoder in pieces of `step` bytes; returns the body
@@ -114,10 +120,10 @@ fn chunk_sizes_are_hex() {
 fn a_response_head_is_parsed_with_its_framing() {
     let h =
         complete("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n");
-    assert_eq!(h.parts.status, 200);
-    assert_eq!(h.parts.headers["content-type"], "application/json");
+    assert_eq!(h.status, 200);
     assert_eq!(h.framing, BodyFraming::Length(12));
     assert!(h.keep_alive);
+    assert_eq!(passed_on(h)["content-type"], "application/json");
 }
 
 #[test]
@@ -142,6 +148,11 @@ fn a_partial_head_waits_and_a_huge_one_is_refused() {
         head(&huge, &Method::GET).unwrap_err(),
         WireError::HeadTooLarge
     );
+    // Also when it arrived whole.
+    assert_eq!(
+        head(&format!("{huge}\r\n\r\n"), &Method::GET).unwrap_err(),
+        WireError::HeadTooLarge
+    );
 }
 
 #[test]
@@ -149,9 +160,9 @@ fn interim_answers_are_skipped() {
     let h = complete(
         "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: x\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
     );
-    assert_eq!(h.parts.status, 201);
-    assert!(!h.parts.headers.contains_key("link"));
+    assert_eq!(h.status, 201);
     assert_eq!(h.framing, BodyFraming::Empty);
+    assert!(!passed_on(h).contains_key("link"));
 }
 
 #[test]
@@ -164,7 +175,8 @@ fn bodiless_answers_have_no_body_whatever_they_announce() {
     .unwrap();
     assert_eq!(h.framing, BodyFraming::Empty);
     assert_eq!(
-        h.parts.headers["content-length"], "99",
+        passed_on(h)["content-length"],
+        "99",
         "HEAD keeps its length"
     );
     assert_eq!(
@@ -183,8 +195,8 @@ fn chunked_wins_over_a_length_which_is_dropped() {
         "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
     );
     assert_eq!(h.framing, BodyFraming::Chunked);
-    assert!(!h.parts.headers.contains_key("content-length"));
     assert!(h.keep_alive);
+    assert!(!passed_on(h).contains_key("content-length"));
     let h = complete("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
     assert_eq!(h.framing, BodyFraming::UntilClose);
     assert!(!h.keep_alive);
@@ -321,6 +333,92 @@ fn chunked(body: &[u8], sizes: &[usize]) -> Vec<u8> {
     }
     wire.extend_from_slice(LAST_CHUNK);
     wire
+}
+
+#[test]
+fn the_connections_own_fields_are_left_out_and_the_rest_kept_in_order() {
+    let h = complete(
+        "HTTP/1.1 200 OK\r\nServer: nginx\r\nConnection: X-Trace\r\n\
+         X-Trace: 1\r\nKeep-Alive: timeout=5\r\nDate: Wed, 02 Dec 2026 16:00:00 GMT\r\n\
+         Set-Cookie: JSESSIONID=a; Path=/\r\nUpgrade: h2c\r\nTE: trailers\r\n\
+         Proxy-Connection: x\r\nTrailer: y\r\nContent-Type: text/plain\r\n\
+         Transfer-Encoding: chunked\r\nContent-Length: 5\r\nProxy-Authenticate: z\r\n\r\n",
+    );
+    let kept: Vec<_> = h
+        .fields
+        .iter()
+        .map(|(name, value, kind)| {
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            (text(name), text(value), kind)
+        })
+        .collect();
+    let expected = [
+        ("Server", "nginx", Kind::Other),
+        ("Date", "Wed, 02 Dec 2026 16:00:00 GMT", Kind::Date),
+        ("Set-Cookie", "JSESSIONID=a; Path=/", Kind::SetCookie),
+        ("Content-Type", "text/plain", Kind::Other),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(n, v, k)| (n.to_string(), v.to_string(), *k))
+        .collect();
+    assert_eq!(
+        kept, expected,
+        "names as the node spelled them, in its order"
+    );
+    assert!(h.fields.sets_cookie("JSESSIONID"));
+    assert!(!h.fields.sets_cookie("JSESSION"));
+    assert_eq!(h.framing, BodyFraming::Chunked);
+}
+
+#[test]
+fn a_length_is_kept_without_a_coding_and_the_gateways_headers_follow() {
+    let h = complete(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nset-cookie: a=1\r\nconnection: close\r\n\r\n",
+    );
+    assert!(!h.keep_alive);
+    assert!(!h.fields.sets_cookie("JSESSIONID"));
+    let mut added = HeaderMap::new();
+    added.append(header::SET_COOKIE, HeaderValue::from_static("b=2"));
+    added.append(header::SET_COOKIE, HeaderValue::from_static("c=3"));
+    added.append("x-gw", HeaderValue::from_static("1"));
+    let map = h.fields.into_header_map(added);
+    let cookies: Vec<_> = map.get_all(header::SET_COOKIE).iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2", "c=3"]);
+    assert_eq!(map["content-length"], "2");
+    assert_eq!(map["x-gw"], "1");
+    assert!(!map.contains_key(header::CONNECTION));
+    assert_eq!(map.len(), 5);
+}
+
+proptest::proptest! {
+    /// Every field a node head passes on reaches hyper's map: httparse
+    /// accepts exactly the names and values `http` does, so none is lost
+    /// on the way from the node's bytes to a map.
+    #[test]
+    fn every_field_passed_on_fits_a_header_map(
+        fields in proptest::collection::vec(
+            (proptest::string::bytes_regex("[!-~]{1,12}").unwrap(),
+             proptest::collection::vec(proptest::prop_oneof![
+                 8 => 0x20u8..0x7f, 2 => 0x80u8..=0xff, 1 => proptest::strategy::Just(b'\t'),
+                 1 => proptest::prelude::any::<u8>(),
+             ], 0..24)),
+            0..8,
+        ),
+    ) {
+        let mut text = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for (name, value) in &fields {
+            text.extend_from_slice(name);
+            text.extend_from_slice(b": ");
+            text.extend_from_slice(value);
+            text.extend_from_slice(b"\r\n");
+        }
+        text.extend_from_slice(b"content-length: 0\r\n\r\n");
+        if let Ok(Some(head)) = parse_response_head(&mut BytesMut::from(&text[..]), &Method::GET) {
+            let passed = head.fields.iter().count();
+            proptest::prop_assert_eq!(passed_on(head).len(), passed);
+        }
+    }
 }
 
 proptest::proptest! {

@@ -1,0 +1,70 @@
+//! What the proxy answers a request with: a head, the node's end-to-end
+//! header fields as it sent them, and a body. The gateway's own HTTP/1.1
+//! server writes the node's fields from its bytes; hyper gets one
+//! `http::Response` ([`Answer::into_response`]).
+
+use http::{Response, StatusCode, Version};
+
+use super::body::ResponseBody;
+use crate::upstream::fields::NodeFields;
+
+/// An answer to a client.
+pub struct Answer {
+    /// Status, version, and the headers the gateway sets: all of an
+    /// answer of its own, or what it adds to a node's (the affinity
+    /// cookie), written after the node's fields.
+    pub parts: http::response::Parts,
+    /// The node's fields (empty for an answer of the gateway's own).
+    pub fields: NodeFields,
+    pub body: ResponseBody,
+}
+
+impl Answer {
+    /// A node's answer.
+    pub fn from_node(
+        status: StatusCode,
+        version: Version,
+        fields: NodeFields,
+        body: ResponseBody,
+    ) -> Answer {
+        let mut parts = Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        Answer {
+            parts,
+            fields,
+            body,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.parts.status
+    }
+
+    /// The answer as hyper serves it: the node's fields and then the
+    /// gateway's in one map.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let Answer {
+            mut parts,
+            fields,
+            body,
+        } = self;
+        if !fields.is_empty() {
+            let added = std::mem::take(&mut parts.headers);
+            parts.headers = fields.into_header_map(added);
+        }
+        Response::from_parts(parts, body)
+    }
+}
+
+/// An answer of the gateway's own.
+impl From<Response<ResponseBody>> for Answer {
+    fn from(response: Response<ResponseBody>) -> Answer {
+        let (parts, body) = response.into_parts();
+        Answer {
+            parts,
+            fields: NodeFields::default(),
+            body,
+        }
+    }
+}
