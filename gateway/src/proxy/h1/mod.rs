@@ -318,12 +318,16 @@ impl<D: Future> Connection<'_, D> {
         let client_close = request.close;
         let request = Request::from_parts(request.parts, ClientBody::Read(request.body));
         // Pinned where it is made: passed by value, the request path's
-        // state (several KB) would be copied at every move.
-        let handling = pin!(proxy.handle(request, downstream));
-        let Some(response) = self.in_flight(handling).await else {
+        // state (several KB) would be copied at every move. Scoped, so
+        // that the answer's writing reuses its space in this future.
+        let answer = {
+            let handling = pin!(proxy.handle(request, downstream));
+            self.in_flight(handling).await
+        };
+        let Some(answer) = answer else {
             return Ok(Exchanged::ClientGone);
         };
-        Ok(if self.answer(&method, response, client_close).await? {
+        Ok(if self.answer(&method, answer, client_close).await? {
             Exchanged::KeepAlive
         } else {
             Exchanged::Close
