@@ -57,7 +57,8 @@ pub enum ClientBody {
 /// the body (a slow-POST client is cut off).
 pub struct RequestBody {
     prefix: Option<Bytes>,
-    trailers: Option<HeaderMap>,
+    /// Boxed: rare, and the body is moved from phase to phase.
+    trailers: Option<Box<HeaderMap>>,
     inner: Option<Incoming>,
     stall_timeout: Duration,
     /// Armed while waiting for the client, made on the first wait only:
@@ -137,7 +138,7 @@ impl RequestBody {
             match frame?.into_data() {
                 Ok(data) => buf.extend_from_slice(&data),
                 Err(frame) => {
-                    self.trailers = frame.into_trailers().ok();
+                    self.trailers = frame.into_trailers().ok().map(Box::new);
                     self.inner = None;
                 }
             }
@@ -193,7 +194,7 @@ impl Body for RequestBody {
                 other => return Poll::Ready(other),
             }
         }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(*t))))
     }
 
     fn is_end_stream(&self) -> bool {
