@@ -42,8 +42,8 @@ use crate::events;
 use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
 use crate::quota::{ProjectQuotas, QuotaPermit};
 use crate::tls::UpstreamTls;
-use crate::upstream::wire::{BodyFraming, RequestHead, ResponseHead};
-use crate::upstream::{Conn, NodePool, UpstreamBody, Upstreams};
+use crate::upstream::wire::{BodyFraming, RequestHead};
+use crate::upstream::{NodePool, UpstreamBody, Upstreams};
 use crate::view::{JobRouting, RequestCounters, RoutableNode, Snapshot, ViewPublisher};
 use body::{ClientFault, InFlight};
 use limits::InFlightLimit;
@@ -548,12 +548,24 @@ impl Proxy {
         let in_flight = InFlight::start(node.state.clone());
         let sent = Instant::now();
         let deadline = tokio::time::Instant::from_std(sent + self.response_header_timeout);
-        let (answer, conn) = tokio::time::timeout_at(
+        // One deadline for the connection and the answer's head; the
+        // checkout is ready at once when an idle connection is at hand.
+        let mut conn =
+            tokio::time::timeout_at(deadline, self.upstreams.checkout(pool, exchange.reuse))
+                .await
+                .map_err(|_elapsed| Failure::Timeout)?
+                .map_err(|error| Failure::Connect(error_chain(&error)))?
+                .conn;
+        let answer = match tokio::time::timeout_at(
             deadline,
-            self.exchange(pool, exchange.head, exchange.body, exchange.reuse),
+            conn.send(exchange.head, exchange.body),
         )
         .await
-        .map_err(|_elapsed| Failure::Timeout)??;
+        {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) => return Err(Failure::Broke(error_chain(&error))),
+            Err(_elapsed) => return Err(Failure::Timeout),
+        };
         let mut upstream = UpstreamBody::new(conn, &answer);
         let lease = self.upstreams.lease(pool.clone());
         let read_whole = matches!(
@@ -586,29 +598,6 @@ impl Proxy {
             self.pin_session(&mut answer, node);
         }
         Ok(answer)
-    }
-
-    /// One request on one connection to `pool`'s node, up to the answer's
-    /// head: an idle connection when the request may be sent again
-    /// (`reuse`), else a new one. An idle connection its node has closed
-    /// meanwhile is not used (the pool checks before handing it out).
-    async fn exchange(
-        &self,
-        pool: &NodePool,
-        head: &RequestHead<'_>,
-        body: Recoverable,
-        reuse: bool,
-    ) -> Result<(ResponseHead, Conn), Failure> {
-        let mut conn = self
-            .upstreams
-            .checkout(pool, reuse)
-            .await
-            .map_err(|error| Failure::Connect(error_chain(&error)))?
-            .conn;
-        match conn.send(head, body).await {
-            Ok(answer) => Ok((answer, conn)),
-            Err(error) => Err(Failure::Broke(error_chain(&error))),
-        }
     }
 
     /// When a node opens a Kylin session (`JSESSIONID`), adds the gateway's
