@@ -25,8 +25,9 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
-/// `Transfer-Encoding` goes too: hyper frames bodies itself.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// `Transfer-Encoding` goes too: hyper frames bodies itself. True when
+/// anything was removed.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // One pass over the few names a message has tells which of the ten
     // listed names are present; only those are removed (each removal hashes).
     // Most requests carry none; responses usually just `Connection`.
@@ -37,7 +38,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if present == 0 {
-        return;
+        return false;
     }
     // The names `Connection` lists go too (a cheap copy of the value, so the
     // map can change while its tokens are read; `&str` keys need no
@@ -63,6 +64,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present & (1 << HOP_BY_HOP.len()) != 0 {
         headers.remove(header::TRANSFER_ENCODING);
     }
+    true
 }
 
 /// The place of a hop-by-hop name in [`HOP_BY_HOP`] (one past it for
@@ -89,13 +91,17 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
 /// for HTTP/2 requests, which carry none).
 pub fn rewrite_request_head(headers: &mut HeaderMap, uri: &http::Uri, client: IpAddr, tls: bool) {
     let proto = if tls { "https" } else { "http" };
-    let host = headers.get(header::HOST).cloned().or_else(|| {
+    let sent_host = headers.get(header::HOST).cloned();
+    let stripped = strip_hop_by_hop(headers);
+    let host = sent_host.clone().or_else(|| {
         uri.authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    strip_hop_by_hop(headers);
     set_forwarded(headers, client, proto, host.clone());
-    if !headers.contains_key(header::HOST)
+    // Looked up again only when it may be missing: none was sent, or its
+    // `Connection` named it.
+    if (sent_host.is_none() || stripped)
+        && !headers.contains_key(header::HOST)
         && let Some(host) = host
     {
         headers.insert(header::HOST, host);
@@ -109,19 +115,27 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    // One buffer, written in place: the header value takes it over as is.
+    // One lookup for reading and setting; one buffer, written in place:
+    // the header value takes it over as is.
     let mut xff = Vec::with_capacity(48);
-    if let Some(existing) = headers
-        .get(X_FORWARDED_FOR)
-        .map(HeaderValue::as_bytes)
-        .filter(|v| !v.trim_ascii().is_empty())
+    let entry = headers.entry(X_FORWARDED_FOR);
+    if let header::Entry::Occupied(sent) = &entry
+        && let sent = sent.get().as_bytes()
+        && !sent.trim_ascii().is_empty()
     {
-        xff.extend_from_slice(existing);
+        xff.extend_from_slice(sent);
         xff.extend_from_slice(b", ");
     }
     crate::text::push_ip(&mut xff, client);
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
-        headers.insert(X_FORWARDED_FOR, value);
+        match entry {
+            header::Entry::Occupied(mut sent) => {
+                sent.insert(value);
+            }
+            header::Entry::Vacant(place) => {
+                place.insert(value);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
@@ -229,6 +243,35 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "gw:7070");
+    }
+
+    #[test]
+    fn a_rewritten_head_keeps_its_host_even_when_connection_names_it() {
+        let uri: http::Uri = "/kylin/api/query".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("gw:7070"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Host, x-a"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.9"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.8"));
+        rewrite_request_head(&mut h, &uri, [10, 0, 0, 1].into(), false);
+        assert_eq!(h[header::HOST], "gw:7070");
+        assert!(!h.contains_key("x-a") && !h.contains_key(header::CONNECTION));
+        let xff: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(
+            xff,
+            ["10.0.0.9, 10.0.0.1"],
+            "the first value, then the client"
+        );
+        assert_eq!(h[X_FORWARDED_HOST], "gw:7070");
+
+        // An HTTP/2 request names its host in the URI only.
+        let uri: http::Uri = "https://gw:7443/kylin/api/query".parse().unwrap();
+        let mut h = HeaderMap::new();
+        rewrite_request_head(&mut h, &uri, [10, 0, 0, 1].into(), true);
+        assert_eq!(h[header::HOST], "gw:7443");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
     }
 
     #[test]

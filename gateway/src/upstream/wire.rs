@@ -82,7 +82,10 @@ pub fn encode_request_head(dst: &mut Vec<u8>, head: &RequestHead<'_>, framing: R
     dst.push(b' ');
     dst.extend_from_slice(head.path.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
+    // Noted on the way rather than looked up again.
+    let mut sent_length = false;
     for (name, value) in head.headers {
+        sent_length |= name == header::CONTENT_LENGTH;
         push_header(dst, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(host) = head
@@ -93,7 +96,7 @@ pub fn encode_request_head(dst: &mut Vec<u8>, head: &RequestHead<'_>, framing: R
         push_header(dst, b"host", host.as_bytes());
     }
     match framing {
-        RequestFraming::Length(n) if !head.headers.contains_key(header::CONTENT_LENGTH) => {
+        RequestFraming::Length(n) if !sent_length => {
             dst.extend_from_slice(b"content-length: ");
             crate::text::push_integer(dst, n);
             dst.extend_from_slice(b"\r\n");
@@ -276,6 +279,15 @@ impl Facts {
     /// A `Connection` value: true when it names a field (a token other
     /// than `close` and `keep-alive`).
     pub fn note_connection(&mut self, value: &[u8]) -> bool {
+        // Nearly every value is one of these words alone.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return false;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return false;
+        }
         let mut names_fields = false;
         for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             let close = token.eq_ignore_ascii_case(b"close");
