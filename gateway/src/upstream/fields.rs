@@ -216,7 +216,7 @@ impl NodeFields {
 }
 
 /// Whether a `Set-Cookie` value sets cookie `name`.
-pub fn sets_cookie(value: &[u8], name: &str) -> bool {
+fn sets_cookie(value: &[u8], name: &str) -> bool {
     value
         .strip_prefix(name.as_bytes())
         .is_some_and(|rest| rest.first() == Some(&b'='))
