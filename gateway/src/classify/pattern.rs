@@ -6,6 +6,10 @@
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathPattern {
     segments: Vec<Segment>,
+    /// The leading literal segments joined by `/` (no leading slash), and
+    /// how many they are: compared as one string.
+    literal_prefix: String,
+    literal_count: usize,
     source: String,
 }
 
@@ -49,7 +53,16 @@ impl PathPattern {
             };
             segments.push(segment);
         }
+        let literals: Vec<&str> = segments
+            .iter()
+            .map_while(|segment| match segment {
+                Segment::Literal(literal) => Some(literal.as_str()),
+                _ => None,
+            })
+            .collect();
         Ok(PathPattern {
+            literal_prefix: literals.join("/"),
+            literal_count: literals.len(),
             segments,
             source: text.to_string(),
         })
@@ -59,14 +72,34 @@ impl PathPattern {
         &self.source
     }
 
-    /// Matches a request path (no query string) without allocating.
+    /// Matches a request path (no query string) without allocating. The
+    /// leading literal segments are compared as one string (one `memcmp`
+    /// for a pattern such as `/kylin/api/query`), the rest segment by
+    /// segment.
     pub fn matches(&self, path: &str) -> bool {
         let Some(rest) = path.strip_prefix('/') else {
             return false;
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let mut parts = rest.split('/').filter(|_| !rest.is_empty());
-        for segment in &self.segments {
+        if self.literal_count == 0 {
+            return self.matches_from(0, rest.split('/').filter(|_| !rest.is_empty()));
+        }
+        let Some(after) = rest.strip_prefix(self.literal_prefix.as_str()) else {
+            return false;
+        };
+        match after.strip_prefix('/') {
+            // Every segment after the literals, empty ones included.
+            Some(tail) => self.matches_from(self.literal_count, tail.split('/')),
+            None if after.is_empty() => self.matches_from(self.literal_count, std::iter::empty()),
+            // The last literal is only a prefix of the path's segment.
+            None => false,
+        }
+    }
+
+    /// Matches the path's segments `parts` against the pattern's from
+    /// segment `first` on.
+    fn matches_from<'p>(&self, first: usize, mut parts: impl Iterator<Item = &'p str>) -> bool {
+        for segment in &self.segments[first..] {
             match segment {
                 Segment::Rest => return true,
                 Segment::One => {

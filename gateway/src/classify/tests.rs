@@ -334,3 +334,75 @@ fn class_index_is_the_position_in_all() {
         assert_eq!(class.index(), i);
     }
 }
+
+/// The segment-by-segment match that `PathPattern::matches` speeds up by
+/// comparing the leading literals as one string: the oracle.
+fn matches_by_segments(pattern: &str, path: &str) -> bool {
+    let pattern = pattern.strip_prefix('/').unwrap();
+    let pattern = pattern.strip_suffix('/').unwrap_or(pattern);
+    let segments: Vec<&str> = pattern.split('/').filter(|_| !pattern.is_empty()).collect();
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let mut parts = rest.split('/').filter(|_| !rest.is_empty());
+    for segment in segments {
+        match segment {
+            "**" => return true,
+            "*" => {
+                if parts.next().is_none_or(str::is_empty) {
+                    return false;
+                }
+            }
+            literal => {
+                if parts.next() != Some(literal) {
+                    return false;
+                }
+            }
+        }
+    }
+    parts.next().is_none()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// Any pattern and path of a few short segments (empty ones, prefixes
+    /// of each other, wildcards, trailing slashes; paths often built from
+    /// the pattern) match exactly when the segment-by-segment comparison
+    /// says so.
+    #[test]
+    fn matching_literals_as_one_string_agrees_with_segment_by_segment(
+        pattern in proptest::collection::vec(
+            proptest::sample::select(vec!["a", "ab", "kylin", "api", "*", "query"]), 0..4),
+        rest in proptest::bool::ANY,
+        trailing in proptest::bool::ANY,
+        from_pattern in proptest::bool::ANY,
+        path in proptest::collection::vec(
+            proptest::sample::select(vec!["a", "ab", "", "kylin", "api", "query", "b"]), 0..5),
+        extra in proptest::collection::vec(
+            proptest::sample::select(vec!["a", "", "x"]), 0..2),
+        path_trailing in proptest::sample::select(vec!["", "/", "//"]),
+        rooted in proptest::bool::ANY,
+    ) {
+        let mut text = format!("/{}", pattern.join("/"));
+        if rest {
+            text = format!("{}/**", text.trim_end_matches('/'));
+        } else if trailing {
+            text.push('/');
+        }
+        let mut segments: Vec<&str> = if from_pattern {
+            pattern.iter().map(|s| if *s == "*" { "x" } else { s }).collect()
+        } else {
+            path
+        };
+        segments.extend(extra);
+        let path = format!("{}{}{}", if rooted { "/" } else { "" }, segments.join("/"), path_trailing);
+        let compiled = PathPattern::parse(&text).unwrap();
+        proptest::prop_assert_eq!(
+            compiled.matches(&path),
+            matches_by_segments(&text, &path),
+            "pattern {} path {}", text, path
+        );
+    }
+}
