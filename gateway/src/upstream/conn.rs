@@ -100,12 +100,15 @@ impl Conn {
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let framing =
-            RequestFraming::of(head.headers, body.size_hint().exact(), body.is_end_stream());
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         out.reserve(1024);
-        wire::encode_request_head(&mut out, head, framing);
+        let framing = wire::encode_request_head(
+            &mut out,
+            head,
+            body.size_hint().exact(),
+            body.is_end_stream(),
+        );
         if framing != RequestFraming::Empty {
             self.send_body(&mut out, &mut body, framing).await?;
         }

@@ -55,16 +55,21 @@ pub enum RequestFraming {
 }
 
 impl RequestFraming {
-    /// The framing of a request with `headers` whose body announces
-    /// `exact` bytes (if known) or has ended. A `Content-Length` sent by
-    /// the client is kept as is.
-    pub fn of(headers: &HeaderMap, exact: Option<u64>, end_stream: bool) -> RequestFraming {
-        if let Some(length) = content_length(headers) {
+    /// The framing of a request whose `Content-Length` headers say
+    /// `length` and whose body announces `exact` bytes (if known) or has
+    /// ended. A `Content-Length` sent by the client is kept as is.
+    pub fn of(
+        length: Option<Result<u64, ()>>,
+        exact: Option<u64>,
+        end_stream: bool,
+    ) -> RequestFraming {
+        if let Some(length) = length {
             return match length {
                 Ok(0) => RequestFraming::Empty,
                 Ok(n) => RequestFraming::Length(n),
-                // The client's head was checked by hyper: not reached.
-                Err(_) => RequestFraming::Chunked,
+                // The client's head was checked when it was read: not
+                // reached.
+                Err(()) => RequestFraming::Chunked,
             };
         }
         match (end_stream, exact) {
@@ -76,16 +81,24 @@ impl RequestFraming {
 }
 
 /// Writes `head` (request line, headers, the framing header the headers
-/// lack, blank line) to `dst`.
-pub fn encode_request_head(dst: &mut Vec<u8>, head: &RequestHead<'_>, framing: RequestFraming) {
+/// lack, blank line) to `dst` for a body that announces `exact` bytes (if
+/// known) or has ended, and says how the body follows. The client's
+/// `Content-Length` is read while the headers are written.
+pub fn encode_request_head(
+    dst: &mut Vec<u8>,
+    head: &RequestHead<'_>,
+    exact: Option<u64>,
+    end_stream: bool,
+) -> RequestFraming {
     dst.extend_from_slice(head.method.as_str().as_bytes());
     dst.push(b' ');
     dst.extend_from_slice(head.path.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
-    // Noted on the way rather than looked up again.
-    let mut sent_length = false;
+    let mut facts = Facts::default();
     for (name, value) in head.headers {
-        sent_length |= name == header::CONTENT_LENGTH;
+        if name == header::CONTENT_LENGTH {
+            facts.note_length(value.as_bytes());
+        }
         push_header(dst, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(host) = head
@@ -95,8 +108,9 @@ pub fn encode_request_head(dst: &mut Vec<u8>, head: &RequestHead<'_>, framing: R
     {
         push_header(dst, b"host", host.as_bytes());
     }
+    let framing = RequestFraming::of(facts.length, exact, end_stream);
     match framing {
-        RequestFraming::Length(n) if !sent_length => {
+        RequestFraming::Length(n) if facts.length.is_none() => {
             dst.extend_from_slice(b"content-length: ");
             crate::text::push_integer(dst, n);
             dst.extend_from_slice(b"\r\n");
@@ -105,6 +119,7 @@ pub fn encode_request_head(dst: &mut Vec<u8>, head: &RequestHead<'_>, framing: R
         _ => {}
     }
     dst.extend_from_slice(b"\r\n");
+    framing
 }
 
 pub(crate) fn push_header(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -348,16 +363,6 @@ fn finish_head(
         framing,
         keep_alive: persistent && framing != BodyFraming::UntilClose,
     })
-}
-
-/// The `Content-Length` of `headers`: `Err` when its values are not one
-/// number (repeats must agree).
-fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
-    let mut facts = Facts::default();
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        facts.note(b"content-length", value.as_bytes());
-    }
-    facts.length
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {

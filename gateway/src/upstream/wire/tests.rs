@@ -37,11 +37,12 @@ fn decode_in_steps(
     Ok((body, decoder.is_end()))
 }
 
-/// `head` as written with `framing`.
-fn encoded(head: &RequestHead<'_>, framing: RequestFraming) -> String {
+/// `head` as written for a body of `exact` bytes (`None`: unknown), and
+/// its framing.
+fn encoded(head: &RequestHead<'_>, exact: Option<u64>) -> (String, RequestFraming) {
     let mut out = Vec::new();
-    encode_request_head(&mut out, head, framing);
-    String::from_utf8(out).unwrap()
+    let framing = encode_request_head(&mut out, head, exact, false);
+    (String::from_utf8(out).unwrap(), framing)
 }
 
 #[test]
@@ -57,13 +58,17 @@ fn a_request_head_carries_its_headers_host_and_framing() {
         host: Some(HeaderValue::from_static("node:7070")),
     };
     assert_eq!(
-        encoded(&request, RequestFraming::Length(12)),
-        "POST /kylin/api/query?x=1 HTTP/1.1\r\nx-forwarded-for: 10.0.0.1\r\naccept: a\r\n\
-         accept: b\r\nhost: node:7070\r\ncontent-length: 12\r\n\r\n"
+        encoded(&request, Some(12)),
+        (
+            "POST /kylin/api/query?x=1 HTTP/1.1\r\nx-forwarded-for: 10.0.0.1\r\naccept: a\r\n\
+             accept: b\r\nhost: node:7070\r\ncontent-length: 12\r\n\r\n"
+                .to_string(),
+            RequestFraming::Length(12)
+        )
     );
-    assert!(
-        encoded(&request, RequestFraming::Chunked).ends_with("transfer-encoding: chunked\r\n\r\n")
-    );
+    let (text, framing) = encoded(&request, None);
+    assert!(text.ends_with("transfer-encoding: chunked\r\n\r\n"));
+    assert_eq!(framing, RequestFraming::Chunked);
 }
 
 #[test]
@@ -77,28 +82,38 @@ fn a_request_keeps_its_own_host_and_length() {
         headers: &headers,
         host: Some(HeaderValue::from_static("node:7070")),
     };
-    let framing = RequestFraming::of(&headers, None, false);
-    assert_eq!(framing, RequestFraming::Length(3));
+    // The client's length wins over the body's unknown size, and is not
+    // written twice.
     assert_eq!(
-        encoded(&request, framing),
-        "PUT / HTTP/1.1\r\nhost: kylin.example\r\ncontent-length: 3\r\n\r\n"
+        encoded(&request, None),
+        (
+            "PUT / HTTP/1.1\r\nhost: kylin.example\r\ncontent-length: 3\r\n\r\n".to_string(),
+            RequestFraming::Length(3)
+        )
     );
 }
 
 #[test]
 fn request_framing_follows_the_length_or_the_body() {
-    let none = HeaderMap::new();
     assert_eq!(
-        RequestFraming::of(&none, Some(0), true),
+        RequestFraming::of(None, Some(0), true),
         RequestFraming::Empty
     );
     assert_eq!(
-        RequestFraming::of(&none, Some(5), false),
+        RequestFraming::of(None, Some(5), false),
         RequestFraming::Length(5)
     );
     assert_eq!(
-        RequestFraming::of(&none, None, false),
+        RequestFraming::of(None, None, false),
         RequestFraming::Chunked
+    );
+    assert_eq!(
+        RequestFraming::of(Some(Ok(0)), None, false),
+        RequestFraming::Empty
+    );
+    assert_eq!(
+        RequestFraming::of(Some(Ok(7)), Some(7), false),
+        RequestFraming::Length(7)
     );
 }
 
