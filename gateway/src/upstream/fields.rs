@@ -32,6 +32,8 @@ pub enum Class {
     TransferEncoding,
     /// Another field of the connection (`Keep-Alive`, `TE`, `Upgrade`, ...).
     HopByHop,
+    /// `Expect` (a request's; passed on in an answer).
+    Expect,
 }
 
 /// The class of a field name. Dispatched on the length first: most names
@@ -41,6 +43,7 @@ pub fn classify(name: &[u8]) -> Class {
     match name.len() {
         2 if is(b"te") => Class::HopByHop,
         4 if is(b"date") => Class::EndToEnd(Kind::Date),
+        6 if is(b"expect") => Class::Expect,
         7 if is(b"trailer") || is(b"upgrade") => Class::HopByHop,
         10 if is(b"connection") => Class::Connection,
         10 if is(b"set-cookie") => Class::EndToEnd(Kind::SetCookie),

@@ -231,6 +231,9 @@ pub fn parse_response_head(
                         .keep(name, h.value, kind)
                         .map_err(|_| WireError::Head("field too long"))?;
                 }
+                Class::Expect => fields
+                    .keep(name, h.value, Kind::Other)
+                    .map_err(|_| WireError::Head("field too long"))?,
                 Class::Connection => names_fields |= facts.note_connection(h.value),
                 Class::TransferEncoding => facts.note_coding(h.value),
                 Class::HopByHop => {}
@@ -264,16 +267,6 @@ pub(crate) struct Facts {
 }
 
 impl Facts {
-    pub fn note(&mut self, name: &[u8], value: &[u8]) {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            self.note_length(value);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            self.note_coding(value);
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            self.note_connection(value);
-        }
-    }
-
     /// A `Content-Length` value.
     pub fn note_length(&mut self, value: &[u8]) {
         for part in value.split(|&b| b == b',') {

@@ -15,7 +15,7 @@ use http::{Method, StatusCode, Uri, Version};
 use smallvec::SmallVec;
 
 use crate::proxy::Answer;
-use crate::upstream::fields::Kind;
+use crate::upstream::fields::{self, Class, Kind};
 use crate::upstream::wire::{Facts, push_header};
 
 /// Headers a request head may carry (hyper's server allows 100).
@@ -75,11 +75,17 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize) -> Head {
     let mut facts = Facts::default();
     let mut fields = Fields::with_capacity(request.headers.len());
     for h in request.headers.iter() {
-        if h.name.eq_ignore_ascii_case("expect") {
-            return Head::Elsewhere("expect");
+        let name = h.name.as_bytes();
+        match fields::classify(name) {
+            Class::Expect => return Head::Elsewhere("expect"),
+            Class::EndToEnd(Kind::ContentLength) => facts.note_length(h.value),
+            Class::TransferEncoding => facts.note_coding(h.value),
+            Class::Connection => {
+                facts.note_connection(h.value);
+            }
+            Class::EndToEnd(_) | Class::HopByHop => {}
         }
-        facts.note(h.name.as_bytes(), h.value);
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+        let Some(name) = common_name(name).or_else(|| HeaderName::from_bytes(name).ok()) else {
             return Head::Elsewhere("header name");
         };
         fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
@@ -115,6 +121,25 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize) -> Head {
     }
 }
 
+/// The names nearly every client sends, without `HeaderName::from_bytes`'s
+/// table lookup (dispatched on the length, as [`fields::classify`]).
+pub(super) fn common_name(name: &[u8]) -> Option<HeaderName> {
+    let is = |candidate: &[u8]| name.eq_ignore_ascii_case(candidate);
+    Some(match name.len() {
+        4 if is(b"host") => header::HOST,
+        6 if is(b"accept") => header::ACCEPT,
+        6 if is(b"cookie") => header::COOKIE,
+        10 if is(b"user-agent") => header::USER_AGENT,
+        10 if is(b"connection") => header::CONNECTION,
+        12 if is(b"content-type") => header::CONTENT_TYPE,
+        13 if is(b"authorization") => header::AUTHORIZATION,
+        14 if is(b"content-length") => header::CONTENT_LENGTH,
+        15 if is(b"accept-encoding") => header::ACCEPT_ENCODING,
+        15 if is(b"accept-language") => header::ACCEPT_LANGUAGE,
+        _ => return None,
+    })
+}
+
 fn request_parts(
     head: &Bytes,
     method: Method,
@@ -122,9 +147,11 @@ fn request_parts(
     fields: Fields,
 ) -> Option<http::request::Parts> {
     let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len)).ok()?;
-    // Room for the forwarding headers the proxy adds, so that the map is
-    // not grown (rehashed) for them.
-    let headers = header_map(head, fields, 4)?;
+    // Room for the three X-Forwarded-* the proxy adds, so that the map is
+    // not grown (rehashed) for them; no more: a map's entries are about
+    // 100 bytes each, and up to six of them (three fields and the three
+    // added) stay within glibc's per-thread cache of small blocks.
+    let headers = header_map(head, fields, 3)?;
     let mut parts = http::Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;

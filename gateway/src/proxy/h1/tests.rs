@@ -2,7 +2,7 @@ use super::head::{Framing, Head, encode_response_head, take_request};
 use super::*;
 use crate::upstream::wire::parse_response_head;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use proptest::prelude::*;
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -271,4 +271,35 @@ proptest! {
             Head::Partial | Head::Elsewhere(_) => prop_assert_eq!(&buf[..], &wire[..]),
         }
     }
+}
+
+#[test]
+fn common_names_are_the_names_http_parses() {
+    for name in [
+        "host",
+        "Host",
+        "ACCEPT",
+        "cookie",
+        "User-Agent",
+        "connection",
+        "Content-Type",
+        "authorization",
+        "Content-Length",
+        "accept-encoding",
+        "Accept-Language",
+    ] {
+        let parsed = HeaderName::from_bytes(name.as_bytes()).unwrap();
+        assert_eq!(head::common_name(name.as_bytes()), Some(parsed), "{name}");
+    }
+    for other in ["hostx", "x-host", "accept-charset", "content-types", ""] {
+        assert_eq!(head::common_name(other.as_bytes()), None, "{other}");
+    }
+    // An `Expect` in any case leaves the request to hyper.
+    let mut buf = BytesMut::from(
+        "POST / HTTP/1.1\r\nhost: gw\r\nEXPECT: 100-continue\r\ncontent-length: 1\r\n\r\nx",
+    );
+    assert!(matches!(
+        take_request(&mut buf, MAX_HEAD),
+        Head::Elsewhere("expect")
+    ));
 }
