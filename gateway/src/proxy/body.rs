@@ -126,6 +126,11 @@ impl RequestBody {
     /// returns what was read (possibly more than `limit`: whole frames are
     /// kept). Those bytes are still sent upstream, first.
     pub async fn read_prefix(&mut self, limit: usize) -> Result<&Bytes, ClientBodyError> {
+        if self.inner.is_none() {
+            // Nothing more can come (a body read with its head): what is
+            // here is all of it, kept as is rather than copied.
+            return Ok(self.prefix.get_or_insert_with(Bytes::new));
+        }
         let mut buf = BytesMut::new();
         if let Some(prefix) = self.prefix.take() {
             buf.extend_from_slice(&prefix);
@@ -464,6 +469,17 @@ mod tests {
 
     async fn collect(body: Recoverable) -> Bytes {
         body.collect().await.expect("body").to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_body_read_with_its_head_is_its_own_prefix_without_a_copy() {
+        let sent = Bytes::from(b"{\"sql\": \"select 1\"}".to_vec());
+        let mut body = RequestBody::from_bytes(sent.clone());
+        let prefix = body.read_prefix(64 * 1024).await.unwrap();
+        assert_eq!(prefix, &sent);
+        assert_eq!(prefix.as_ptr(), sent.as_ptr(), "the same bytes, not a copy");
+        let slot = BodySlot::new(body);
+        assert_eq!(collect(slot.handle()).await, sent, "sent once, whole");
     }
 
     #[tokio::test]
