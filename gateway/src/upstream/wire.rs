@@ -214,44 +214,59 @@ pub fn parse_response_head(
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        // The fields are noted where they lie while httparse borrows the
-        // buffer; the connection's own fields are read on the way (they
-        // decide framing) and left out.
-        let mut facts = Facts::default();
-        let mut fields = Collector::new(buf);
-        let mut names_fields = false;
-        for h in response.headers.iter() {
-            let name = h.name.as_bytes();
-            match fields::classify(name) {
-                Class::EndToEnd(kind) => {
-                    if kind == Kind::ContentLength {
-                        facts.note_length(h.value);
-                    }
-                    fields
-                        .keep(name, h.value, kind)
-                        .map_err(|_| WireError::Head("field too long"))?;
-                }
-                Class::Expect => fields
-                    .keep(name, h.value, Kind::Other)
-                    .map_err(|_| WireError::Head("field too long"))?,
-                Class::Connection => names_fields |= facts.note_connection(h.value),
-                Class::TransferEncoding => facts.note_coding(h.value),
-                Class::HopByHop => {}
-            }
-        }
-        // A length next to a transfer coding is not to be trusted, and must
-        // not be passed on with it.
-        let untrusted_length = facts.coding.is_some() && facts.length.is_some();
-        if names_fields || untrusted_length {
-            let named = connection_names(response.headers);
-            fields.drop_where(buf, |name, kind| {
-                (untrusted_length && kind == Kind::ContentLength)
-                    || named.iter().any(|n| n.eq_ignore_ascii_case(name))
-            });
-        }
+        let (facts, fields) = read_fields(response.headers, buf)?;
         let head_bytes = buf.split_to(len).freeze();
         return finish_head(status, version, fields.finish(head_bytes), &facts, method).map(Some);
     }
+}
+
+/// The framing facts and the end-to-end fields of a parsed head whose
+/// bytes are `buf`. The fields are noted where they lie while httparse
+/// borrows the buffer; the connection's own fields are read on the way
+/// (they decide framing) and left out.
+fn read_fields(
+    headers: &[httparse::Header<'_>],
+    buf: &[u8],
+) -> Result<(Facts, Collector), WireError> {
+    let mut facts = Facts::default();
+    let mut fields = Collector::new(buf);
+    let mut names_fields = false;
+    for h in headers.iter() {
+        let name = h.name.as_bytes();
+        let kept = match fields::classify(name) {
+            Class::EndToEnd(kind) => Some(kind),
+            // A request's field: in an answer, passed on like any other.
+            Class::Expect => Some(Kind::Other),
+            Class::Connection => {
+                names_fields |= facts.note_connection(h.value);
+                None
+            }
+            Class::TransferEncoding => {
+                facts.note_coding(h.value);
+                None
+            }
+            Class::HopByHop => None,
+        };
+        if let Some(kind) = kept {
+            if kind == Kind::ContentLength {
+                facts.note_length(h.value);
+            }
+            fields
+                .keep(name, h.value, kind)
+                .map_err(|_| WireError::Head("field too long"))?;
+        }
+    }
+    // A length next to a transfer coding is not to be trusted, and must
+    // not be passed on with it.
+    let untrusted_length = facts.coding.is_some() && facts.length.is_some();
+    if names_fields || untrusted_length {
+        let named = connection_names(headers);
+        fields.drop_where(buf, |name, kind| {
+            (untrusted_length && kind == Kind::ContentLength)
+                || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+        });
+    }
+    Ok((facts, fields))
 }
 
 /// What a head's framing headers say (read by the gateway's own HTTP/1.1
