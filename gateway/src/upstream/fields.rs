@@ -131,8 +131,12 @@ impl Collector {
 
     /// Keeps a field of `kind`; `name` and `value` lie in the head.
     pub fn keep(&mut self, name: &[u8], value: &[u8], kind: Kind) -> Result<(), TooLong> {
-        let at =
-            |part: &[u8]| u16::try_from(part.as_ptr() as usize - self.base).map_err(|_| TooLong);
+        let at = |part: &[u8]| {
+            (part.as_ptr() as usize)
+                .checked_sub(self.base)
+                .and_then(|at| u16::try_from(at).ok())
+                .ok_or(TooLong)
+        };
         if name.len() > MAX_NAME {
             return Err(TooLong);
         }

@@ -389,7 +389,7 @@ fn the_connections_own_fields_are_left_out_and_the_rest_kept_in_order() {
 #[test]
 fn a_length_is_kept_without_a_coding_and_the_gateways_headers_follow() {
     let h = complete(
-        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nset-cookie: a=1\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nset-cookie: a=1\r\nconnection: close\r\nx-empty:\r\n\r\n",
     );
     assert!(!h.keep_alive);
     assert!(!h.fields.sets_cookie("JSESSIONID"));
@@ -403,7 +403,8 @@ fn a_length_is_kept_without_a_coding_and_the_gateways_headers_follow() {
     assert_eq!(map["content-length"], "2");
     assert_eq!(map["x-gw"], "1");
     assert!(!map.contains_key(header::CONNECTION));
-    assert_eq!(map.len(), 5);
+    assert_eq!(map["x-empty"], "", "an empty value is a field too");
+    assert_eq!(map.len(), 6);
 }
 
 proptest::proptest! {
