@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::upstream::fields::{self, Class};
+
 // A static, not a const: a const array of names is built and dropped
 // again at every use.
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -33,7 +35,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Most requests carry none; responses usually just `Connection`.
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name.as_str()) {
+        if let Some(i) = hop_by_hop_index(name) {
             present |= 1 << i;
         }
     }
@@ -68,22 +70,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
 }
 
 /// The place of a hop-by-hop name in [`HOP_BY_HOP`] (one past it for
-/// `Transfer-Encoding`). A match on the text: the compiler dispatches on
-/// its length first, where comparing with each name in turn cost more than
-/// the rest of the function.
-fn hop_by_hop_index(name: &str) -> Option<usize> {
-    Some(match name {
-        "connection" => 0,
-        "keep-alive" => 1,
-        "proxy-connection" => 2,
-        "proxy-authenticate" => 3,
-        "proxy-authorization" => 4,
-        "te" => 5,
-        "trailer" => 6,
-        "upgrade" => 7,
-        "transfer-encoding" => HOP_BY_HOP.len(),
-        _ => return None,
-    })
+/// `Transfer-Encoding`). Which names are hop-by-hop is
+/// [`fields::classify`]'s to say (the node's answers are read by it): its
+/// dispatch on the length turns nearly every name away at once, and only
+/// a hop-by-hop name is looked for in the list.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match fields::classify(name.as_str().as_bytes()) {
+        Class::EndToEnd(_) | Class::Expect => None,
+        Class::TransferEncoding => Some(HOP_BY_HOP.len()),
+        Class::Connection | Class::HopByHop => HOP_BY_HOP.iter().position(|h| h == name),
+    }
 }
 
 /// Rewrites a request head for upstream: hop-by-hop headers out,
@@ -221,13 +217,14 @@ mod tests {
     #[test]
     fn every_hop_by_hop_name_is_found_at_its_place() {
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
         }
         assert_eq!(
-            hop_by_hop_index("transfer-encoding"),
+            hop_by_hop_index(&header::TRANSFER_ENCODING),
             Some(HOP_BY_HOP.len())
         );
-        assert_eq!(hop_by_hop_index("host"), None);
+        assert_eq!(hop_by_hop_index(&header::HOST), None);
+        assert_eq!(hop_by_hop_index(&header::EXPECT), None);
     }
 
     #[test]
