@@ -14,14 +14,23 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
-/// What the proxy needs to know of a kept field.
+/// What the proxy needs to know of a kept field. Its number is what a
+/// [`Field`] stores (two bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    ContentLength,
-    Date,
-    SetCookie,
-    Other,
+    Other = 0,
+    ContentLength = 1,
+    Date = 2,
+    SetCookie = 3,
 }
+
+/// Every kind at its number.
+const KINDS: [Kind; 4] = [
+    Kind::Other,
+    Kind::ContentLength,
+    Kind::Date,
+    Kind::SetCookie,
+];
 
 /// What a field name is to the proxy, matched without regard to case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,12 +88,7 @@ impl Field {
     }
 
     fn kind(self) -> Kind {
-        match self.name >> KIND_SHIFT {
-            0 => Kind::Other,
-            1 => Kind::ContentLength,
-            2 => Kind::Date,
-            _ => Kind::SetCookie,
-        }
+        KINDS[usize::from(self.name >> KIND_SHIFT)]
     }
 
     fn name(self, head: &[u8]) -> &[u8] {
@@ -140,15 +144,9 @@ impl Collector {
         if name.len() > MAX_NAME {
             return Err(TooLong);
         }
-        let kind_bits = match kind {
-            Kind::Other => 0,
-            Kind::ContentLength => 1,
-            Kind::Date => 2,
-            Kind::SetCookie => 3,
-        };
         let field = Field {
             name_at: at(name)?,
-            name: name.len() as u16 | kind_bits << KIND_SHIFT,
+            name: name.len() as u16 | (kind as u16) << KIND_SHIFT,
             value_at: at(value)?,
             value_len: u16::try_from(value.len()).map_err(|_| TooLong)?,
         };
@@ -227,4 +225,12 @@ fn sets_cookie(value: &[u8], name: &str) -> bool {
     value
         .strip_prefix(name.as_bytes())
         .is_some_and(|rest| rest.first() == Some(&b'='))
+}
+
+#[cfg(test)]
+#[test]
+fn every_kind_is_at_its_number() {
+    for kind in KINDS {
+        assert_eq!(KINDS[kind as usize], kind);
+    }
 }
