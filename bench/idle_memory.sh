@@ -6,7 +6,7 @@
 # burst (all IDLE within a second or two), and in WAVES waves WAVE_PAUSE
 # seconds apart, as a BI tool's pool fills over time (the gateway releases
 # an idle connection's buffers after limits.idle_release_ms, 1 s; in a
-# burst they are all held at once, and glibc keeps that peak mapped). The
+# burst they are all held at once, and the allocator keeps that peak mapped). The
 # waves are the procedure of tests/tests/core_idle_memory.rs, here for the
 # other proxies too.
 #

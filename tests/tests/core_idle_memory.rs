@@ -9,9 +9,9 @@
 //! The connections arrive in waves, each released before the next comes,
 //! as a BI tool's pool fills over time: what is measured is what an idle
 //! connection holds. When all 2,000 arrive within a second, each holds
-//! its buffers until it is released, and glibc's allocator keeps that peak
-//! mapped for later connections (the release build's resident set grows by
-//! about 7.3 KiB per connection then).
+//! its buffers until it is released, and the allocator (mimalloc) keeps
+//! that peak mapped for later connections (the release build's resident
+//! set grows by about 7.2 KiB per connection then).
 
 use std::time::Duration;
 

@@ -150,7 +150,8 @@ fn request_parts(
     // Room for the three X-Forwarded-* the proxy adds, so that the map is
     // not grown (rehashed) for them; no more: a map's entries are about
     // 100 bytes each, and up to six of them (three fields and the three
-    // added) stay within glibc's per-thread cache of small blocks.
+    // added) stay a small block for the allocator (measured with glibc's
+    // per-thread cache, whose limit is 1 KiB).
     let headers = header_map(head, fields, 3)?;
     let mut parts = http::Request::new(()).into_parts().0;
     parts.method = method;
