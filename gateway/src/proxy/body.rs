@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -389,7 +389,7 @@ impl ResponseBody {
     pub fn upstream(mut inner: UpstreamBody, in_flight: InFlight, lease: Lease) -> ResponseBody {
         let lease = if inner.is_end_stream() {
             if let Some(conn) = inner.take_idle() {
-                lease.finish(conn);
+                lease.finish(conn, Instant::now());
             }
             None
         } else {
@@ -437,7 +437,7 @@ impl Body for ResponseBody {
                     && let Some(lease) = lease.take()
                     && let Some(conn) = inner.take_idle()
                 {
-                    lease.finish(conn);
+                    lease.finish(conn, Instant::now());
                 }
                 Poll::Ready(frame)
             }

@@ -164,7 +164,7 @@ impl Proxy {
         // Held until the answer's head is out; past the cap, shed at once.
         let admitted = self.in_flight.try_enter();
         let result = if admitted.is_some() {
-            self.forward(request, downstream, &mut class, &mut outcome)
+            self.forward(request, downstream, started, &mut class, &mut outcome)
                 .await
         } else {
             Err(GatewayError::Overloaded)
@@ -226,6 +226,7 @@ impl Proxy {
         &self,
         request: Request<ClientBody>,
         downstream: Downstream,
+        started: Instant,
         class: &mut TrafficClass,
         outcome: &mut Outcome,
     ) -> Result<Answer, GatewayError> {
@@ -273,7 +274,7 @@ impl Proxy {
             affinity: headers::find_cookie(&parts.headers, &self.routing.affinity_cookie)
                 .map(str::to_owned),
             preferred,
-            hold_deadline: Instant::now() + self.routing.job_hold,
+            hold_deadline: started + self.routing.job_hold,
         };
         if class == TrafficClass::Job && !snapshot.routes_jobs() && !self.routing.job_hold.is_zero()
         {
@@ -550,12 +551,14 @@ impl Proxy {
         let deadline = tokio::time::Instant::from_std(sent + self.response_header_timeout);
         // One deadline for the connection and the answer's head; the
         // checkout is ready at once when an idle connection is at hand.
-        let mut conn =
-            tokio::time::timeout_at(deadline, self.upstreams.checkout(pool, exchange.reuse))
-                .await
-                .map_err(|_elapsed| Failure::Timeout)?
-                .map_err(|error| Failure::Connect(error_chain(&error)))?
-                .conn;
+        let mut conn = tokio::time::timeout_at(
+            deadline,
+            self.upstreams.checkout(pool, exchange.reuse, sent),
+        )
+        .await
+        .map_err(|_elapsed| Failure::Timeout)?
+        .map_err(|error| Failure::Connect(error_chain(&error)))?
+        .conn;
         let answer = match tokio::time::timeout_at(
             deadline,
             conn.send(exchange.head, exchange.body),
@@ -572,22 +575,23 @@ impl Proxy {
             (answer.framing, exchange.buffer_limit),
             (BodyFraming::Length(n), Some(limit)) if n <= limit as u64
         );
-        let body = if read_whole {
+        let (body, answered) = if read_whole {
             match tokio::time::timeout_at(deadline, upstream.read_all()).await {
                 Ok(Ok(whole)) => {
+                    let answered = Instant::now();
                     if let Some(conn) = upstream.take_idle() {
-                        lease.finish(conn);
+                        lease.finish(conn, answered);
                     }
-                    ResponseBody::full(whole)
+                    (ResponseBody::full(whole), answered)
                 }
                 Ok(Err(error)) => return Err(Failure::Broke(error_chain(&error))),
                 Err(_elapsed) => return Err(Failure::Timeout),
             }
         } else {
-            ResponseBody::upstream(upstream, in_flight, lease)
+            let body = ResponseBody::upstream(upstream, in_flight, lease);
+            (body, Instant::now())
         };
         self.ejection.record_success(&node.state);
-        let answered = Instant::now();
         node.state.observe_latency(
             ms_at(answered) / 1000,
             answered.saturating_duration_since(sent).as_micros() as u64,

@@ -56,9 +56,15 @@ impl Upstreams {
     }
 
     /// A connection to `pool`'s node: its newest idle one when `reuse`,
-    /// else (or when none is open) a new one.
-    pub async fn checkout(&self, pool: &NodePool, reuse: bool) -> io::Result<Checkout> {
-        if reuse && let Some(conn) = pool.take(Instant::now(), self.idle_timeout) {
+    /// else (or when none is open) a new one. `now`: the caller's clock
+    /// reading, for the idle connections' age.
+    pub async fn checkout(
+        &self,
+        pool: &NodePool,
+        reuse: bool,
+        now: Instant,
+    ) -> io::Result<Checkout> {
+        if reuse && let Some(conn) = pool.take(now, self.idle_timeout) {
             return Ok(Checkout { conn, reused: true });
         }
         // Boxed: connecting (TCP, TLS) is a large future that a request on
@@ -131,8 +137,9 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn finish(self, conn: Conn) {
-        self.pool.put(conn, Instant::now(), self.max_idle);
+    /// Gives `conn` back, idle from `now` (the caller's clock reading).
+    pub fn finish(self, conn: Conn, now: Instant) {
+        self.pool.put(conn, now, self.max_idle);
     }
 }
 

@@ -69,7 +69,10 @@ fn pool(addr: SocketAddr) -> Arc<NodePool> {
 /// One GET on a connection from `pool`, read to its end, the connection
 /// handed back as the proxy does. Returns whether it was reused.
 async fn exchange(upstreams: &Upstreams, pool: &Arc<NodePool>, reuse: bool, path: &str) -> bool {
-    let Checkout { mut conn, reused } = upstreams.checkout(pool, reuse).await.unwrap();
+    let Checkout { mut conn, reused } = upstreams
+        .checkout(pool, reuse, Instant::now())
+        .await
+        .unwrap();
     let body = BodySlot::new(RequestBody::from_bytes(Bytes::new())).handle();
     let headers = http::HeaderMap::new();
     let head = wire::RequestHead {
@@ -82,7 +85,7 @@ async fn exchange(upstreams: &Upstreams, pool: &Arc<NodePool>, reuse: bool, path
     let mut body = UpstreamBody::new(conn, &answer);
     assert_eq!(body.read_all().await.unwrap(), "ok");
     if let Some(conn) = body.take_idle() {
-        upstreams.lease(pool.clone()).finish(conn);
+        upstreams.lease(pool.clone()).finish(conn, Instant::now());
     }
     reused
 }
@@ -148,7 +151,11 @@ async fn a_refused_connect_is_an_error_not_a_hang() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let upstreams = upstreams(8, Duration::from_secs(60));
-    let error = upstreams.checkout(&pool(addr), true).await.err().unwrap();
+    let error = upstreams
+        .checkout(&pool(addr), true, Instant::now())
+        .await
+        .err()
+        .unwrap();
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
 }
 
