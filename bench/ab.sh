@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Two or more gateway builds (and, with NGINX=yes, nginx as a proxy) under
+# load at the same time, so that every build meets the same machine: on a
+# shared VM the steal time changes from one second to the next, and builds
+# measured one after the other (bench/proxy.sh) differ by more than most
+# changes do. Each build gets its own wrk (-t1 -c32, GET) for the same
+# DURATION; its user and kernel CPU time per request is read from
+# /proc/PID/stat. Prints one line per round; compare builds within a line.
+#
+#   bench/ab.sh BASE NEW                  # two builds, pinned (PIN=yes)
+#   ROUNDS=6 DURATION=6s bench/ab.sh A B C
+#   NGINX=yes bench/ab.sh BUILD           # against nginx on the same core
+#   bench/ab.sh BASE BASE                 # an A/A run: the method's noise
+#
+# With PIN=yes (the default) every proxy shares CPU 0 and wrk and the
+# backend CPU 1, so the builds also compete for one core: fine for an A/B
+# of builds, not the issue's one-proxy shape (bench/proxy.sh is).
+# Needs nginx (Debian nginx-light) and wrk; stops what it started on exit.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-6}
+DURATION=${DURATION:-6s}
+PIN=${PIN:-yes}
+REQUEST_PATH=${REQUEST_PATH:-/kylin/api/projects}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /tmp/kgw-ab.XXXXXX)
+# shellcheck source=bench/common.sh
+. "$root/bench/common.sh"
+
+need wrk
+need nginx
+if [ $# = 0 ]; then
+    echo "usage: bench/ab.sh GATEWAY_BIN [GATEWAY_BIN...]" >&2
+    exit 2
+fi
+if [ "$PIN" = yes ]; then
+    need taskset
+    on_proxy_cpu=(taskset -c 0)
+    on_load_cpu=(taskset -c 1)
+fi
+
+backend=$(free_port)
+start_nginx "$backend"
+wait_port "$backend"
+
+names=() ports=() procs=()
+if [ "${NGINX:-no}" = yes ]; then
+    port=$(free_port)
+    start_nginx_proxy "$port" "$backend"
+    names+=(nginx) ports+=("$port") procs+=($!)
+    wait_port "$port"
+fi
+build=0
+for bin in "$@"; do
+    n=${#names[@]}
+    build=$((build + 1))
+    port=$(free_port)
+    gateway_config "$work/gateway-$n.toml" "$port" "$(free_port)" "$backend"
+    RUST_LOG=warn "${on_proxy_cpu[@]}" "$bin" --config "$work/gateway-$n.toml" \
+        >"$work/gateway-$n.log" 2>&1 &
+    pids+=($!)
+    names+=("b$build") ports+=("$port") procs+=($!)
+    echo "b$build: $bin"
+    wait_port "$port"
+done
+echo "GET $REQUEST_PATH, wrk -t1 -c32 -d$DURATION per target, all at once, pinned: $PIN"
+
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+
+# Starts one wrk per target at once; waits for them all.
+load_all() {
+    local duration=$1 prefix=$2 k load=()
+    for k in "${!ports[@]}"; do
+        "${on_load_cpu[@]}" wrk -t1 -c32 -d"$duration" \
+            "http://127.0.0.1:${ports[$k]}$REQUEST_PATH" >"$work/$prefix-$k.txt" &
+        load=("${load[@]}" $!)
+    done
+    wait "${load[@]}"
+}
+
+hz=$(getconf CLK_TCK)
+for round in $(seq "$ROUNDS"); do
+    load_all 1s warmup
+    declare -a user0 kernel0
+    for k in "${!procs[@]}"; do read -r "user0[$k]" "kernel0[$k]" < <(cpu_ticks "${procs[$k]}"); done
+    load_all "$DURATION" wrk
+    line="round $round:"
+    for k in "${!procs[@]}"; do
+        check_wrk "${names[$k]}" "$work/wrk-$k.txt"
+        read -r user kernel < <(cpu_ticks "${procs[$k]}")
+        requests=$(awk '/requests in/ {print $1}' "$work/wrk-$k.txt")
+        line+=$(awk -v n="${names[$k]}" -v u=$((user - user0[k])) -v s=$((kernel - kernel0[k])) \
+            -v hz="$hz" -v q="$requests" 'BEGIN {
+                printf " %s %d req, user %.2f + kernel %.2f = %.2f us/req |",
+                    n, q, u / hz * 1e6 / q, s / hz * 1e6 / q, (u + s) / hz * 1e6 / q }')
+    done
+    echo "$line"
+done
