@@ -16,7 +16,8 @@ use http::{HeaderMap, HeaderValue, Method};
 use kylin_gateway::classify::TrafficClass;
 use kylin_gateway::config::{OnError, PluginRuntime, PluginSource, PluginSpec};
 use kylin_gateway::plugin::{
-    LoadedPlugin, PluginStats, RequestFacts, Route, Runtime, RuntimeOptions, sample_snapshot,
+    LoadedPlugin, PluginStats, RequestFacts, RequestTime, Route, Runtime, RuntimeOptions,
+    sample_snapshot,
 };
 
 fn query_affinity_wasm() -> PathBuf {
@@ -59,6 +60,9 @@ fn load_file(options: RuntimeOptions, path: PathBuf, config: &str) -> (Runtime, 
     (runtime, plugin)
 }
 
+/// The query `bench/proxy.sh` posts.
+const PROXY_SH_BODY: &str = r#"{"project":"learn_kylin","sql":"select part_dt, sum(price) from kylin_sales group by part_dt","limit":500}"#;
+
 /// A Kylin query body padded to exactly 1 KiB.
 fn body_1k() -> Vec<u8> {
     let head = r#"{"project":"learn_kylin","offset":0,"limit":50000,"acceptPartial":true,"sql":"select part_dt, lstg_format_name, sum(price) as gmv, count(distinct seller_id) as sellers from kylin_sales inner join kylin_cal_dt on kylin_sales.part_dt = kylin_cal_dt.cal_dt where part_dt between '2012-01-01' and '2012-12-31' group by part_dt, lstg_format_name order by gmv desc"#;
@@ -96,6 +100,7 @@ fn bench(c: &mut Criterion) {
         class: TrafficClass::Query,
         client: SocketAddr::from(([10, 1, 2, 3], 51234)),
         body_prefix: &body,
+        time: RequestTime::now(),
     };
     let mut group = c.benchmark_group("plugin_call");
     for (name, options) in [
@@ -121,6 +126,25 @@ fn bench(c: &mut Criterion) {
         // A failed call (deadline, trap) is fast and would be timed as a
         // decision: every timed call must succeed.
         group.bench_function(name, |b| {
+            b.iter(|| {
+                plugin
+                    .call(std::hint::black_box(&facts), &snapshot)
+                    .expect("plugin call")
+            })
+        });
+    }
+    // The call `bench/proxy.sh` makes: its small query body, one node.
+    {
+        let (_runtime, plugin) = load(RuntimeOptions::default());
+        let snapshot = sample_snapshot(1);
+        let body = PROXY_SH_BODY.as_bytes();
+        let facts = RequestFacts {
+            body_prefix: body,
+            ..facts
+        };
+        let decision = plugin.call(&facts, &snapshot).expect("call");
+        assert!(matches!(decision.route, Route::Prefer(ref ids) if ids.len() == 1));
+        group.bench_function("proxy_sh_query_1_node", |b| {
             b.iter(|| {
                 plugin
                     .call(std::hint::black_box(&facts), &snapshot)

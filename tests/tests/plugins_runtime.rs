@@ -9,7 +9,8 @@ use http::{HeaderMap, Method};
 use kylin_gateway::classify::TrafficClass;
 use kylin_gateway::config::{OnError, PluginRuntime, PluginSource, PluginSpec};
 use kylin_gateway::plugin::{
-    FailureKind, LoadedPlugin, PluginStats, RequestFacts, Route, Runtime, sample_snapshot,
+    FailureKind, LoadedPlugin, PluginStats, RequestFacts, RequestTime, Route, Runtime,
+    sample_snapshot,
 };
 use kylin_gateway_tests::support::plugins::built;
 
@@ -44,6 +45,7 @@ fn facts<'a>(headers: &'a HeaderMap, query: Option<&'a str>, body: &'a [u8]) -> 
         class: TrafficClass::Query,
         client: SocketAddr::from(([127, 0, 0, 1], 1)),
         body_prefix: body,
+        time: RequestTime::now(),
     }
 }
 

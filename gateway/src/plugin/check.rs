@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method};
 
-use super::policy::{Decision, RequestFacts};
+use super::policy::{Decision, RequestFacts, RequestTime};
 use super::runtime::{LoadError, PluginStats, Runtime};
 use crate::classify::TrafficClass;
 use crate::config::{OnError, PluginRuntime, PluginSpec};
@@ -89,6 +89,7 @@ pub fn check(
         class: TrafficClass::Query,
         client: SocketAddr::from(([192, 0, 2, 1], 40000)),
         body_prefix: body,
+        time: RequestTime::now(),
     };
     let decision = plugin
         .call(&facts, &sample_snapshot(4))

@@ -84,6 +84,10 @@ impl Limits {
     ) -> wasmtime::Result<Engine> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // For profiling plugins: `perf` then names the guest's functions.
+        if std::env::var_os("KGW_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if pooling {
             config
                 .memory_reservation(self.memory_bytes as u64)

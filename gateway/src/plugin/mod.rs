@@ -13,7 +13,7 @@ mod runtime;
 
 pub use chain::{PluginChain, PluginLoadError, PluginRecord, ReloadOutcome};
 pub use check::{CheckReport, check, sample_snapshot};
-pub use policy::{Decision, PluginControl, RequestFacts, Route, RoutingPolicy};
+pub use policy::{Decision, PluginControl, RequestFacts, RequestTime, Route, RoutingPolicy};
 pub use reload::{FileWatch, reload_on_sighup, watch_files};
 pub use runtime::{
     CallFailure, FailureKind, LoadError, LoadedPlugin, PluginStats, Runtime, RuntimeOptions,

@@ -4,9 +4,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
+use crate::balance::health::ms_at;
 use crate::classify::TrafficClass;
 use crate::view::Snapshot;
 
@@ -22,6 +24,38 @@ pub struct RequestFacts<'a> {
     pub client: SocketAddr,
     /// Up to [`RoutingPolicy::body_prefix_len`] leading bytes of the body.
     pub body_prefix: &'a [u8],
+    /// The request's time, read once: every plugin of a chain is told the
+    /// same.
+    pub time: RequestTime,
+}
+
+/// The time a policy decides at, on both clocks it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestTime {
+    /// Wall-clock milliseconds since the Unix epoch (the WIT's
+    /// `now-unix-ms`).
+    pub unix_ms: u64,
+    /// The same moment on the health clock ([`crate::balance::health::now_ms`]),
+    /// which node ejections are timed on.
+    pub health_ms: u64,
+}
+
+impl RequestTime {
+    /// The wall clock read now; the health clock at `started`, which the
+    /// request path has read already.
+    pub fn since(started: Instant) -> RequestTime {
+        RequestTime {
+            unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            health_ms: ms_at(started),
+        }
+    }
+
+    /// Both clocks read now.
+    pub fn now() -> RequestTime {
+        RequestTime::since(Instant::now())
+    }
 }
 
 /// A policy's answer.

@@ -10,9 +10,10 @@
 //! plugin's globals therefore persist between the calls of one instance; the
 //! WIT documents that instances are many and replaceable.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use wasmtime::component::{Component, Linker};
@@ -22,7 +23,6 @@ use super::bindings::{self, RoutingPlugin, RoutingPluginPre};
 use super::host::{HostState, PluginLog};
 use super::limits::{EpochTicker, Limits, thread_cpu_time};
 use super::policy::{Decision, RequestFacts, Route};
-use crate::balance::health::now_ms;
 use crate::classify::TrafficClass;
 use crate::config::{OnError, PluginRuntime, PluginSpec};
 use crate::view::Snapshot;
@@ -400,7 +400,7 @@ impl LoadedPlugin {
         }
         let prefix = &facts.body_prefix[..facts.body_prefix.len().min(self.body_prefix_len)];
         fill_request(request, facts, prefix, self.wants_headers);
-        fill_load(load, snapshot);
+        fill_load(load, snapshot, facts.time.health_ms);
         arm_deadline(store, self.limits.deadline);
         // On error the instance is dropped: its state may be corrupt.
         let decision = drive(plugin.call_route(&mut *store, request, load))
@@ -476,7 +476,6 @@ pub(super) fn fill_request(
     prefix: &[u8],
     with_headers: bool,
 ) {
-    use std::fmt::Write;
     set_string(&mut target.method, facts.method.as_str());
     set_string(&mut target.path, facts.path);
     match (facts.query, &mut target.query) {
@@ -498,13 +497,45 @@ pub(super) fn fill_request(
     }
     target.headers.truncate(used);
     target.class = class_to_wit(facts.class);
-    target.client.clear();
-    let _ = write!(target.client, "{}", facts.client);
+    write_client(&mut target.client, facts.client);
     target.body_prefix.clear();
     target.body_prefix.extend_from_slice(prefix);
-    target.now_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    target.now_unix_ms = facts.time.unix_ms;
+}
+
+/// Writes `addr` as `Display` does (`ip:port`, IPv6 in brackets), IPv4
+/// digit by digit: `fmt`'s machinery cost about as much as the rest of
+/// filling the request.
+pub(super) fn write_client(target: &mut String, addr: SocketAddr) {
+    target.clear();
+    let SocketAddr::V4(v4) = addr else {
+        use std::fmt::Write;
+        let _ = write!(target, "{addr}");
+        return;
+    };
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            target.push('.');
+        }
+        push_decimal(target, u32::from(octet));
+    }
+    target.push(':');
+    push_decimal(target, u32::from(v4.port()));
+}
+
+fn push_decimal(target: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    target.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 /// The view as `view-changed` gets it.
@@ -526,10 +557,9 @@ pub(super) fn view_of(snapshot: &Snapshot) -> bindings::View {
     }
 }
 
-/// Fills `target` with the live state of `snapshot`'s nodes, reusing its
-/// buffer.
-pub(super) fn fill_load(target: &mut bindings::ViewLoad, snapshot: &Snapshot) {
-    let now = now_ms();
+/// Fills `target` with the live state of `snapshot`'s nodes at `now` (on
+/// the health clock), reusing its buffer.
+pub(super) fn fill_load(target: &mut bindings::ViewLoad, snapshot: &Snapshot, now: u64) {
     target.version = snapshot.version;
     target.nodes.clear();
     target

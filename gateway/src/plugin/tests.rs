@@ -9,9 +9,10 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use super::bindings;
 use super::check::sample_snapshot;
 use super::limits::Limits;
-use super::policy::{RequestFacts, Route};
+use super::policy::{RequestFacts, RequestTime, Route};
 use super::runtime::{
     FailureKind, PluginStats, convert_decision, empty_request, fill_load, fill_request, view_of,
+    write_client,
 };
 use crate::classify::TrafficClass;
 use crate::config::PluginRuntime;
@@ -135,6 +136,10 @@ fn request_buffers_are_reused_and_fully_overwritten() {
         class: TrafficClass::Query,
         client: SocketAddr::from(([127, 0, 0, 1], 9)),
         body_prefix: b"{}",
+        time: RequestTime {
+            unix_ms: 1_700_000_000_123,
+            health_ms: 5,
+        },
     };
     let mut request = empty_request();
     fill_request(&mut request, &facts, b"{}", true);
@@ -177,12 +182,65 @@ fn view_marks_the_leader_and_load_follows_the_nodes() {
         .state
         .in_flight
         .store(7, std::sync::atomic::Ordering::Relaxed);
-    fill_load(&mut load, &four);
+    fill_load(&mut load, &four, 1_000);
     assert_eq!(load.version, four.version);
     assert!(load.nodes.iter().all(|n| n.healthy));
     assert_eq!(load.nodes[2].in_flight, 7);
-    fill_load(&mut load, &sample_snapshot(2));
+    fill_load(&mut load, &sample_snapshot(2), 1_000);
     assert_eq!(load.nodes.len(), 2);
+}
+
+#[test]
+fn load_health_is_judged_at_the_requests_time() {
+    let two = sample_snapshot(2);
+    two.nodes[1]
+        .state
+        .ejected_until_ms
+        .store(2_000, std::sync::atomic::Ordering::Relaxed);
+    let mut load = bindings::ViewLoad {
+        version: 0,
+        nodes: Vec::new(),
+    };
+    fill_load(&mut load, &two, 1_999);
+    assert!(!load.nodes[1].healthy, "still ejected at 1,999 ms");
+    fill_load(&mut load, &two, 2_000);
+    assert!(load.nodes[1].healthy, "back at 2,000 ms");
+}
+
+#[test]
+fn the_request_carries_the_facts_time_and_client() {
+    let headers = HeaderMap::new();
+    let facts = RequestFacts {
+        method: &Method::GET,
+        path: "/",
+        query: None,
+        headers: &headers,
+        class: TrafficClass::Other,
+        client: SocketAddr::from(([10, 0, 0, 255], 65535)),
+        body_prefix: b"",
+        time: RequestTime {
+            unix_ms: 1_700_000_000_123,
+            health_ms: 5,
+        },
+    };
+    let mut request = empty_request();
+    fill_request(&mut request, &facts, b"", false);
+    assert_eq!(request.now_unix_ms, 1_700_000_000_123);
+    assert_eq!(request.client, "10.0.0.255:65535");
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_client_is_written_as_display_writes_it(
+        v4 in proptest::prelude::any::<std::net::SocketAddrV4>(),
+        v6 in proptest::prelude::any::<std::net::SocketAddrV6>(),
+    ) {
+        let mut written = String::from("old");
+        for addr in [SocketAddr::V4(v4), SocketAddr::V6(v6)] {
+            write_client(&mut written, addr);
+            proptest::prop_assert_eq!(&written, &addr.to_string());
+        }
+    }
 }
 
 #[test]

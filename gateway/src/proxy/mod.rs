@@ -39,7 +39,7 @@ use crate::balance::{Balancer, Tried, hash_key};
 use crate::classify::{Classifier, TrafficClass};
 use crate::config::{BalanceKind, Config, HashKey, Routing};
 use crate::events;
-use crate::plugin::{Decision, RequestFacts, Route, RoutingPolicy};
+use crate::plugin::{Decision, RequestFacts, RequestTime, Route, RoutingPolicy};
 use crate::quota::{ProjectQuotas, QuotaPermit};
 use crate::tls::UpstreamTls;
 use crate::upstream::wire::{BodyFraming, RequestHead};
@@ -245,7 +245,7 @@ impl Proxy {
         let mut snapshot = self.views.snapshot();
 
         let decision = self
-            .consult_policy(&parts, &mut body, downstream, *class, &snapshot)
+            .consult_policy(&parts, &mut body, downstream, *class, &snapshot, started)
             .await?;
         let preferred = match decision.route {
             Route::Default => Vec::new(),
@@ -300,6 +300,7 @@ impl Proxy {
         downstream: Downstream,
         class: TrafficClass,
         snapshot: &Snapshot,
+        started: Instant,
     ) -> Result<Decision, GatewayError> {
         let Some(policy) = self.policy.as_ref().filter(|p| p.wants(class)) else {
             return Ok(Decision::default());
@@ -316,6 +317,7 @@ impl Proxy {
             class,
             client: downstream.client,
             body_prefix: &body.prefix()[..body.prefix().len().min(want)],
+            time: RequestTime::since(started),
         };
         Ok(policy.decide(&facts, snapshot))
     }
