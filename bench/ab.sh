@@ -11,6 +11,8 @@
 #   ROUNDS=6 DURATION=6s bench/ab.sh A B C
 #   NGINX=yes bench/ab.sh BUILD           # against nginx on the same core
 #   bench/ab.sh BASE BASE                 # an A/A run: the method's noise
+#   POST=yes bench/ab.sh BIN BIN+affinity # a Kylin query POST; the second
+#                                         # with the query-affinity plugin
 #
 # With PIN=yes (the default) every proxy shares CPU 0 and wrk and the
 # backend CPU 1, so the builds also compete for one core: fine for an A/B
@@ -21,7 +23,13 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-6}
 DURATION=${DURATION:-6s}
 PIN=${PIN:-yes}
-REQUEST_PATH=${REQUEST_PATH:-/kylin/api/projects}
+POST=${POST:-no}
+if [ "$POST" = yes ]; then
+    REQUEST_PATH=${REQUEST_PATH:-/kylin/api/query}
+else
+    REQUEST_PATH=${REQUEST_PATH:-/kylin/api/projects}
+fi
+PLUGIN=${PLUGIN:-plugins/target/wasm32-wasip2/release/query_affinity.wasm}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/kgw-ab.XXXXXX)
@@ -52,19 +60,37 @@ if [ "${NGINX:-no}" = yes ]; then
     wait_port "$port"
 fi
 build=0
-for bin in "$@"; do
+for target in "$@"; do
     n=${#names[@]}
     build=$((build + 1))
     port=$(free_port)
+    bin=${target%+affinity}
     gateway_config "$work/gateway-$n.toml" "$port" "$(free_port)" "$backend"
+    if [ "$bin" != "$target" ]; then
+        [ -f "$root/$PLUGIN" ] || (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 >&2)
+        cat >>"$work/gateway-$n.toml" <<EOF
+[[plugins]]
+name = "affinity"
+path = "$root/$PLUGIN"
+config = '{"hash": "project+sql"}'
+EOF
+    fi
     RUST_LOG=warn "${on_proxy_cpu[@]}" "$bin" --config "$work/gateway-$n.toml" \
         >"$work/gateway-$n.log" 2>&1 &
     pids+=($!)
     names+=("b$build") ports+=("$port") procs+=($!)
-    echo "b$build: $bin"
+    echo "b$build: $target"
     wait_port "$port"
 done
-echo "GET $REQUEST_PATH, wrk -t1 -c32 -d$DURATION per target, all at once, pinned: $PIN"
+# The same Kylin query as bench/proxy.sh posts.
+body='{"project":"learn_kylin","sql":"select part_dt, sum(price) from kylin_sales group by part_dt","limit":500}'
+script=()
+if [ "$POST" = yes ]; then
+    printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' \
+        "'$body'" >"$work/post.lua"
+    script=(-s "$work/post.lua")
+fi
+echo "$([ "$POST" = yes ] && echo POST || echo GET) $REQUEST_PATH, wrk -t1 -c32 -d$DURATION per target, all at once, pinned: $PIN"
 
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
@@ -72,7 +98,7 @@ cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 load_all() {
     local duration=$1 prefix=$2 k load=()
     for k in "${!ports[@]}"; do
-        "${on_load_cpu[@]}" wrk -t1 -c32 -d"$duration" \
+        "${on_load_cpu[@]}" wrk -t1 -c32 -d"$duration" "${script[@]}" \
             "http://127.0.0.1:${ports[$k]}$REQUEST_PATH" >"$work/$prefix-$k.txt" &
         load=("${load[@]}" $!)
     done
