@@ -375,7 +375,7 @@ impl<D: Future> Connection<'_, D> {
             answer.body.size_hint().exact(),
             client_close || self.side.drained,
         );
-        let body = answer.body;
+        let body = answer.into_body();
         let complete = match written.framing {
             Framing::Bodiless => true,
             framing => self.send_body(body, framing).await?,
