@@ -45,6 +45,23 @@ fn a_get_is_taken_with_its_headers_and_the_next_request_stays() {
 }
 
 #[test]
+fn a_request_with_more_fields_than_fit_inline_keeps_them_all() {
+    let mut wire = b"GET / HTTP/1.1\r\nHost: gw\r\n".to_vec();
+    for i in 0..40 {
+        wire.extend_from_slice(format!("X-Field-{i}: value-{i}\r\n").as_bytes());
+    }
+    wire.extend_from_slice(b"\r\n");
+    let request = take(&mut BytesMut::from(&wire[..]));
+    assert_eq!(request.parts.headers.len(), 41);
+    for i in 0..40 {
+        assert_eq!(
+            request.parts.headers[format!("x-field-{i}").as_str()],
+            format!("value-{i}").as_str()
+        );
+    }
+}
+
+#[test]
 fn a_post_is_taken_with_its_whole_body_only() {
     let wire = b"POST /kylin/api/query HTTP/1.1\r\nContent-Length: 10\r\nConnection: close\r\n\r\n{\"sql\":1}";
     let why = left_whole(wire);
