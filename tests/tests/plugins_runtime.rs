@@ -111,3 +111,28 @@ fn an_instance_sees_a_new_view_after_a_publish() {
     let decision = plugin.call(&facts(&headers, None, b""), &without).unwrap();
     assert_eq!(decision.route, Route::Default);
 }
+
+/// The epoch ticker sleeps while no call runs; a call that loops forever
+/// after it fell asleep must still wake it and be cut off at its deadline.
+#[test]
+fn a_looping_call_after_the_ticker_slept_is_still_cut_off() {
+    let (runtime, plugin) = load(&built().misbehave, "loop");
+    kylin_gateway_tests::support::eventually(
+        "the ticker sleeps with no call running",
+        Duration::from_secs(10),
+        || runtime.ticker_sleeping().then_some(()),
+    );
+    let (done, finished) = std::sync::mpsc::channel();
+    let plugin = Arc::new(plugin);
+    let calling = plugin.clone();
+    std::thread::spawn(move || {
+        let headers = HeaderMap::new();
+        let result = calling.call(&facts(&headers, None, b""), &sample_snapshot(2));
+        let _ = done.send(result.map(|_| ()).map_err(|f| f.kind));
+    });
+    // Without a tick the call would spin for ever: fail instead of hanging.
+    let result = finished
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the looping call was never interrupted");
+    assert_eq!(result, Err(FailureKind::Deadline));
+}

@@ -21,7 +21,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 
 use super::bindings::{self, RoutingPlugin, RoutingPluginPre};
 use super::host::{HostState, PluginLog};
-use super::limits::{EpochTicker, Limits, thread_cpu_time};
+use super::limits::{EpochTicker, Limits, TickerHandle, thread_cpu_time};
 use super::policy::{Decision, RequestFacts, Route};
 use crate::classify::TrafficClass;
 use crate::config::{OnError, PluginRuntime, PluginSpec};
@@ -170,7 +170,7 @@ pub struct Runtime {
     linker: Linker<HostState>,
     limits: Limits,
     reuse_instances: bool,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 /// Knobs that exist for measurement, not for operators.
@@ -211,12 +211,18 @@ impl Runtime {
             |state| state,
         )?;
         Ok(Runtime {
-            _ticker: EpochTicker::start(engine.clone())?,
+            ticker: EpochTicker::start(engine.clone())?,
             engine,
             linker,
             limits,
             reuse_instances: options.reuse_instances,
         })
+    }
+
+    /// Whether the epoch ticker sleeps, no call having run for a while
+    /// (for tests).
+    pub fn ticker_sleeping(&self) -> bool {
+        self.ticker.sleeping()
     }
 
     /// Compiles, links, instantiates and initialises `bytes` as `spec`.
@@ -244,16 +250,20 @@ impl Runtime {
             limits: self.limits,
             reuse_instances: self.reuse_instances,
             log: Arc::new(PluginLog::new(spec.name.as_str().into())),
+            ticker: self.ticker.handle(),
             stats,
             wants: [false; 3],
             body_prefix_len: 0,
             wants_headers: false,
             idle: Mutex::new(Vec::new()),
         };
+        let ticker = self.ticker.handle();
+        let ticking = ticker.enter();
         let mut first = plugin.instantiate()?;
         arm_deadline(&mut first.store, INIT_DEADLINE);
         let needs = drive(first.plugin.call_needs(&mut first.store))
             .map_err(|e| LoadError::Needs(format!("{e:#}")))?;
+        drop(ticking);
         for class in &needs.classes {
             plugin.wants[wit_class(*class) as usize] = true;
         }
@@ -275,6 +285,8 @@ pub struct LoadedPlugin {
     limits: Limits,
     reuse_instances: bool,
     log: Arc<PluginLog>,
+    /// Kept awake while a call of this plugin runs.
+    ticker: TickerHandle,
     pub stats: Arc<PluginStats>,
     /// Indexed by `TrafficClass as usize`.
     wants: [bool; 3],
@@ -383,6 +395,8 @@ impl LoadedPlugin {
         facts: &RequestFacts<'_>,
         snapshot: &Snapshot,
     ) -> Result<Decision, CallFailure> {
+        // Before `acquire`: making an instance runs `init` under a deadline.
+        let _ticking = self.ticker.enter();
         let mut instance = self.acquire()?;
         let Instance {
             store,
