@@ -257,8 +257,7 @@ impl Runtime {
             wants_headers: false,
             idle: Mutex::new(Vec::new()),
         };
-        let ticker = self.ticker.handle();
-        let ticking = ticker.enter();
+        let ticking = self.ticker.enter();
         let mut first = plugin.instantiate()?;
         arm_deadline(&mut first.store, INIT_DEADLINE);
         let needs = drive(first.plugin.call_needs(&mut first.store))
@@ -517,39 +516,14 @@ pub(super) fn fill_request(
     target.now_unix_ms = facts.time.unix_ms;
 }
 
-/// Writes `addr` as `Display` does (`ip:port`, IPv6 in brackets), IPv4
-/// digit by digit: `fmt`'s machinery cost about as much as the rest of
-/// filling the request.
+/// Writes `addr` as `Display` does, without `fmt` for IPv4
+/// ([`crate::text::push_socket_addr`]), reusing `target`'s buffer.
 pub(super) fn write_client(target: &mut String, addr: SocketAddr) {
-    target.clear();
-    let SocketAddr::V4(v4) = addr else {
-        use std::fmt::Write;
-        let _ = write!(target, "{addr}");
-        return;
-    };
-    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-        if i > 0 {
-            target.push('.');
-        }
-        push_decimal(target, u32::from(octet));
-    }
-    target.push(':');
-    push_decimal(target, u32::from(v4.port()));
-}
-
-fn push_decimal(target: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    target.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    let mut bytes = std::mem::take(target).into_bytes();
+    bytes.clear();
+    crate::text::push_socket_addr(&mut bytes, addr);
+    // `push_socket_addr` writes ASCII only.
+    *target = String::from_utf8(bytes).unwrap_or_default();
 }
 
 /// The view as `view-changed` gets it.
