@@ -123,11 +123,9 @@ fn a_looping_call_after_the_ticker_slept_is_still_cut_off() {
         || runtime.ticker_sleeping().then_some(()),
     );
     let (done, finished) = std::sync::mpsc::channel();
-    let plugin = Arc::new(plugin);
-    let calling = plugin.clone();
     std::thread::spawn(move || {
         let headers = HeaderMap::new();
-        let result = calling.call(&facts(&headers, None, b""), &sample_snapshot(2));
+        let result = plugin.call(&facts(&headers, None, b""), &sample_snapshot(2));
         let _ = done.send(result.map(|_| ()).map_err(|f| f.kind));
     });
     // Without a tick the call would spin for ever: fail instead of hanging.

@@ -204,6 +204,17 @@ impl TickerShared {
             thread.unpark();
         }
     }
+
+    fn enter(&self) -> Ticking<'_> {
+        // With the ticker's store of `sleeping` and load of `running`
+        // (all SeqCst), one of the two sees the other: either the ticker
+        // does not sleep, or this call wakes it.
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            self.wake();
+        }
+        Ticking(self)
+    }
 }
 
 /// A call in progress: the ticker keeps ticking until it is dropped.
@@ -236,6 +247,11 @@ impl EpochTicker {
         TickerHandle(self.shared.clone())
     }
 
+    /// As [`TickerHandle::enter`].
+    pub fn enter(&self) -> Ticking<'_> {
+        self.shared.enter()
+    }
+
     /// Whether the ticker sleeps (no call has run for a while); for tests.
     pub fn sleeping(&self) -> bool {
         self.shared.sleeping.load(Ordering::SeqCst)
@@ -250,15 +266,7 @@ impl TickerHandle {
     /// Marks a call running until the result is dropped, waking the
     /// ticker if it sleeps. Call before arming a store's deadline.
     pub fn enter(&self) -> Ticking<'_> {
-        let shared = &self.0;
-        // With the ticker's store of `sleeping` and load of `running`
-        // (all SeqCst), one of the two sees the other: either the ticker
-        // does not sleep, or this call wakes it.
-        shared.running.fetch_add(1, Ordering::SeqCst);
-        if shared.sleeping.load(Ordering::SeqCst) {
-            shared.wake();
-        }
-        Ticking(shared)
+        self.0.enter()
     }
 }
 
@@ -351,8 +359,7 @@ mod tests {
             }
         };
         asleep();
-        let handle = ticker.handle();
-        let call = handle.enter();
+        let call = ticker.enter();
         let wall = std::time::Instant::now();
         while ticker.sleeping() {
             assert!(wall.elapsed() < Duration::from_secs(10), "not woken");
