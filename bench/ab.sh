@@ -67,13 +67,7 @@ for target in "$@"; do
     bin=${target%+affinity}
     gateway_config "$work/gateway-$n.toml" "$port" "$(free_port)" "$backend"
     if [ "$bin" != "$target" ]; then
-        [ -f "$root/$PLUGIN" ] || (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 >&2)
-        cat >>"$work/gateway-$n.toml" <<EOF
-[[plugins]]
-name = "affinity"
-path = "$root/$PLUGIN"
-config = '{"hash": "project+sql"}'
-EOF
+        add_affinity_plugin "$work/gateway-$n.toml" "$PLUGIN"
     fi
     RUST_LOG=warn "${on_proxy_cpu[@]}" "$bin" --config "$work/gateway-$n.toml" \
         >"$work/gateway-$n.log" 2>&1 &
@@ -82,12 +76,9 @@ EOF
     echo "b$build: $target"
     wait_port "$port"
 done
-# The same Kylin query as bench/proxy.sh posts.
-body='{"project":"learn_kylin","sql":"select part_dt, sum(price) from kylin_sales group by part_dt","limit":500}'
 script=()
 if [ "$POST" = yes ]; then
-    printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' \
-        "'$body'" >"$work/post.lua"
+    write_post_lua "$work/post.lua"
     script=(-s "$work/post.lua")
 fi
 echo "$([ "$POST" = yes ] && echo POST || echo GET) $REQUEST_PATH, wrk -t1 -c32 -d$DURATION per target, all at once, pinned: $PIN"

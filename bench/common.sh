@@ -186,3 +186,31 @@ mode = "all"
 leader = true
 CONF
 }
+
+# The Kylin query bench/proxy.sh and bench/ab.sh post (the class routing
+# plugins see).
+query_body='{"project":"learn_kylin","sql":"select part_dt, sum(price) from kylin_sales group by part_dt","limit":500}'
+
+# Writes to file $1 the wrk script that posts $query_body.
+write_post_lua() {
+    cat >"$1" <<EOF
+wrk.method = "POST"
+wrk.body = '$query_body'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+}
+
+# Appends to gateway config $1 the query-affinity plugin at $root/$2
+# (built first if missing), deciding every query.
+add_affinity_plugin() {
+    local file=$1 plugin=$2
+    if [ ! -f "$root/$plugin" ]; then
+        (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 >&2)
+    fi
+    cat >>"$file" <<EOF
+[[plugins]]
+name = "affinity"
+path = "$root/$plugin"
+config = '{"hash": "project+sql"}'
+EOF
+}

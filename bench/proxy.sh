@@ -110,26 +110,13 @@ pids+=($!)
 log_pid=$!
 
 # The same gateway with the query-affinity plugin deciding every query.
-if [ ! -f "$root/$PLUGIN" ]; then
-    (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 >&2)
-fi
 gateway_config "$work/gateway-plugin.toml" "$plugin_port" "$plugin_admin_port" "$nginx_port"
-cat >>"$work/gateway-plugin.toml" <<EOF
-[[plugins]]
-name = "affinity"
-path = "$root/$PLUGIN"
-config = '{"hash": "project+sql"}'
-EOF
+add_affinity_plugin "$work/gateway-plugin.toml" "$PLUGIN"
 RUST_LOG=warn "${on_proxy_cpu[@]}" "$gateway_bin" --config "$work/gateway-plugin.toml" >"$work/gateway-plugin.log" 2>&1 &
 pids+=($!)
 plugin_pid=$!
 
-body='{"project":"learn_kylin","sql":"select part_dt, sum(price) from kylin_sales group by part_dt","limit":500}'
-cat >"$work/post.lua" <<EOF
-wrk.method = "POST"
-wrk.body = '$body'
-wrk.headers["Content-Type"] = "application/json"
-EOF
+write_post_lua "$work/post.lua"
 
 start_haproxy "$haproxy_port" "$nginx_port" 30 300
 haproxy_pid=$!
@@ -157,7 +144,7 @@ run_wrk() {
     local name=$1 port=$2
     local url="http://127.0.0.1:$port$REQUEST_PATH"
     # One request first: wrk does not count 3xx as errors.
-    expect_2xx "$name" -X POST -H 'Content-Type: application/json' --data "$body" "$url"
+    expect_2xx "$name" -X POST -H 'Content-Type: application/json' --data "$query_body" "$url"
     # A short warm-up fills connection pools; it is not measured, but it
     # must not fail either.
     "${on_load_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$work/post.lua" "$url" >"$work/warmup-$name.txt"
