@@ -10,6 +10,9 @@
 #   SEPARATE_THREADS=yes GATEWAY_LOG=info bench/instructions.sh
 #                                             # also per thread: serving
 #                                             # threads vs the access log's
+#   POST=yes bench/instructions.sh BIN BIN+affinity
+#                                             # a Kylin query POST; the
+#                                             # second with query-affinity
 #
 # Needs valgrind, nginx (Debian nginx-light), wrk and curl. Fails (exit 1)
 # if any request is not answered 2xx. Stops what it started
@@ -17,7 +20,13 @@
 set -euo pipefail
 
 DURATION=${DURATION:-8s}
-REQUEST_PATH=${REQUEST_PATH:-/kylin/api/projects}
+POST=${POST:-no}
+if [ "$POST" = yes ]; then
+    REQUEST_PATH=${REQUEST_PATH:-/kylin/api/query}
+else
+    REQUEST_PATH=${REQUEST_PATH:-/kylin/api/projects}
+fi
+PLUGIN=${PLUGIN:-plugins/target/wasm32-wasip2/release/query_affinity.wasm}
 GATEWAY_LOG=${GATEWAY_LOG:-warn}
 SEPARATE_THREADS=${SEPARATE_THREADS:-no}
 
@@ -57,11 +66,21 @@ nginx_port=$(free_port)
 start_nginx "$nginx_port"
 wait_port "$nginx_port"
 
-echo "GET $REQUEST_PATH, wrk -t1 -c8 -d$DURATION after a 2 s warm-up, RUST_LOG=$GATEWAY_LOG"
-for bin in "${binaries[@]}"; do
+script=() probe=()
+if [ "$POST" = yes ]; then
+    write_post_lua "$work/post.lua"
+    script=(-s "$work/post.lua")
+    probe=(-H 'Content-Type: application/json' --data "$query_body")
+fi
+echo "$([ "$POST" = yes ] && echo POST || echo GET) $REQUEST_PATH, wrk -t1 -c8 -d$DURATION after a 2 s warm-up, RUST_LOG=$GATEWAY_LOG"
+for target in "${binaries[@]}"; do
+    bin=${target%+affinity}
     gateway_port=$(free_port)
     admin_port=$(free_port)
     gateway_config "$work/gateway.toml" "$gateway_port" "$admin_port" "$nginx_port"
+    if [ "$bin" != "$target" ]; then
+        add_affinity_plugin "$work/gateway.toml" "$PLUGIN"
+    fi
     out="$work/callgrind.out"
     rm -f "$out"*
     # Instrumentation starts after the warm-up: start-up and pool filling
@@ -79,18 +98,18 @@ for bin in "${binaries[@]}"; do
     # Instructions per *proxied* request: every request must succeed, or
     # the count would divide by errors. wrk does not count 3xx as errors,
     # hence one request checked first.
-    expect_2xx "$bin" "$url"
-    wrk -t1 -c8 -d2s "$url" >"$work/warmup.txt"
-    check_wrk "$bin (warm-up)" "$work/warmup.txt"
+    expect_2xx "$target" "$url" "${probe[@]}"
+    wrk -t1 -c8 -d2s "${script[@]}" "$url" >"$work/warmup.txt"
+    check_wrk "$target (warm-up)" "$work/warmup.txt"
     callgrind_control -i on "$pid" >/dev/null 2>&1
-    wrk -t1 -c8 -d"$DURATION" "$url" >"$work/wrk.txt"
+    wrk -t1 -c8 -d"$DURATION" "${script[@]}" "$url" >"$work/wrk.txt"
     callgrind_control -i off "$pid" >/dev/null 2>&1
-    check_wrk "$bin" "$work/wrk.txt"
+    check_wrk "$target" "$work/wrk.txt"
     requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     instructions=$(awk '/^totals:/ {s += $2} END {print s}' "$out"*)
-    awk -v b="$bin" -v i="$instructions" -v n="$requests" \
+    awk -v b="$target" -v i="$instructions" -v n="$requests" \
         'BEGIN { printf "%-50s %8d requests %9.0f instructions/request\n", b, n, i / n }'
     if [ "$SEPARATE_THREADS" = yes ]; then
         per_thread "$requests" "$out"*
