@@ -19,6 +19,7 @@ wit_bindgen::generate!({
     world: "routing-plugin",
 });
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
@@ -55,16 +56,45 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 thread_local! {
     /// The last view from `view-changed`: (node id, serves queries, id hash).
     static NODES: RefCell<Vec<(String, bool, u64)>> = const { RefCell::new(Vec::new()) };
+    /// `route`'s ranking of the nodes, (score, index), kept between calls so
+    /// that a call does not allocate it.
+    static RANKED: RefCell<Vec<(u64, usize)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The JSON fields of Kylin's `SQLRequest` that matter here (borrowed
-/// unless they contain escapes).
+/// The JSON fields of Kylin's `SQLRequest` that matter here.
 #[derive(serde::Deserialize)]
 struct QueryBody<'a> {
     #[serde(borrow)]
-    project: Option<std::borrow::Cow<'a, str>>,
+    project: Option<JsonBytes<'a>>,
     #[serde(borrow)]
-    sql: Option<std::borrow::Cow<'a, str>>,
+    sql: Option<JsonBytes<'a>>,
+}
+
+/// A JSON string's unescaped bytes, borrowed from the body unless the
+/// string had escapes. Not checked for UTF-8: the key hashes bytes, and the
+/// check cost about a tenth of a call.
+struct JsonBytes<'a>(Cow<'a, [u8]>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for JsonBytes<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Bytes<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Bytes<'a> {
+            type Value = JsonBytes<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_bytes<E>(self, bytes: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(JsonBytes(Cow::Borrowed(bytes)))
+            }
+
+            fn visit_bytes<E>(self, bytes: &[u8]) -> Result<Self::Value, E> {
+                Ok(JsonBytes(Cow::Owned(bytes.to_vec())))
+            }
+        }
+        deserializer.deserialize_bytes(Bytes(std::marker::PhantomData))
+    }
 }
 
 struct QueryAffinity;
@@ -118,20 +148,24 @@ impl Guest for QueryAffinity {
                 add_headers: Vec::new(),
             };
         };
-        let preferred: Vec<String> = NODES.with_borrow(|nodes| {
-            let mut ranked: Vec<(u64, usize)> = nodes
-                .iter()
-                .zip(&load.nodes)
-                .enumerate()
-                .filter(|(_, ((_, serves_query, _), live))| *serves_query && live.healthy)
-                .map(|(i, ((_, _, id_hash), _))| (mix(key ^ id_hash), i))
-                .collect();
-            ranked.sort_unstable_by(|a, b| b.cmp(a));
-            ranked
-                .iter()
-                .take(config.candidates.max(1))
-                .map(|&(_, i)| nodes[i].0.clone())
-                .collect()
+        let preferred = NODES.with_borrow(|nodes| {
+            RANKED.with_borrow_mut(|ranked| {
+                ranked.clear();
+                ranked.extend(
+                    nodes
+                        .iter()
+                        .zip(&load.nodes)
+                        .enumerate()
+                        .filter(|(_, ((_, serves_query, _), live))| *serves_query && live.healthy)
+                        .map(|(i, ((_, _, id_hash), _))| (mix(key ^ id_hash), i)),
+                );
+                ranked.sort_unstable_by(|a, b| b.cmp(a));
+                ranked
+                    .iter()
+                    .take(config.candidates.max(1))
+                    .map(|&(_, i)| nodes[i].0.clone())
+                    .collect::<Vec<String>>()
+            })
         });
         if preferred.is_empty() {
             log(
@@ -162,10 +196,12 @@ fn affinity_key(request: &Request, project_only: bool) -> Option<u64> {
         Some(body) => (body.project, body.sql),
         None => (None, None),
     };
-    let project = body_project
-        .or_else(|| query_param(request.query.as_deref()?, "project").map(Into::into))?;
-    let mut hash = fnv1a(project.as_bytes());
-    if !project_only && let Some(sql) = sql {
+    let project = match body_project {
+        Some(JsonBytes(project)) => project,
+        None => Cow::Owned(query_param(request.query.as_deref()?, "project")?.into_bytes()),
+    };
+    let mut hash = fnv1a(&project);
+    if !project_only && let Some(JsonBytes(sql)) = sql {
         hash = hash_normalised_sql(hash ^ 0xff, &sql);
     }
     Some(hash)
@@ -175,10 +211,10 @@ fn affinity_key(request: &Request, project_only: bool) -> Option<u64> {
 /// ends trimmed, so reformatted copies of a query share a key (without
 /// building the normalised string; byte-wise, as SQL layout whitespace is
 /// ASCII). Case is kept: SQL literals are case-sensitive.
-fn hash_normalised_sql(mut hash: u64, sql: &str) -> u64 {
+fn hash_normalised_sql(mut hash: u64, sql: &[u8]) -> u64 {
     let mut pending_space = false;
     let mut started = false;
-    for &b in sql.as_bytes() {
+    for &b in sql {
         if b.is_ascii_whitespace() {
             pending_space = started;
             continue;
@@ -262,10 +298,61 @@ mod tests {
 
     #[test]
     fn whitespace_is_normalised_but_case_kept() {
-        let h = |sql| hash_normalised_sql(0, sql);
+        let h = |sql: &str| hash_normalised_sql(0, sql.as_bytes());
         assert_eq!(h("  select *\n\tFROM  t "), h("select * FROM t"));
         assert_ne!(h("select * from t"), h("select * FROM t"));
         assert_ne!(h("select a"), h("selecta"));
+    }
+
+    fn request_with(body: &str, query: Option<&str>) -> Request {
+        Request {
+            method: "POST".into(),
+            path: "/kylin/api/query".into(),
+            query: query.map(Into::into),
+            headers: Vec::new(),
+            class: TrafficClass::Query,
+            client: "10.0.0.1:5000".into(),
+            body_prefix: body.as_bytes().to_vec(),
+            now_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_key_reads_escaped_json_strings_as_their_text() {
+        let key = |body| affinity_key(&request_with(body, None), false);
+        let plain = key(r#"{"project":"learn_kylin","sql":"select \"A\" from t"}"#);
+        assert!(plain.is_some());
+        assert_eq!(
+            key(r#"{"limit":5,"project":"learn\u005fkylin","sql":"select \u0022A\" from t"}"#),
+            plain
+        );
+        assert_ne!(
+            key(r#"{"project":"learn_kylin","sql":"select A from t"}"#),
+            plain
+        );
+        assert_eq!(
+            key(r#"{"project":"learn_kylin","sql":"select \"A\"\n from  t"}"#),
+            plain,
+            "an escaped newline is whitespace like any other"
+        );
+    }
+
+    #[test]
+    fn the_project_comes_from_the_query_string_when_the_body_names_none() {
+        let key = |body, query| affinity_key(&request_with(body, query), true);
+        let from_body = key(r#"{"project":"learn_kylin"}"#, None);
+        assert!(from_body.is_some());
+        assert_eq!(
+            key(r#"{"sql":"select 1"}"#, Some("project=learn%5Fkylin")),
+            from_body
+        );
+        assert_eq!(key("not json", Some("project=learn_kylin")), from_body);
+        assert_eq!(
+            key(r#"{"project":7}"#, None),
+            None,
+            "a project that is no string"
+        );
+        assert_eq!(key("{}", Some("limit=1")), None);
     }
 
     #[test]
