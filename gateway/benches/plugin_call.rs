@@ -1,7 +1,8 @@
 //! One routing-plugin call as the proxy makes it: `query-affinity` deciding
 //! for a `POST /kylin/api/query` with a 1 KiB body prefix against a 16-node
-//! view. Compares a reused pooled instance with a fresh instance per call
-//! (pooling allocator and on-demand allocation).
+//! view. Compares a reused pooled instance (its memory kept in bounds by
+//! guard pages, or by checks) with a fresh instance per call (pooling
+//! allocator and on-demand allocation).
 //!
 //! Needs the plugins built: `cd plugins && cargo build --release --target
 //! wasm32-wasip2` (done here if the file is missing).
@@ -16,8 +17,8 @@ use http::{HeaderMap, HeaderValue, Method};
 use kylin_gateway::classify::TrafficClass;
 use kylin_gateway::config::{OnError, PluginRuntime, PluginSource, PluginSpec};
 use kylin_gateway::plugin::{
-    LoadedPlugin, PluginStats, RequestFacts, RequestTime, Route, Runtime, RuntimeOptions,
-    sample_snapshot,
+    LoadedPlugin, MemoryBounds, PluginStats, RequestFacts, RequestTime, Route, Runtime,
+    RuntimeOptions, sample_snapshot,
 };
 
 fn query_affinity_wasm() -> PathBuf {
@@ -106,10 +107,18 @@ fn bench(c: &mut Criterion) {
     for (name, options) in [
         ("reused_instance", RuntimeOptions::default()),
         (
+            "reused_instance_bounds_checked",
+            RuntimeOptions {
+                memory_bounds: Some(MemoryBounds::Checked),
+                ..RuntimeOptions::default()
+            },
+        ),
+        (
             "fresh_instance_pooling",
             RuntimeOptions {
                 pooling: true,
                 reuse_instances: false,
+                ..RuntimeOptions::default()
             },
         ),
         (
@@ -117,6 +126,7 @@ fn bench(c: &mut Criterion) {
             RuntimeOptions {
                 pooling: false,
                 reuse_instances: false,
+                ..RuntimeOptions::default()
             },
         ),
     ] {

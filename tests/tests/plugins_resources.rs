@@ -40,8 +40,9 @@ fn query_body(i: usize) -> String {
 }
 
 /// The pool reserved 4 GiB of address space per slot for 1,000 slots (a
-/// 4 TB `VmSize`), which `ulimit -v` or `vm.overcommit_memory=2` refuse.
-/// Sized to its use, three plugins start under a 64 GiB limit.
+/// 4 TB `VmSize`), which `ulimit -v` refuses. Sized to its use, and
+/// bounds-checked where 4 GiB slots do not fit, three plugins start under a
+/// 64 GiB limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_plugins_start_under_a_64_gib_address_space_limit() {
     let _serial = SERIAL.lock().await;
@@ -50,6 +51,8 @@ async fn three_plugins_start_under_a_64_gib_address_space_limit() {
     let gateway = Gateway::launch(
         &Launch {
             address_space_limit: Some(64 * GIB),
+            log_to_file: true,
+            rust_log: Some("plugin=info,warn".into()),
             ..Launch::default()
         },
         &format!(
@@ -104,6 +107,13 @@ async fn three_plugins_start_under_a_64_gib_address_space_limit() {
         let calls = metric_value(&metrics, "kgw_plugin_calls_total", &[&label]);
         assert!(calls >= Some(20.0), "{plugin} was called: {calls:?}");
     }
+    assert!(
+        gateway
+            .log()
+            .contains("plugin memories bounded by bounds checks"),
+        "{}",
+        gateway.log()
+    );
     let vm_size = gateway.status_kib("VmSize:") * 1024;
     assert!(
         vm_size < 64 * GIB,

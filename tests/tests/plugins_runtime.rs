@@ -9,12 +9,20 @@ use http::{HeaderMap, Method};
 use kylin_gateway::classify::TrafficClass;
 use kylin_gateway::config::{OnError, PluginRuntime, PluginSource, PluginSpec};
 use kylin_gateway::plugin::{
-    FailureKind, LoadedPlugin, PluginStats, RequestFacts, RequestTime, Route, Runtime,
-    sample_snapshot,
+    FailureKind, LoadedPlugin, MemoryBounds, PluginStats, RequestFacts, RequestTime, Route,
+    Runtime, RuntimeOptions, sample_snapshot,
 };
 use kylin_gateway_tests::support::plugins::built;
 
 fn load(path: &std::path::Path, config: &str) -> (Runtime, LoadedPlugin) {
+    load_with(RuntimeOptions::default(), path, config)
+}
+
+fn load_with(
+    options: RuntimeOptions,
+    path: &std::path::Path,
+    config: &str,
+) -> (Runtime, LoadedPlugin) {
     let settings = PluginRuntime {
         deadline: Duration::from_millis(100),
         memory_bytes: 16 << 20,
@@ -22,7 +30,7 @@ fn load(path: &std::path::Path, config: &str) -> (Runtime, LoadedPlugin) {
         watch_files: false,
         ..PluginRuntime::default()
     };
-    let runtime = Runtime::new(&settings, 1).unwrap();
+    let runtime = Runtime::with_options(&settings, 1, options).unwrap();
     let spec = PluginSpec {
         name: "t".into(),
         source: PluginSource::File(path.to_path_buf()),
@@ -133,4 +141,52 @@ fn a_looping_call_after_the_ticker_slept_is_still_cut_off() {
         .recv_timeout(Duration::from_secs(20))
         .expect("the looping call was never interrupted");
     assert_eq!(result, Err(FailureKind::Deadline));
+}
+
+/// Guard pages replace the bounds checks where the address space allows:
+/// an access past the memory's end must then fault and trap just as a
+/// failed check does, and the plugin's next call get a fresh instance.
+#[test]
+fn a_read_past_the_memory_traps_with_guard_pages_and_with_bounds_checks() {
+    for bounds in [MemoryBounds::GuardPages, MemoryBounds::Checked] {
+        let options = RuntimeOptions {
+            memory_bounds: Some(bounds),
+            ..RuntimeOptions::default()
+        };
+        let (runtime, plugin) = load_with(options, &built().misbehave, "out-of-bounds");
+        assert_eq!(runtime.memory_bounds(), bounds);
+        let snapshot = sample_snapshot(2);
+        let headers = HeaderMap::new();
+        for _ in 0..3 {
+            let failure = plugin
+                .call(&facts(&headers, None, b""), &snapshot)
+                .unwrap_err();
+            assert_eq!(failure.kind, FailureKind::Trap, "{bounds:?}: {failure:?}");
+            assert!(
+                failure.detail.contains("out of bounds"),
+                "{bounds:?}: {}",
+                failure.detail
+            );
+            let calm = plugin
+                .call(&facts(&headers, Some("calm"), b""), &snapshot)
+                .unwrap();
+            assert_eq!(calm.route, Route::Default, "{bounds:?}");
+        }
+        assert_eq!(plugin.stats.failures(FailureKind::Trap), 3, "{bounds:?}");
+    }
+}
+
+/// Without an address-space limit the runtime picks guard pages by itself.
+#[test]
+fn an_unlimited_address_space_gets_guard_pages() {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let unlimited = limits
+        .lines()
+        .any(|line| line.starts_with("Max address space") && line.contains("unlimited"));
+    let (runtime, _plugin) = load(&built().misbehave, "calm");
+    if unlimited {
+        assert_eq!(runtime.memory_bounds(), MemoryBounds::GuardPages);
+    } else {
+        eprintln!("this test process has an address-space limit: not checked");
+    }
 }

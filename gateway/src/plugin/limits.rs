@@ -72,15 +72,43 @@ impl Limits {
     /// disk in `cache_dir` when set (wasmtime keys entries by a hash of the
     /// component bytes, the compiler settings and the wasmtime version).
     ///
-    /// Each memory reserves only `memory_mb` of address space (plus a guard)
-    /// instead of wasmtime's 4 GiB: the pool reserves every slot up front,
-    /// and 1,000 slots of 4 GiB made a process of 4 TB `VmSize` that a
-    /// `ulimit -v` or `vm.overcommit_memory=2` refuses. The price is explicit
-    /// bounds checks on memory accesses (`benches/plugin_call.rs`).
+    /// Memories get guard pages (`bounds: None` chooses by
+    /// [`guard_pages_fit`]) unless the address space is too tight for them,
+    /// or reserving it fails; they are bounds-checked then. Without pooling
+    /// (tests, benches) wasmtime's defaults apply, which are guard pages.
     pub fn engine(
         &self,
         cache_dir: Option<&std::path::Path>,
         pooling: bool,
+        bounds: Option<MemoryBounds>,
+    ) -> wasmtime::Result<(Engine, MemoryBounds)> {
+        if !pooling {
+            return Ok((
+                self.build_engine(cache_dir, None)?,
+                MemoryBounds::GuardPages,
+            ));
+        }
+        let bounds = bounds
+            .unwrap_or_else(|| guard_pages_fit(self.pool_slots, address_space_limit()).into());
+        if bounds == MemoryBounds::GuardPages {
+            match self.build_engine(cache_dir, Some(MemoryBounds::GuardPages)) {
+                Ok(engine) => return Ok((engine, bounds)),
+                Err(error) => tracing::warn!(
+                    "plugin_runtime: reserving guard pages for {} plugin memories failed \
+                     ({error:#}); their accesses are bounds-checked instead",
+                    self.pool_slots
+                ),
+            }
+        }
+        let engine = self.build_engine(cache_dir, Some(MemoryBounds::Checked))?;
+        Ok((engine, MemoryBounds::Checked))
+    }
+
+    /// `bounds`: the pooling allocator's memories, `None` without pooling.
+    fn build_engine(
+        &self,
+        cache_dir: Option<&std::path::Path>,
+        bounds: Option<MemoryBounds>,
     ) -> wasmtime::Result<Engine> {
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -88,11 +116,15 @@ impl Limits {
         if std::env::var_os("KGW_PERFMAP").is_some() {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
-        if pooling {
+        if let Some(bounds) = bounds {
+            let (reservation, guard) = match bounds {
+                MemoryBounds::GuardPages => (GUARDED_RESERVATION, GUARDED_GUARD),
+                MemoryBounds::Checked => (self.memory_bytes as u64, CHECKED_GUARD),
+            };
             config
-                .memory_reservation(self.memory_bytes as u64)
+                .memory_reservation(reservation)
                 .memory_reservation_for_growth(0)
-                .memory_guard_size(MEMORY_GUARD);
+                .memory_guard_size(guard);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(self.pool()));
         }
         if let Some(dir) = cache_dir {
@@ -119,8 +151,69 @@ impl Limits {
     }
 }
 
-/// Address space after each memory that traps an access past its end.
-const MEMORY_GUARD: u64 = 2 << 20;
+/// How the compiled code keeps a plugin's loads and stores inside its
+/// memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryBounds {
+    /// Each memory reserves 4 GiB of address space and a guard after it:
+    /// every 32-bit address plus offset lands in the reservation, so the
+    /// code checks nothing, and an access past the memory's end faults on a
+    /// page that is not mapped (wasmtime turns the fault into a trap).
+    GuardPages,
+    /// Each memory reserves only `memory_mb` and a small guard, and the code
+    /// compares every access with the memory's size: the guest then runs
+    /// about a sixth slower (`benches/plugin_call.rs`).
+    Checked,
+}
+
+impl From<bool> for MemoryBounds {
+    /// `true`: guard pages fit.
+    fn from(guard_pages_fit: bool) -> Self {
+        if guard_pages_fit {
+            MemoryBounds::GuardPages
+        } else {
+            MemoryBounds::Checked
+        }
+    }
+}
+
+impl MemoryBounds {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryBounds::GuardPages => "guard pages",
+            MemoryBounds::Checked => "bounds checks",
+        }
+    }
+}
+
+/// A guarded memory's reservation: all a 32-bit address can reach.
+const GUARDED_RESERVATION: u64 = 4 << 30;
+/// After a guarded memory: covers the static offset of any load or store
+/// the compiler leaves unchecked (wasmtime's default).
+const GUARDED_GUARD: u64 = 32 << 20;
+/// After a bounds-checked memory: traps an access the check let through
+/// with an offset past the end.
+const CHECKED_GUARD: u64 = 2 << 20;
+/// The most address space the pool may reserve with guard pages: an eighth
+/// of x86-64's 128 TiB for user space. Reserved, not used: the kernel
+/// neither backs nor (for `vm.overcommit_memory=2`) commits pages that are
+/// never made accessible.
+const GUARDED_BUDGET: u64 = 16 << 40;
+
+/// Whether `slots` guarded memories may be reserved: within
+/// [`GUARDED_BUDGET`] and, under an address-space limit (`ulimit -v`,
+/// systemd's `LimitAS=`), within half of it, leaving the rest to the
+/// process (1,000 slots of 4 GiB once made a 4 TB process that such a
+/// limit refused). Pure: the caller reads the limit.
+pub fn guard_pages_fit(slots: u32, address_space_limit: Option<u64>) -> bool {
+    let need = u64::from(slots).saturating_mul(GUARDED_RESERVATION + GUARDED_GUARD);
+    need <= GUARDED_BUDGET && address_space_limit.is_none_or(|limit| need <= limit / 2)
+}
+
+/// The process's address-space limit (`RLIMIT_AS`), `None` if unlimited.
+fn address_space_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::As).current
+}
 
 /// Pool slots for `plugins` plugins when `threads` worker threads call
 /// them: per version, its idle instances plus one in use per thread (a call
@@ -370,6 +463,20 @@ mod tests {
         assert!(!ticker.sleeping(), "slept while a call ran");
         drop(call);
         asleep();
+    }
+
+    #[test]
+    fn guard_pages_fit_the_address_space_left_to_them() {
+        // One plugin on two cores: 21 slots, 84.7 GiB.
+        assert!(guard_pages_fit(21, None));
+        assert!(guard_pages_fit(21, Some(170 << 30)));
+        assert!(!guard_pages_fit(21, Some(169 << 30)), "half of the limit");
+        // Three plugins under `ulimit -v 64 GiB`.
+        assert!(!guard_pages_fit(pool_slots(3, 4, 2), Some(64 << 30)));
+        // Seven plugins on 64 cores: 4,053 slots, 15.96 TiB; eight: 18.2.
+        assert!(guard_pages_fit(pool_slots(7, 128, 64), None));
+        assert!(!guard_pages_fit(pool_slots(8, 128, 64), None), "the budget");
+        assert!(!guard_pages_fit(u32::MAX, None));
     }
 
     #[test]

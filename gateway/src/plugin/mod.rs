@@ -13,6 +13,7 @@ mod runtime;
 
 pub use chain::{PluginChain, PluginLoadError, PluginRecord, ReloadOutcome};
 pub use check::{CheckReport, check, sample_snapshot};
+pub use limits::MemoryBounds;
 pub use policy::{Decision, PluginControl, RequestFacts, RequestTime, Route, RoutingPolicy};
 pub use reload::{FileWatch, reload_on_sighup, watch_files};
 pub use runtime::{

@@ -21,7 +21,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 
 use super::bindings::{self, RoutingPlugin, RoutingPluginPre};
 use super::host::{HostState, PluginLog};
-use super::limits::{EpochTicker, Limits, TickerHandle, thread_cpu_time};
+use super::limits::{EpochTicker, Limits, MemoryBounds, TickerHandle, thread_cpu_time};
 use super::policy::{Decision, RequestFacts, Route};
 use crate::classify::TrafficClass;
 use crate::config::{OnError, PluginRuntime, PluginSpec};
@@ -169,6 +169,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     limits: Limits,
+    memory_bounds: MemoryBounds,
     reuse_instances: bool,
     ticker: EpochTicker,
 }
@@ -180,6 +181,9 @@ pub struct RuntimeOptions {
     pub pooling: bool,
     /// Keep instances for later calls instead of one fresh instance per call.
     pub reuse_instances: bool,
+    /// How memory accesses are bounded with pooling; `None`: guard pages
+    /// where they fit ([`super::limits::guard_pages_fit`]).
+    pub memory_bounds: Option<MemoryBounds>,
 }
 
 impl Default for RuntimeOptions {
@@ -187,6 +191,7 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             pooling: true,
             reuse_instances: true,
+            memory_bounds: None,
         }
     }
 }
@@ -203,7 +208,17 @@ impl Runtime {
         options: RuntimeOptions,
     ) -> wasmtime::Result<Runtime> {
         let limits = Limits::from_runtime(settings, plugins);
-        let engine = limits.engine(settings.cache_dir.as_deref(), options.pooling)?;
+        let (engine, memory_bounds) = limits.engine(
+            settings.cache_dir.as_deref(),
+            options.pooling,
+            options.memory_bounds,
+        )?;
+        tracing::info!(
+            target: "plugin",
+            pool_slots = limits.pool_slots,
+            "plugin memories bounded by {}",
+            memory_bounds.as_str()
+        );
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::add_host_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
@@ -215,8 +230,14 @@ impl Runtime {
             engine,
             linker,
             limits,
+            memory_bounds,
             reuse_instances: options.reuse_instances,
         })
+    }
+
+    /// How the compiled plugins keep their memory accesses in bounds.
+    pub fn memory_bounds(&self) -> MemoryBounds {
+        self.memory_bounds
     }
 
     /// Whether the epoch ticker sleeps, no call having run for a while

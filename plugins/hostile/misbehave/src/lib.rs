@@ -5,6 +5,8 @@
 //! - `loop`: spins forever (the epoch deadline must stop it);
 //! - `panic`: panics (a trap);
 //! - `oom`: allocates until the memory cap stops it;
+//! - `out-of-bounds`: reads past the end of its linear memory (the sandbox
+//!   must trap, whether guard pages or bounds checks keep it in);
 //! - `unknown-node`: prefers a node id that is not in the view;
 //! - `bad-status`: rejects with status 42;
 //! - `init-fail`: fails `init`;
@@ -63,6 +65,17 @@ impl Guest for Misbehave {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            "out-of-bounds" => {
+                // 64 MiB and just under 4 GiB: past any memory the gateway
+                // lets a plugin have, the first inside a guarded memory's
+                // reservation, the second at the end of it.
+                for address in [64usize << 20, usize::MAX - 15] {
+                    // SAFETY: none; the point is an access the sandbox stops.
+                    let byte = unsafe { std::ptr::read_volatile(address as *const u8) };
+                    std::hint::black_box(byte);
+                }
+                calm
             }
             "unknown-node" => Decision {
                 route: Route::Prefer(vec!["no-such-node".into()]),
