@@ -465,6 +465,43 @@ mod tests {
         asleep();
     }
 
+    /// Guard pages forced where they do not fit: reserving them fails, and
+    /// the engine is made bounds-checked instead of not at all. Run in a
+    /// child process of this test binary under a 32 GiB address-space
+    /// limit (`prlimit`), so that no other test runs under it.
+    #[test]
+    fn a_guarded_pool_that_cannot_be_reserved_falls_back_to_bounds_checks() {
+        let child = "plugin::limits::tests::guarded_pool_under_a_32_gib_limit";
+        let out = std::process::Command::new("prlimit")
+            .arg(format!("--as={}", 32u64 << 30))
+            .arg(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", child, "--test-threads=1"])
+            .output()
+            .expect("prlimit (util-linux)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    #[ignore = "run by a_guarded_pool_that_cannot_be_reserved_falls_back_to_bounds_checks"]
+    fn guarded_pool_under_a_32_gib_limit() {
+        // 10 guarded slots need 40 GiB.
+        let limits = Limits {
+            deadline: Duration::from_millis(2),
+            memory_bytes: 1 << 20,
+            idle_instances: 1,
+            pool_slots: 10,
+        };
+        let (_engine, bounds) = limits
+            .engine(None, true, Some(MemoryBounds::GuardPages))
+            .unwrap();
+        assert_eq!(bounds, MemoryBounds::Checked);
+    }
+
     #[test]
     fn guard_pages_fit_the_address_space_left_to_them() {
         // One plugin on two cores: 21 slots, 84.7 GiB.
