@@ -13,6 +13,8 @@
 #   GATEWAY_BIN=path BASELINE_BIN=path bench/proxy.sh   # a given build, and
 #                                       # another one as a "baseline" row
 #   VARIANT_TOML=$'[runtime]\nkind = "current-thread"' bench/proxy.sh
+#   ORDER=fixed bench/proxy.sh          # the proxies measured in the order
+#                                       # of the table, not shuffled
 #   PIN=yes bench/proxy.sh              # the issue's shape: every proxy on
 #                                       # CPU 0 (so one gateway serving
 #                                       # thread, one HAProxy thread, one
@@ -30,6 +32,10 @@ DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 PIN=${PIN:-no}
+# The proxies are measured one after the other in a shuffled order: in
+# rounds 98-109 the slot right after nginx measured worse in 9 of 12
+# rounds, whichever gateway build was in it.
+ORDER=${ORDER:-shuffled}
 # A Kylin query (POST with a JSON body): the class routing plugins see.
 REQUEST_PATH=${REQUEST_PATH:-/kylin/api/query}
 PLUGIN=${PLUGIN:-plugins/target/wasm32-wasip2/release/query_affinity.wasm}
@@ -166,8 +172,16 @@ cpu_ticks() { # user + system clock ticks of a process
     awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
+# `direct` (the backend alone) first; the proxies after it, shuffled.
+measured=("${targets[@]:1}")
+if [ "$ORDER" = shuffled ]; then
+    mapfile -t measured < <(printf '%s\n' "${measured[@]}" | shuf)
+fi
+measured=("${targets[0]}" "${measured[@]}")
+order=$(printf '%s\n' "${measured[@]}" | cut -d: -f1 | paste -sd' ')
+
 declare -A rps p50 p99 cpu_us
-for target in "${targets[@]}"; do
+for target in "${measured[@]}"; do
     IFS=: read -r name port pid <<<"$target"
     echo "wrk: $name ($DURATION, $THREADS threads, $CONNECTIONS connections)..." >&2
     before=0
@@ -191,6 +205,7 @@ done
 
 echo
 echo "POST $REQUEST_PATH on loopback, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPUs, pinned: $PIN"
+echo "measured in this order: $order"
 echo "ratios: req/s, p50 and p99 to direct nginx; proxy CPU per request to nginx as a proxy"
 printf '%-17s %12s %9s %10s %9s %10s %9s %12s %9s\n' target req/s ratio p50_ms ratio p99_ms ratio proxy_cpu_us ratio
 for target in "${targets[@]}"; do
