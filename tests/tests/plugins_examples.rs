@@ -179,6 +179,8 @@ async fn query_affinity_pins_each_query_to_one_node_and_spreads_queries() {
         .unwrap()
         .json();
     assert_eq!(status[0]["name"], "affinity");
+    // No address-space limit here: the memories are guarded, not checked.
+    assert_eq!(status[0]["memory_bounds"], "guard pages", "{status}");
     assert!(
         status[0]["stats"]["calls"].as_u64().unwrap() >= 130,
         "{status}"

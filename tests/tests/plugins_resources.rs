@@ -114,6 +114,13 @@ async fn three_plugins_start_under_a_64_gib_address_space_limit() {
         "{}",
         gateway.log()
     );
+    let status = get(&c, &gateway.admin_url("/admin/plugins"))
+        .await
+        .unwrap()
+        .json();
+    for plugin in status.as_array().unwrap() {
+        assert_eq!(plugin["memory_bounds"], "bounds checks", "{status}");
+    }
     let vm_size = gateway.status_kib("VmSize:") * 1024;
     assert!(
         vm_size < 64 * GIB,

@@ -466,6 +466,7 @@ impl PluginControl for PluginChain {
                     "classes": classes,
                     "body_prefix_len": plugin.body_prefix_len(),
                     "idle_instances": plugin.idle_instances(),
+                    "memory_bounds": self.inner.runtime.memory_bounds().as_str(),
                     "stats": plugin.stats.to_json(),
                     "last_reload_error": reload_error,
                 })
