@@ -23,13 +23,6 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-6}
 DURATION=${DURATION:-6s}
 PIN=${PIN:-yes}
-POST=${POST:-no}
-if [ "$POST" = yes ]; then
-    REQUEST_PATH=${REQUEST_PATH:-/kylin/api/query}
-else
-    REQUEST_PATH=${REQUEST_PATH:-/kylin/api/projects}
-fi
-PLUGIN=${PLUGIN:-plugins/target/wasm32-wasip2/release/query_affinity.wasm}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/kgw-ab.XXXXXX)
@@ -38,6 +31,7 @@ work=$(mktemp -d /tmp/kgw-ab.XXXXXX)
 
 need wrk
 need nginx
+choose_request
 if [ $# = 0 ]; then
     echo "usage: bench/ab.sh GATEWAY_BIN [GATEWAY_BIN...]" >&2
     exit 2
@@ -65,10 +59,7 @@ for target in "$@"; do
     build=$((build + 1))
     port=$(free_port)
     bin=${target%+affinity}
-    gateway_config "$work/gateway-$n.toml" "$port" "$(free_port)" "$backend"
-    if [ "$bin" != "$target" ]; then
-        add_affinity_plugin "$work/gateway-$n.toml" "$PLUGIN"
-    fi
+    target_config "$target" "$work/gateway-$n.toml" "$port" "$(free_port)" "$backend"
     RUST_LOG=warn "${on_proxy_cpu[@]}" "$bin" --config "$work/gateway-$n.toml" \
         >"$work/gateway-$n.log" 2>&1 &
     pids+=($!)
@@ -76,12 +67,7 @@ for target in "$@"; do
     echo "b$build: $target"
     wait_port "$port"
 done
-script=()
-if [ "$POST" = yes ]; then
-    write_post_lua "$work/post.lua"
-    script=(-s "$work/post.lua")
-fi
-echo "$([ "$POST" = yes ] && echo POST || echo GET) $REQUEST_PATH, wrk -t1 -c32 -d$DURATION per target, all at once, pinned: $PIN"
+echo "$request_method $REQUEST_PATH, wrk -t1 -c32 -d$DURATION per target, all at once, pinned: $PIN"
 
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
@@ -89,7 +75,7 @@ cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 load_all() {
     local duration=$1 prefix=$2 k load=()
     for k in "${!ports[@]}"; do
-        "${on_load_cpu[@]}" wrk -t1 -c32 -d"$duration" "${script[@]}" \
+        "${on_load_cpu[@]}" wrk -t1 -c32 -d"$duration" "${wrk_script[@]}" \
             "http://127.0.0.1:${ports[$k]}$REQUEST_PATH" >"$work/$prefix-$k.txt" &
         load=("${load[@]}" $!)
     done

@@ -200,6 +200,40 @@ wrk.headers["Content-Type"] = "application/json"
 EOF
 }
 
+# The query-affinity build the bench scripts load (relative to $root),
+# unless PLUGIN names another.
+PLUGIN=${PLUGIN:-plugins/target/wasm32-wasip2/release/query_affinity.wasm}
+
+# The request to load the gateway with: with POST=yes the Kylin query
+# ($query_body, posted by the wrk script $work/post.lua), else a GET.
+# Sets REQUEST_PATH (unless given), request_method, wrk_script (wrk's
+# arguments) and probe_args (curl's, for expect_2xx).
+choose_request() {
+    wrk_script=() probe_args=()
+    if [ "${POST:-no}" = yes ]; then
+        REQUEST_PATH=${REQUEST_PATH:-/kylin/api/query}
+        request_method=POST
+        write_post_lua "$work/post.lua"
+        wrk_script=(-s "$work/post.lua")
+        probe_args=(-H 'Content-Type: application/json' --data "$query_body")
+    else
+        REQUEST_PATH=${REQUEST_PATH:-/kylin/api/projects}
+        request_method=GET
+    fi
+}
+
+# gateway_config for target $1: a gateway binary, or BIN+affinity for that
+# binary with the query-affinity plugin ($PLUGIN). The other arguments are
+# gateway_config's.
+target_config() {
+    local target=$1
+    shift
+    gateway_config "$@"
+    if [ "${target%+affinity}" != "$target" ]; then
+        add_affinity_plugin "$1" "$PLUGIN"
+    fi
+}
+
 # Appends to gateway config $1 the query-affinity plugin at $root/$2
 # (built first if missing), deciding every query.
 add_affinity_plugin() {

@@ -20,13 +20,6 @@
 set -euo pipefail
 
 DURATION=${DURATION:-8s}
-POST=${POST:-no}
-if [ "$POST" = yes ]; then
-    REQUEST_PATH=${REQUEST_PATH:-/kylin/api/query}
-else
-    REQUEST_PATH=${REQUEST_PATH:-/kylin/api/projects}
-fi
-PLUGIN=${PLUGIN:-plugins/target/wasm32-wasip2/release/query_affinity.wasm}
 GATEWAY_LOG=${GATEWAY_LOG:-warn}
 SEPARATE_THREADS=${SEPARATE_THREADS:-no}
 
@@ -66,21 +59,13 @@ nginx_port=$(free_port)
 start_nginx "$nginx_port"
 wait_port "$nginx_port"
 
-script=() probe=()
-if [ "$POST" = yes ]; then
-    write_post_lua "$work/post.lua"
-    script=(-s "$work/post.lua")
-    probe=(-H 'Content-Type: application/json' --data "$query_body")
-fi
-echo "$([ "$POST" = yes ] && echo POST || echo GET) $REQUEST_PATH, wrk -t1 -c8 -d$DURATION after a 2 s warm-up, RUST_LOG=$GATEWAY_LOG"
+choose_request
+echo "$request_method $REQUEST_PATH, wrk -t1 -c8 -d$DURATION after a 2 s warm-up, RUST_LOG=$GATEWAY_LOG"
 for target in "${binaries[@]}"; do
     bin=${target%+affinity}
     gateway_port=$(free_port)
     admin_port=$(free_port)
-    gateway_config "$work/gateway.toml" "$gateway_port" "$admin_port" "$nginx_port"
-    if [ "$bin" != "$target" ]; then
-        add_affinity_plugin "$work/gateway.toml" "$PLUGIN"
-    fi
+    target_config "$target" "$work/gateway.toml" "$gateway_port" "$admin_port" "$nginx_port"
     out="$work/callgrind.out"
     rm -f "$out"*
     # Instrumentation starts after the warm-up: start-up and pool filling
@@ -98,11 +83,11 @@ for target in "${binaries[@]}"; do
     # Instructions per *proxied* request: every request must succeed, or
     # the count would divide by errors. wrk does not count 3xx as errors,
     # hence one request checked first.
-    expect_2xx "$target" "$url" "${probe[@]}"
-    wrk -t1 -c8 -d2s "${script[@]}" "$url" >"$work/warmup.txt"
+    expect_2xx "$target" "$url" "${probe_args[@]}"
+    wrk -t1 -c8 -d2s "${wrk_script[@]}" "$url" >"$work/warmup.txt"
     check_wrk "$target (warm-up)" "$work/warmup.txt"
     callgrind_control -i on "$pid" >/dev/null 2>&1
-    wrk -t1 -c8 -d"$DURATION" "${script[@]}" "$url" >"$work/wrk.txt"
+    wrk -t1 -c8 -d"$DURATION" "${wrk_script[@]}" "$url" >"$work/wrk.txt"
     callgrind_control -i off "$pid" >/dev/null 2>&1
     check_wrk "$target" "$work/wrk.txt"
     requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")

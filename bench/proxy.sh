@@ -38,7 +38,6 @@ PIN=${PIN:-no}
 ORDER=${ORDER:-shuffled}
 # A Kylin query (POST with a JSON body): the class routing plugins see.
 REQUEST_PATH=${REQUEST_PATH:-/kylin/api/query}
-PLUGIN=${PLUGIN:-plugins/target/wasm32-wasip2/release/query_affinity.wasm}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/kgw-bench.XXXXXX)
