@@ -7,6 +7,8 @@
 //! Needs the plugins built: `cd plugins && cargo build --release --target
 //! wasm32-wasip2` (done here if the file is missing).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,17 +24,7 @@ use kylin_gateway::plugin::{
 };
 
 fn query_affinity_wasm() -> PathBuf {
-    let plugins = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    let wasm = plugins.join("target/wasm32-wasip2/release/query_affinity.wasm");
-    if !wasm.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--release", "--target", "wasm32-wasip2"])
-            .current_dir(&plugins)
-            .status()
-            .expect("run cargo in plugins/");
-        assert!(status.success(), "building plugins/ failed");
-    }
-    wasm
+    common::built_plugin("query_affinity")
 }
 
 fn load(options: RuntimeOptions) -> (Runtime, LoadedPlugin) {
