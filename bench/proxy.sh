@@ -13,15 +13,17 @@
 #   GATEWAY_BIN=path BASELINE_BIN=path bench/proxy.sh   # a given build, and
 #                                       # another one as a "baseline" row
 #   VARIANT_TOML=$'[runtime]\nkind = "current-thread"' bench/proxy.sh
+#                                       # the same build with more config, as
+#                                       # a "variant" row
 #   ORDER=fixed bench/proxy.sh          # the proxies measured in the order
 #                                       # of the table, not shuffled
 #   PIN=yes bench/proxy.sh              # the issue's shape: every proxy on
 #                                       # CPU 0 (so one gateway serving
 #                                       # thread, one HAProxy thread, one
 #                                       # nginx process), the backend and wrk
-#                                       # on CPU 1
-#                                       # the same build with more config, as
-#                                       # a "variant" row
+#                                       # on CPU 1; also reports how much of
+#                                       # CPU 0 other tasks and the
+#                                       # hypervisor took during each run
 #
 # Needs nginx (Debian nginx-light) and wrk; installs haproxy with apt-get if
 # it is missing and we are root. Starts everything on 127.0.0.1 with its own
@@ -145,7 +147,7 @@ wait_port "$log_port"
 targets+=(gateway+log:$log_port:$log_pid gateway+affinity:$plugin_port:$plugin_pid
     haproxy:$haproxy_port:$haproxy_pid)
 
-run_wrk() {
+warm_up() {
     local name=$1 port=$2
     local url="http://127.0.0.1:$port$REQUEST_PATH"
     # One request first: wrk does not count 3xx as errors.
@@ -154,8 +156,12 @@ run_wrk() {
     # must not fail either.
     "${on_load_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$work/post.lua" "$url" >"$work/warmup-$name.txt"
     check_wrk "$name (warm-up)" "$work/warmup-$name.txt"
+}
+
+run_wrk() {
+    local name=$1 port=$2
     "${on_load_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/post.lua" \
-        "$url" >"$work/wrk-$name.txt"
+        "http://127.0.0.1:$port$REQUEST_PATH" >"$work/wrk-$name.txt"
     check_wrk "$name" "$work/wrk-$name.txt"
 }
 
@@ -171,6 +177,14 @@ cpu_ticks() { # user + system clock ticks of a process
     awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
+proxy_core_ticks() { # busy and stolen clock ticks of the proxy's CPU (0)
+    awk '$1 == "cpu0" {print $2 + $3 + $4 + $7 + $8, $9}' /proc/stat
+}
+
+ticks_to_ms() {
+    awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", t * 1000 / hz }'
+}
+
 # `direct` (the backend alone) first; the proxies after it, shuffled.
 measured=("${targets[@]:1}")
 if [ "$ORDER" = shuffled ]; then
@@ -179,23 +193,35 @@ fi
 measured=("${targets[0]}" "${measured[@]}")
 order=$(printf '%s\n' "${measured[@]}" | cut -d: -f1 | paste -sd' ')
 
-declare -A rps p50 p99 cpu_us
+declare -A rps p50 p99 cpu_us others_ms stolen_ms
 for target in "${measured[@]}"; do
     IFS=: read -r name port pid <<<"$target"
     echo "wrk: $name ($DURATION, $THREADS threads, $CONNECTIONS connections)..." >&2
+    warm_up "$name" "$port"
     before=0
     if [ "$pid" != 0 ]; then before=$(cpu_ticks "$pid"); fi
+    read -r core_busy core_stolen < <(proxy_core_ticks)
     run_wrk "$name" "$port"
+    read -r core_busy_after core_stolen_after < <(proxy_core_ticks)
     out="$work/wrk-$name.txt"
-    # The proxy's own CPU time per request (warm-up included in both).
+    # The proxy's own CPU time per request.
     if [ "$pid" != 0 ]; then
         ticks=$(($(cpu_ticks "$pid") - before))
         requests=$(awk '/requests in/ {print $1}' "$out")
         cpu_us[$name]=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$requests" \
-            -v r="$(awk '/^Requests\/sec:/ {print $2}' "$out")" \
-            'BEGIN { printf "%.1f", t / hz * 1e6 / (n + r * 2) }')
+            'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
     else
+        ticks=0
         cpu_us[$name]=-
+    fi
+    # Pinned, CPU 0 is the proxy's alone in principle: what else ran there
+    # (kernel threads, other processes) and what the hypervisor took during
+    # the run stall the proxy, and show in its p99.
+    if [ "$PIN" = yes ] && [ "$pid" != 0 ]; then
+        others_ms[$name]=$(ticks_to_ms $((core_busy_after - core_busy - ticks)))
+        stolen_ms[$name]=$(ticks_to_ms $((core_stolen_after - core_stolen)))
+    else
+        others_ms[$name]=- stolen_ms[$name]=-
     fi
     rps[$name]=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     p50[$name]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
@@ -206,11 +232,14 @@ echo
 echo "POST $REQUEST_PATH on loopback, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) CPUs, pinned: $PIN"
 echo "measured in this order: $order"
 echo "ratios: req/s, p50 and p99 to direct nginx; proxy CPU per request to nginx as a proxy"
-printf '%-17s %12s %9s %10s %9s %10s %9s %12s %9s\n' target req/s ratio p50_ms ratio p99_ms ratio proxy_cpu_us ratio
+if [ "$PIN" = yes ]; then
+    echo "others_ms, stolen_ms: CPU 0's time during the measured run spent on other tasks, and taken by the hypervisor"
+fi
+printf '%-17s %12s %9s %10s %9s %10s %9s %12s %9s %9s %9s\n' target req/s ratio p50_ms ratio p99_ms ratio proxy_cpu_us ratio others_ms stolen_ms
 for target in "${targets[@]}"; do
     name=${target%%:*}
     awk -v n="$name" -v r="${rps[$name]}" -v dr="${rps[direct]}" -v cpu="${cpu_us[$name]}" \
-        -v ncpu="${cpu_us[nginx]}" \
+        -v ncpu="${cpu_us[nginx]}" -v o="${others_ms[$name]}" -v st="${stolen_ms[$name]}" \
         -v a="${p50[$name]}" -v da="${p50[direct]}" -v b="${p99[$name]}" -v db="${p99[direct]}" \
-        'BEGIN { printf "%-17s %12.0f %9.2f %10.3f %9.2f %10.3f %9.2f %12s %9s\n", n, r, r / dr, a, a / da, b, b / db, cpu, (cpu == "-" ? "-" : sprintf("%.2f", cpu / ncpu)) }'
+        'BEGIN { printf "%-17s %12.0f %9.2f %10.3f %9.2f %10.3f %9.2f %12s %9s %9s %9s\n", n, r, r / dr, a, a / da, b, b / db, cpu, (cpu == "-" ? "-" : sprintf("%.2f", cpu / ncpu)), o, st }'
 done
