@@ -13,6 +13,9 @@
 #   bench/ab.sh BASE BASE                 # an A/A run: the method's noise
 #   POST=yes bench/ab.sh BIN BIN+affinity # a Kylin query POST; the second
 #                                         # with the query-affinity plugin
+#   POST=yes bench/ab.sh BIN+affinity BIN+plugin=plugins/target/wasm32-wasip2/release/misbehave.wasm
+#                                         # query-affinity against a plugin
+#                                         # that does nothing
 #
 # With PIN=yes (the default) every proxy shares CPU 0 and wrk and the
 # backend CPU 1, so the builds also compete for one core: fine for an A/B
@@ -58,7 +61,7 @@ for target in "$@"; do
     n=${#names[@]}
     build=$((build + 1))
     port=$(free_port)
-    bin=${target%+affinity}
+    bin=$(target_bin "$target")
     target_config "$target" "$work/gateway-$n.toml" "$port" "$(free_port)" "$backend"
     RUST_LOG=warn "${on_proxy_cpu[@]}" "$bin" --config "$work/gateway-$n.toml" \
         >"$work/gateway-$n.log" 2>&1 &

@@ -222,29 +222,44 @@ choose_request() {
     fi
 }
 
-# gateway_config for target $1: a gateway binary, or BIN+affinity for that
-# binary with the query-affinity plugin ($PLUGIN). The other arguments are
+# A target is a gateway binary BIN, BIN+affinity (that binary with the
+# query-affinity plugin, $PLUGIN) or BIN+plugin=FILE (with the plugin FILE,
+# e.g. plugins/target/wasm32-wasip2/release/misbehave.wasm, which does
+# nothing with this config: a plugin call's bare cost).
+target_bin() { echo "${1%%+*}"; }
+
+target_plugin() {
+    case $1 in
+        *+affinity) echo "$PLUGIN" ;;
+        *+plugin=*) echo "${1#*+plugin=}" ;;
+    esac
+}
+
+# gateway_config for target $1 (see target_bin). The other arguments are
 # gateway_config's.
 target_config() {
-    local target=$1
+    local plugin
+    plugin=$(target_plugin "$1")
     shift
     gateway_config "$@"
-    if [ "${target%+affinity}" != "$target" ]; then
-        add_affinity_plugin "$1" "$PLUGIN"
+    if [ -n "$plugin" ]; then
+        add_affinity_plugin "$1" "$plugin"
     fi
 }
 
-# Appends to gateway config $1 the query-affinity plugin at $root/$2
-# (built first if missing), deciding every query.
+# Appends to gateway config $1 the plugin at $2 (relative to $root, or
+# absolute; plugins/ built first if missing) with query-affinity's config,
+# deciding every query.
 add_affinity_plugin() {
     local file=$1 plugin=$2
-    if [ ! -f "$root/$plugin" ]; then
+    case $plugin in /*) ;; *) plugin=$root/$plugin ;; esac
+    if [ ! -f "$plugin" ]; then
         (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 >&2)
     fi
     cat >>"$file" <<EOF
 [[plugins]]
 name = "affinity"
-path = "$root/$plugin"
+path = "$plugin"
 config = '{"hash": "project+sql"}'
 EOF
 }

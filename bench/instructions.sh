@@ -62,7 +62,7 @@ wait_port "$nginx_port"
 choose_request
 echo "$request_method $REQUEST_PATH, wrk -t1 -c8 -d$DURATION after a 2 s warm-up, RUST_LOG=$GATEWAY_LOG"
 for target in "${binaries[@]}"; do
-    bin=${target%+affinity}
+    bin=$(target_bin "$target")
     gateway_port=$(free_port)
     admin_port=$(free_port)
     target_config "$target" "$work/gateway.toml" "$gateway_port" "$admin_port" "$nginx_port"
