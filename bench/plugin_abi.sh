@@ -18,8 +18,10 @@ trap 'rm -rf "$work"' EXIT
 
 cd "$root"
 (cd plugins && cargo build --release --target wasm32-wasip2 --quiet)
-cargo build --release --quiet -p kylin-gateway --bench plugin_abi
-bench=$(cargo build --release -p kylin-gateway --bench plugin_abi --message-format=json 2>/dev/null |
+# One build: its JSON messages name the bench's executable; compiler errors
+# still reach stderr.
+bench=$(cargo build --release --quiet -p kylin-gateway --bench plugin_abi \
+    --message-format=json-render-diagnostics |
     sed -n 's/.*"executable":"\([^"]*plugin_abi[^"]*\)".*/\1/p' | tail -1)
 
 instructions() { # VARIANT CALLS
