@@ -243,14 +243,14 @@ target_config() {
     shift
     gateway_config "$@"
     if [ -n "$plugin" ]; then
-        add_affinity_plugin "$1" "$plugin"
+        add_plugin "$1" "$plugin"
     fi
 }
 
 # Appends to gateway config $1 the plugin at $2 (relative to $root, or
 # absolute; plugins/ built first if missing) with query-affinity's config,
 # deciding every query.
-add_affinity_plugin() {
+add_plugin() {
     local file=$1 plugin=$2
     case $plugin in /*) ;; *) plugin=$root/$plugin ;; esac
     if [ ! -f "$plugin" ]; then

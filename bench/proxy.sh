@@ -118,7 +118,7 @@ log_pid=$!
 
 # The same gateway with the query-affinity plugin deciding every query.
 gateway_config "$work/gateway-plugin.toml" "$plugin_port" "$plugin_admin_port" "$nginx_port"
-add_affinity_plugin "$work/gateway-plugin.toml" "$PLUGIN"
+add_plugin "$work/gateway-plugin.toml" "$PLUGIN"
 RUST_LOG=warn "${on_proxy_cpu[@]}" "$gateway_bin" --config "$work/gateway-plugin.toml" >"$work/gateway-plugin.log" 2>&1 &
 pids+=($!)
 plugin_pid=$!
