@@ -156,7 +156,7 @@ fn bench(c: &mut Criterion) {
     }
     // What the call costs without the plugin's own work: a plugin that
     // reads nothing and answers `default`, against 16 nodes and 1 node.
-    let calm = query_affinity_wasm().with_file_name("misbehave.wasm");
+    let calm = common::built_plugin("misbehave");
     let (_runtime, plugin) = load_file(RuntimeOptions::default(), calm, "calm");
     for nodes in [16, 1] {
         let snapshot = sample_snapshot(nodes);
