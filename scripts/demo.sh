@@ -61,7 +61,7 @@ trap 'cleanup; exit 130' INT
 trap 'cleanup; exit 143' TERM
 
 scripts/setup.sh
-# The first build takes about 10 minutes on 2 cores: show cargo's progress
+# The first build takes about 15 minutes on 2 cores: show cargo's progress
 # when someone is watching.
 quiet=(--quiet)
 [ -t 1 ] && quiet=()
