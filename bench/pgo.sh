@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# A profile-guided (PGO) release build of the gateway, to measure what PGO
+# would give against the plain release build (bench/ab.sh, instructions.sh).
+# Builds an instrumented gateway, trains it on this bench's own load (GET
+# and Kylin query POSTs through a gateway without a plugin and one with
+# query-affinity), merges the profiles and builds again with them. Prints
+# the optimised binary's path; both builds have target dirs of their own
+# (target/pgo-train, target/pgo), so the normal release build is untouched.
+#
+#   bench/pgo.sh                            # two release builds, ~30 min on 2 cores
+#   POST=yes NGINX=yes bench/ab.sh target/release/kylin-gateway target/pgo/release/kylin-gateway
+#
+# Needs rustup's llvm-tools component (an llvm-profdata that reads rustc's
+# LLVM's profiles; Debian's is older), nginx (Debian nginx-light), wrk and
+# curl. Stops what it started (by pid) on exit.
+set -euo pipefail
+
+TRAIN=${TRAIN:-5s}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /tmp/kgw-pgo.XXXXXX)
+# shellcheck source=bench/common.sh
+. "$root/bench/common.sh"
+
+need wrk
+need nginx
+need curl
+sysroot=$(rustc --print sysroot)
+profdata=$(find "$sysroot/lib/rustlib" -name llvm-profdata -type f | head -1)
+if [ -z "$profdata" ]; then
+    echo "bench: rustc's llvm-profdata is missing: rustup component add llvm-tools" >&2
+    exit 1
+fi
+profiles=$work/profiles
+
+build() {
+    local target_dir=$1 flags=$2
+    echo "building kylin-gateway (release, $target_dir, RUSTFLAGS=$flags)..." >&2
+    RUSTFLAGS=$flags cargo build --release -p kylin-gateway \
+        --manifest-path "$root/Cargo.toml" --target-dir "$target_dir" >&2
+}
+
+# Runs gateway binary $1 with plugin $2 (none if empty) in front of the
+# backend on port $3 under GET and POST load, then stops it gracefully so
+# that it writes its profile.
+train() {
+    local bin=$1 plugin=$2 node_port=$3 http_port admin_port pid
+    http_port=$(free_port)
+    admin_port=$(free_port)
+    gateway_config "$work/gateway.toml" "$http_port" "$admin_port" "$node_port"
+    if [ -n "$plugin" ]; then
+        add_plugin "$work/gateway.toml" "$plugin"
+    fi
+    RUST_LOG=warn "$bin" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
+    pid=$!
+    wait_port "$http_port"
+    for post in no yes; do
+        unset REQUEST_PATH
+        POST=$post choose_request
+        expect_2xx "gateway" "http://127.0.0.1:$http_port$REQUEST_PATH" "${probe_args[@]}"
+        wrk -t1 -c16 -d"$TRAIN" "${wrk_script[@]}" "http://127.0.0.1:$http_port$REQUEST_PATH" >"$work/wrk.txt"
+        check_wrk "gateway" "$work/wrk.txt"
+    done
+    kill -TERM "$pid"
+    wait "$pid" || true
+}
+
+build "$root/target/pgo-train" "-Cprofile-generate=$profiles"
+node_port=$(free_port)
+start_nginx "$node_port"
+wait_port "$node_port"
+train "$root/target/pgo-train/release/kylin-gateway" "" "$node_port"
+train "$root/target/pgo-train/release/kylin-gateway" "$PLUGIN" "$node_port"
+"$profdata" merge -o "$work/merged.profdata" "$profiles"
+build "$root/target/pgo" "-Cprofile-use=$work/merged.profdata"
+echo "$root/target/pgo/release/kylin-gateway"
