@@ -16,6 +16,10 @@
 #   POST=yes bench/ab.sh BIN+affinity BIN+plugin=plugins/target/wasm32-wasip2/release/misbehave.wasm
 #                                         # query-affinity against a plugin
 #                                         # that does nothing
+#   TLS=yes bench/ab.sh FAT PGO           # through the gateways' TLS
+#                                         # listeners (wrk keeps its
+#                                         # connections: record encryption,
+#                                         # few handshakes); not with NGINX=yes
 #
 # With PIN=yes (the default) every proxy shares CPU 0 and wrk and the
 # backend CPU 1, so the builds also compete for one core: fine for an A/B
@@ -35,6 +39,18 @@ work=$(mktemp -d /tmp/kgw-ab.XXXXXX)
 need wrk
 need nginx
 choose_request
+scheme=http
+if [ "${TLS:-no}" = yes ]; then
+    if [ "${NGINX:-no}" = yes ]; then
+        echo "bench/ab.sh: TLS=yes measures gateways only, not with NGINX=yes" >&2
+        exit 2
+    fi
+    need openssl
+    scheme=https
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+fi
 if [ $# = 0 ]; then
     echo "usage: bench/ab.sh GATEWAY_BIN [GATEWAY_BIN...]" >&2
     exit 2
@@ -63,6 +79,9 @@ for target in "$@"; do
     port=$(free_port)
     bin=$(target_bin "$target")
     target_config "$target" "$work/gateway-$n.toml" "$port" "$(free_port)" "$backend"
+    if [ "$scheme" = https ]; then
+        serve_tls "$work/gateway-$n.toml" "$work/tls.pem" "$work/tls.key"
+    fi
     RUST_LOG=warn "${on_proxy_cpu[@]}" "$bin" --config "$work/gateway-$n.toml" \
         >"$work/gateway-$n.log" 2>&1 &
     pids+=($!)
@@ -70,7 +89,7 @@ for target in "$@"; do
     echo "b$build: $target"
     wait_port "$port"
 done
-echo "$request_method $REQUEST_PATH, wrk -t1 -c32 -d$DURATION per target, all at once, pinned: $PIN"
+echo "$request_method $scheme $REQUEST_PATH, wrk -t1 -c32 -d$DURATION per target, all at once, pinned: $PIN"
 
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
@@ -79,7 +98,7 @@ load_all() {
     local duration=$1 prefix=$2 k load=()
     for k in "${!ports[@]}"; do
         "${on_load_cpu[@]}" wrk -t1 -c32 -d"$duration" "${wrk_script[@]}" \
-            "http://127.0.0.1:${ports[$k]}$REQUEST_PATH" >"$work/$prefix-$k.txt" &
+            "$scheme://127.0.0.1:${ports[$k]}$REQUEST_PATH" >"$work/$prefix-$k.txt" &
         load=("${load[@]}" $!)
     done
     wait "${load[@]}"

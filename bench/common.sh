@@ -187,6 +187,18 @@ leader = true
 CONF
 }
 
+# Turns gateway config $1 (gateway_config's) into one that serves its
+# `http` port with TLS, certificate $2 and key $3.
+serve_tls() {
+    local file=$1 cert=$2 key=$3
+    sed -i 's/^http = /https = /' "$file"
+    cat >>"$file" <<CONF
+[tls]
+cert = "$cert"
+key = "$key"
+CONF
+}
+
 # The Kylin query bench/proxy.sh and bench/ab.sh post (the class routing
 # plugins see).
 query_body='{"project":"learn_kylin","sql":"select part_dt, sum(price) from kylin_sales group by part_dt","limit":500}'
