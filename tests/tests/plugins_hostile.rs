@@ -200,13 +200,13 @@ fn broken_components_are_refused_at_start_with_the_reason() {
 #[test]
 fn plugin_check_prints_the_decision_or_the_failure() {
     let files = built();
-    let run = |path: &std::path::Path, config: &str| {
+    let run_within = |path: &std::path::Path, config: &str, deadline_ms: &str| {
         let output = run_with_deadline(
             "kylin-gateway plugin check",
             Command::new(target_bin("kylin-gateway"))
                 .args(["plugin", "check"])
                 .arg(path)
-                .args(["--config", config, "--deadline-ms", "100"]),
+                .args(["--config", config, "--deadline-ms", deadline_ms]),
             Duration::from_secs(60),
         );
         (
@@ -215,12 +215,20 @@ fn plugin_check_prints_the_decision_or_the_failure() {
                 + &String::from_utf8_lossy(&output.stderr),
         )
     };
+    let run = |path: &std::path::Path, config: &str| run_within(path, config, "100");
     let (ok, out) = run(&files.canary, r#"{"nodes": ["node-3"], "percent": 100}"#);
     assert!(ok, "{out}");
     assert!(out.contains("decision: Prefer([\"node-3\"])"), "{out}");
     let (ok, out) = run(&files.misbehave, "loop");
     assert!(!ok, "{out}");
     assert!(out.contains("FAILED deadline"), "{out}");
+    // The memory bomb meets the memory cap well inside the default
+    // deadline: a bomb that wrote its memory took ~10 ms of faulting fresh
+    // pages, and once, under CI's load, over 100 ms, failing as `deadline`
+    // in `misbehaving_plugins_fall_back_and_are_counted`.
+    let (ok, out) = run_within(&files.misbehave, "oom", "2");
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAILED memory"), "{out}");
     let (ok, out) = run(&files.other_world, "");
     assert!(!ok, "{out}");
     assert!(out.contains("does not implement world"), "{out}");
