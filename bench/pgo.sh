@@ -40,18 +40,14 @@ build() {
         --manifest-path "$root/Cargo.toml" --target-dir "$target_dir" >&2
 }
 
-# Runs gateway binary $1 with plugin $2 (none if empty) in front of the
-# backend on port $3 under GET and POST load, then stops it gracefully so
+# Runs target $1 (BIN or BIN+affinity, see target_bin) in front of the
+# backend on port $2 under GET and POST load, then stops it gracefully so
 # that it writes its profile.
 train() {
-    local bin=$1 plugin=$2 node_port=$3 http_port admin_port pid
+    local target=$1 node_port=$2 http_port pid
     http_port=$(free_port)
-    admin_port=$(free_port)
-    gateway_config "$work/gateway.toml" "$http_port" "$admin_port" "$node_port"
-    if [ -n "$plugin" ]; then
-        add_plugin "$work/gateway.toml" "$plugin"
-    fi
-    RUST_LOG=warn "$bin" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
+    target_config "$target" "$work/gateway.toml" "$http_port" "$(free_port)" "$node_port"
+    RUST_LOG=warn "$(target_bin "$target")" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
     pid=$!
     wait_port "$http_port"
     for post in no yes; do
@@ -69,8 +65,8 @@ build "$root/target/pgo-train" "-Cprofile-generate=$profiles"
 node_port=$(free_port)
 start_nginx "$node_port"
 wait_port "$node_port"
-train "$root/target/pgo-train/release/kylin-gateway" "" "$node_port"
-train "$root/target/pgo-train/release/kylin-gateway" "$PLUGIN" "$node_port"
+train "$root/target/pgo-train/release/kylin-gateway" "$node_port"
+train "$root/target/pgo-train/release/kylin-gateway+affinity" "$node_port"
 "$profdata" merge -o "$work/merged.profdata" "$profiles"
 build "$root/target/pgo" "-Cprofile-use=$work/merged.profdata"
 echo "$root/target/pgo/release/kylin-gateway"
