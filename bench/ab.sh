@@ -20,11 +20,15 @@
 #                                         # listeners (wrk keeps its
 #                                         # connections: record encryption,
 #                                         # few handshakes); not with NGINX=yes
+#   H2=yes TLS=yes bench/ab.sh FAT PGO    # HTTP/2 (h2load -c32 -m1, ALPN;
+#                                         # h2c without TLS); not with
+#                                         # NGINX=yes
 #
 # With PIN=yes (the default) every proxy shares CPU 0 and wrk and the
 # backend CPU 1, so the builds also compete for one core: fine for an A/B
 # of builds, not the issue's one-proxy shape (bench/proxy.sh is).
-# Needs nginx (Debian nginx-light) and wrk; stops what it started on exit.
+# Needs nginx (Debian nginx-light) and wrk (with H2=yes h2load, Debian
+# nghttp2-client); stops what it started on exit.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-6}
@@ -40,6 +44,18 @@ need wrk
 need nginx
 choose_request
 scheme=http
+h2_body=()
+if [ "${H2:-no}" = yes ]; then
+    if [ "${NGINX:-no}" = yes ]; then
+        echo "bench/ab.sh: H2=yes measures gateways only, not with NGINX=yes" >&2
+        exit 2
+    fi
+    need h2load
+    if [ "$request_method" = POST ]; then
+        printf '%s' "$query_body" >"$work/body.json"
+        h2_body=(-d "$work/body.json" -H 'content-type: application/json')
+    fi
+fi
 if [ "${TLS:-no}" = yes ]; then
     if [ "${NGINX:-no}" = yes ]; then
         echo "bench/ab.sh: TLS=yes measures gateways only, not with NGINX=yes" >&2
@@ -89,19 +105,38 @@ for target in "$@"; do
     echo "b$build: $target"
     wait_port "$port"
 done
-echo "$request_method $scheme $REQUEST_PATH, wrk -t1 -c32 -d$DURATION per target, all at once, pinned: $PIN"
+load_tool="wrk -t1 -c32 -d$DURATION"
+[ "${H2:-no}" = yes ] && load_tool="h2load -c32 -m1 -D ${DURATION%s}"
+echo "$request_method $scheme $REQUEST_PATH, $load_tool per target, all at once, pinned: $PIN"
 
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
-# Starts one wrk per target at once; waits for them all.
+# Starts one wrk (or h2load) per target at once; waits for them all.
 load_all() {
-    local duration=$1 prefix=$2 k load=()
+    local duration=$1 prefix=$2 k url load=()
     for k in "${!ports[@]}"; do
-        "${on_load_cpu[@]}" wrk -t1 -c32 -d"$duration" "${wrk_script[@]}" \
-            "$scheme://127.0.0.1:${ports[$k]}$REQUEST_PATH" >"$work/$prefix-$k.txt" &
+        url="$scheme://127.0.0.1:${ports[$k]}$REQUEST_PATH"
+        if [ "${H2:-no}" = yes ]; then
+            "${on_load_cpu[@]}" h2load -c32 -m1 -D "${duration%s}" "${h2_body[@]}" "$url" \
+                >"$work/$prefix-$k.txt" &
+        else
+            "${on_load_cpu[@]}" wrk -t1 -c32 -d"$duration" "${wrk_script[@]}" "$url" \
+                >"$work/$prefix-$k.txt" &
+        fi
         load=("${load[@]}" $!)
     done
     wait "${load[@]}"
+}
+
+# Checks the load tool's output $2 for target $1 and prints its requests.
+requests_done() {
+    if [ "${H2:-no}" = yes ]; then
+        check_h2load "$2"
+        awk '/^requests:/ {print $8}' "$2"
+    else
+        check_wrk "$1" "$2"
+        awk '/requests in/ {print $1}' "$2"
+    fi
 }
 
 hz=$(getconf CLK_TCK)
@@ -112,9 +147,8 @@ for round in $(seq "$ROUNDS"); do
     load_all "$DURATION" wrk
     line="round $round:"
     for k in "${!procs[@]}"; do
-        check_wrk "${names[$k]}" "$work/wrk-$k.txt"
+        requests=$(requests_done "${names[$k]}" "$work/wrk-$k.txt")
         read -r user kernel < <(cpu_ticks "${procs[$k]}")
-        requests=$(awk '/requests in/ {print $1}' "$work/wrk-$k.txt")
         line+=$(awk -v n="${names[$k]}" -v u=$((user - user0[k])) -v s=$((kernel - kernel0[k])) \
             -v hz="$hz" -v q="$requests" 'BEGIN {
                 printf " %s %d req, user %.2f + kernel %.2f = %.2f us/req |",

@@ -64,6 +64,18 @@ check_wrk() {
     fi
 }
 
+# Fails the run, loudly, unless h2load's output ($1) shows requests, all
+# of them answered 2xx: as check_wrk, for HTTP/2.
+check_h2load() {
+    if ! awk '/^requests:/ { ok = $8 > 0 && $10 == 0 && $12 == 0 }
+              /^status codes:/ { ok = ok && $5 == 0 && $7 == 0 && $9 == 0 }
+              END { exit !ok }' "$1"; then
+        echo "bench: FAILED: h2load saw failed requests:" >&2
+        cat "$1" >&2
+        exit 1
+    fi
+}
+
 # Builds the release gateway and prints its path.
 release_gateway() {
     echo "building kylin-gateway (release)..." >&2
