@@ -11,6 +11,13 @@ if [[ "${CI:-}" == "true" ]]; then
   export CARGO_INCREMENTAL=0
 fi
 
+# cargo-deb: tests/tests/deploy_files.rs packages a build with
+# scripts/package.sh, the documented way to install the gateway.
+if ! command -v cargo-deb >/dev/null; then
+  echo "setup: installing cargo-deb (for the packaging test)"
+  cargo install cargo-deb --locked --version 3.8.0 --quiet
+fi
+
 echo "== format and lints"
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)

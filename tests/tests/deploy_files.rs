@@ -1,7 +1,8 @@
 //! The files under `deploy/`: the systemd unit (checked by
 //! `systemd-analyze verify` where it is installed), the Grafana dashboard
 //! and the Prometheus alert rules (every metric they name is one the
-//! gateway exports), and the `cargo deb` metadata that packages them.
+//! gateway exports), the `cargo deb` metadata that packages them, and
+//! `scripts/package.sh`, which builds the package.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -537,5 +538,62 @@ fn cargo_deb_assets_exist_and_ship_the_unit_and_config() {
         conf.iter()
             .any(|c| c.as_str() == Some("/etc/kylin-gateway/gateway.toml")),
         "the config is not a conffile (an upgrade would overwrite it)"
+    );
+}
+
+#[test]
+fn package_script_packages_the_given_build_and_leaves_target_release_alone() {
+    let Ok(version) = Command::new("cargo").args(["deb", "--version"]).output() else {
+        println!("SKIPPED: cargo is not on PATH");
+        return;
+    };
+    if !version.status.success() {
+        println!("SKIPPED: cargo-deb is not installed (cargo install cargo-deb)");
+        return;
+    }
+    // The build these tests made stands in for a profile-guided one; the
+    // script's staging and the package go to a target directory of the
+    // test's own.
+    let binary = target_bin("kylin-gateway");
+    assert!(binary.exists(), "{} not built", binary.display());
+    let dir = TempDir::new("kgw-package");
+    let output = Command::new(repo().join("scripts/package.sh"))
+        .env("PGO_BIN", &binary)
+        .env("CARGO_TARGET_DIR", &dir.path)
+        .output()
+        .expect("run scripts/package.sh");
+    assert!(
+        output.status.success(),
+        "scripts/package.sh: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let debs: Vec<PathBuf> = std::fs::read_dir(dir.path.join("debian"))
+        .expect("target/debian")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    assert_eq!(debs.len(), 1, "one package: {debs:?}");
+    let unpacked = dir.path.join("unpacked");
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&debs[0])
+        .arg(&unpacked)
+        .status()
+        .expect("run dpkg-deb");
+    assert!(status.success());
+    let packaged = std::fs::read(unpacked.join("usr/bin/kylin-gateway")).unwrap();
+    assert!(
+        packaged == std::fs::read(&binary).unwrap(),
+        "the package holds another binary than PGO_BIN"
+    );
+    assert!(
+        unpacked
+            .join("lib/systemd/system/kylin-gateway.service")
+            .exists()
+    );
+    assert!(
+        !dir.path.join("release").exists(),
+        "the script wrote into the target directory's release/"
     );
 }
