@@ -63,9 +63,7 @@ if [ "${TLS:-no}" = yes ]; then
     fi
     need openssl
     scheme=https
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-        -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \
-        -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+    self_signed_cert
 fi
 if [ $# = 0 ]; then
     echo "usage: bench/ab.sh GATEWAY_BIN [GATEWAY_BIN...]" >&2

@@ -199,6 +199,14 @@ leader = true
 CONF
 }
 
+# Writes a self-signed P-256 certificate for 127.0.0.1 and its key to
+# $work/tls.pem and $work/tls.key (serve_tls's arguments).
+self_signed_cert() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+}
+
 # Turns gateway config $1 (gateway_config's) into one that serves its
 # `http` port with TLS, certificate $2 and key $3.
 serve_tls() {

@@ -85,9 +85,7 @@ train() {
     wait "$pid" || true
 }
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \
-    -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+self_signed_cert
 build "$root/target/pgo-train" "-Cprofile-generate=$profiles"
 node_port=$(free_port)
 start_nginx "$node_port"
