@@ -44,17 +44,12 @@ need wrk
 need nginx
 choose_request
 scheme=http
-h2_body=()
 if [ "${H2:-no}" = yes ]; then
     if [ "${NGINX:-no}" = yes ]; then
         echo "bench/ab.sh: H2=yes measures gateways only, not with NGINX=yes" >&2
         exit 2
     fi
     need h2load
-    if [ "$request_method" = POST ]; then
-        printf '%s' "$query_body" >"$work/body.json"
-        h2_body=(-d "$work/body.json" -H 'content-type: application/json')
-    fi
 fi
 if [ "${TLS:-no}" = yes ]; then
     if [ "${NGINX:-no}" = yes ]; then
@@ -115,7 +110,7 @@ load_all() {
     for k in "${!ports[@]}"; do
         url="$scheme://127.0.0.1:${ports[$k]}$REQUEST_PATH"
         if [ "${H2:-no}" = yes ]; then
-            "${on_load_cpu[@]}" h2load -c32 -m1 -D "${duration%s}" "${h2_body[@]}" "$url" \
+            "${on_load_cpu[@]}" h2load -c32 -m1 -D "${duration%s}" "${h2load_body[@]}" "$url" \
                 >"$work/$prefix-$k.txt" &
         else
             "${on_load_cpu[@]}" wrk -t1 -c32 -d"$duration" "${wrk_script[@]}" "$url" \

@@ -208,10 +208,15 @@ self_signed_cert() {
 }
 
 # Turns gateway config $1 (gateway_config's) into one that serves its
-# `http` port with TLS, certificate $2 and key $3.
+# `http` port with TLS, certificate $2 and key $3; given a port $4, it serves
+# TLS there instead, beside the plaintext `http` port.
 serve_tls() {
-    local file=$1 cert=$2 key=$3
-    sed -i 's/^http = /https = /' "$file"
+    local file=$1 cert=$2 key=$3 https_port=${4:-}
+    if [ -n "$https_port" ]; then
+        sed -i "/^http = /a https = \"127.0.0.1:$https_port\"" "$file"
+    else
+        sed -i 's/^http = /https = /' "$file"
+    fi
     cat >>"$file" <<CONF
 [tls]
 cert = "$cert"
@@ -239,15 +244,17 @@ PLUGIN=${PLUGIN:-plugins/target/wasm32-wasip2/release/query_affinity.wasm}
 # The request to load the gateway with: with POST=yes the Kylin query
 # ($query_body, posted by the wrk script $work/post.lua), else a GET.
 # Sets REQUEST_PATH (unless given), request_method, wrk_script (wrk's
-# arguments) and probe_args (curl's, for expect_2xx).
+# arguments), probe_args (curl's, for expect_2xx) and h2load_body (h2load's).
 choose_request() {
-    wrk_script=() probe_args=()
+    wrk_script=() probe_args=() h2load_body=()
     if [ "${POST:-no}" = yes ]; then
         REQUEST_PATH=${REQUEST_PATH:-/kylin/api/query}
         request_method=POST
         write_post_lua "$work/post.lua"
         wrk_script=(-s "$work/post.lua")
         probe_args=(-H 'Content-Type: application/json' --data "$query_body")
+        printf '%s' "$query_body" >"$work/body.json"
+        h2load_body=(-d "$work/body.json" -H 'content-type: application/json')
     else
         REQUEST_PATH=${REQUEST_PATH:-/kylin/api/projects}
         request_method=GET

@@ -56,12 +56,7 @@ train_load() {
             wrk -t1 -c16 -d"$TRAIN" "${wrk_script[@]}" "$url" >"$work/wrk.txt"
             check_wrk "gateway" "$work/wrk.txt"
         done
-        local body=()
-        if [ "$post" = yes ]; then
-            printf '%s' "$query_body" >"$work/body.json"
-            body=(-d "$work/body.json" -H 'content-type: application/json')
-        fi
-        h2load -c16 -m4 -D "${TRAIN%s}" "${body[@]}" "https://127.0.0.1:$https_port$REQUEST_PATH" >"$work/h2load.txt"
+        h2load -c16 -m4 -D "${TRAIN%s}" "${h2load_body[@]}" "https://127.0.0.1:$https_port$REQUEST_PATH" >"$work/h2load.txt"
         check_h2load "$work/h2load.txt"
     done
 }
@@ -74,8 +69,7 @@ train() {
     http_port=$(free_port)
     https_port=$(free_port)
     target_config "$target" "$work/gateway.toml" "$http_port" "$(free_port)" "$node_port"
-    sed -i "/^http = /a https = \"127.0.0.1:$https_port\"" "$work/gateway.toml"
-    printf '[tls]\ncert = "%s"\nkey = "%s"\n' "$work/tls.pem" "$work/tls.key" >>"$work/gateway.toml"
+    serve_tls "$work/gateway.toml" "$work/tls.pem" "$work/tls.key" "$https_port"
     RUST_LOG=warn "$(target_bin "$target")" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
     pid=$!
     wait_port "$http_port"
