@@ -159,7 +159,9 @@ impl Admin {
                         store.export_gauges();
                     }
                     self.quotas.export_gauges();
-                    let mut response = text(StatusCode::OK, handle.render());
+                    let mut body = handle.render();
+                    crate::proxy::durations::render(&mut body);
+                    let mut response = text(StatusCode::OK, body);
                     response.headers_mut().insert(
                         header::CONTENT_TYPE,
                         header::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -10,6 +10,7 @@
 mod answer;
 mod body;
 mod client_io;
+pub mod durations;
 mod error;
 mod h1;
 mod headers;
@@ -84,9 +85,6 @@ pub struct Proxy {
     policy: Option<Arc<dyn RoutingPolicy>>,
     /// `kgw_requests_total` for requests that reached no node (`upstream="-"`).
     unrouted: Arc<RequestCounters>,
-    /// `kgw_request_duration_seconds` by class, registered on first use (the
-    /// recorder is installed by then).
-    durations: [OnceLock<metrics::Histogram>; TrafficClass::ALL.len()],
     /// `limits.max_in_flight`: requests past it are shed with a 503.
     in_flight: InFlightLimit,
     /// `kgw_requests_shed_total`, registered on first use.
@@ -133,7 +131,6 @@ impl Proxy {
             upstreams: Upstreams::new(&config.upstream, upstream_tls),
             policy,
             unrouted: Arc::new(RequestCounters::new(Arc::from("-"))),
-            durations: Default::default(),
             in_flight: InFlightLimit::new(config.limits.max_in_flight),
             shed: OnceLock::new(),
             quotas: Arc::new(ProjectQuotas::new(&config.limits)),
@@ -197,11 +194,7 @@ impl Proxy {
         let status = response.status();
         let counters = outcome.upstream.as_ref().unwrap_or(&self.unrouted);
         counters.increment(class, status.as_u16());
-        self.durations[class.index()]
-            .get_or_init(
-                || metrics::histogram!("kgw_request_duration_seconds", "class" => class.as_str()),
-            )
-            .record(elapsed.as_secs_f64());
+        durations::record(class, elapsed);
         let upstream = counters.upstream();
         // Formatted and written on the access log's thread, not here.
         access_log::emit(|| access_log::Record {
