@@ -210,108 +210,84 @@ impl ViewDiff {
         self.readmissions(snapshot, events);
         let next = Seen::of(snapshot);
         let Some(prev) = self.seen.replace(next.clone()) else {
-            if snapshot.has_view {
-                let leader = next.leader.as_deref();
-                events.record(
-                    Kind::View,
-                    format!(
-                        "view v{} from {}: {} node(s), leader {}",
-                        next.version,
-                        snapshot.view.source,
-                        next.nodes.len(),
-                        leader.unwrap_or("none")
-                    ),
-                    json!({"version": next.version, "source": snapshot.view.source,
-                           "added": next.nodes.keys().map(|k| &**k).collect::<Vec<_>>(),
-                           "leader": leader}),
-                );
-            }
-            if next.leader.is_none() {
-                self.leaderless_since = Some(now);
-            }
+            self.first_view(snapshot, &next, events, now);
             return;
         };
         if prev.version == next.version {
             return;
         }
-        let added: Vec<&str> = next
-            .nodes
-            .keys()
-            .filter(|id| !prev.nodes.contains_key(*id))
-            .map(|id| &**id)
-            .collect();
-        let removed: Vec<&str> = prev
-            .nodes
-            .keys()
-            .filter(|id| !next.nodes.contains_key(*id))
-            .map(|id| &**id)
-            .collect();
-        let unroutable: Vec<Value> = next
-            .unroutable
-            .iter()
-            .filter(|(id, why)| prev.unroutable.get(*id) != Some(why))
-            .map(|(id, why)| json!({"id": &**id, "reason": why}))
-            .collect();
-        let label = |id: &str| {
-            next.nodes
-                .get(id)
-                .or_else(|| prev.nodes.get(id))
-                .map(|l| format!("{id} ({l})"))
-                .unwrap_or_else(|| id.to_owned())
-        };
-        let mut parts = Vec::new();
-        for (what, ids) in [("added", &added), ("removed", &removed)] {
-            if !ids.is_empty() {
-                let labels: Vec<String> = ids.iter().map(|id| label(id)).collect();
-                parts.push(format!("{what} {}", labels.join(", ")));
-            }
+        view_changes(snapshot, &prev, &next, events);
+        if prev.leader != next.leader {
+            self.leader_change(snapshot, &prev, &next, events, now);
         }
-        if !unroutable.is_empty() {
-            parts.push(format!("{} node(s) not routable", unroutable.len()));
-        }
-        if prev.stale != next.stale {
-            parts.push(if next.stale { "stale" } else { "fresh again" }.to_owned());
-        }
-        if !parts.is_empty() {
+    }
+
+    /// The first snapshot: what the view holds, and since when it has no
+    /// leader if it has none.
+    fn first_view(&mut self, snapshot: &Snapshot, next: &Seen, events: &Events, now: Instant) {
+        if snapshot.has_view {
+            let leader = next.leader.as_deref();
             events.record(
                 Kind::View,
-                format!("view v{}: {}", next.version, parts.join("; ")),
+                format!(
+                    "view v{} from {}: {} node(s), leader {}",
+                    next.version,
+                    snapshot.view.source,
+                    next.nodes.len(),
+                    leader.unwrap_or("none")
+                ),
                 json!({"version": next.version, "source": snapshot.view.source,
-                       "added": added, "removed": removed, "unroutable": unroutable,
-                       "stale": next.stale}),
+                       "added": next.nodes.keys().map(|k| &**k).collect::<Vec<_>>(),
+                       "leader": leader}),
             );
         }
-        if prev.leader != next.leader {
-            let old = prev.leader.as_deref();
-            let new = next.leader.as_deref();
-            match new {
-                Some(new) => {
-                    let leaderless_ms = self
-                        .leaderless_since
-                        .take()
-                        .map(|since| now.saturating_duration_since(since).as_millis() as u64);
-                    let gap = leaderless_ms
-                        .map(|ms| format!(" after {} leaderless", human(ms)))
-                        .unwrap_or_default();
-                    events.record(
-                        Kind::Leader,
-                        format!("leader {} → {}{gap}", old.unwrap_or("none"), label(new)),
-                        json!({"old": old, "new": new, "leaderless_ms": leaderless_ms}),
-                    );
-                }
-                None => {
-                    self.leaderless_since = Some(now);
-                    let reason = snapshot.view.leader.reason.as_deref();
-                    events.record(
-                        Kind::Leader,
-                        format!(
-                            "leader {} lost{}",
-                            old.map(label).unwrap_or_default(),
-                            reason.map(|r| format!(": {r}")).unwrap_or_default()
-                        ),
-                        json!({"old": old, "new": null, "reason": reason}),
-                    );
-                }
+        if next.leader.is_none() {
+            self.leaderless_since = Some(now);
+        }
+    }
+
+    /// A new leader (with how long the cluster went without one), or the
+    /// leader lost (and why).
+    fn leader_change(
+        &mut self,
+        snapshot: &Snapshot,
+        prev: &Seen,
+        next: &Seen,
+        events: &Events,
+        now: Instant,
+    ) {
+        let old = prev.leader.as_deref();
+        match next.leader.as_deref() {
+            Some(new) => {
+                let leaderless_ms = self
+                    .leaderless_since
+                    .take()
+                    .map(|since| now.saturating_duration_since(since).as_millis() as u64);
+                let gap = leaderless_ms
+                    .map(|ms| format!(" after {} leaderless", human(ms)))
+                    .unwrap_or_default();
+                events.record(
+                    Kind::Leader,
+                    format!(
+                        "leader {} → {}{gap}",
+                        old.unwrap_or("none"),
+                        label(prev, next, new)
+                    ),
+                    json!({"old": old, "new": new, "leaderless_ms": leaderless_ms}),
+                );
+            }
+            None => {
+                self.leaderless_since = Some(now);
+                let reason = snapshot.view.leader.reason.as_deref();
+                events.record(
+                    Kind::Leader,
+                    format!(
+                        "leader {} lost{}",
+                        old.map(|id| label(prev, next, id)).unwrap_or_default(),
+                        reason.map(|r| format!(": {r}")).unwrap_or_default()
+                    ),
+                    json!({"old": old, "new": null, "reason": reason}),
+                );
             }
         }
     }
@@ -337,6 +313,61 @@ impl ViewDiff {
         }
         self.ejected = ejected;
     }
+}
+
+/// Nodes added, removed or newly unroutable, and the view going stale or
+/// fresh again, as one view event (none if nothing of that changed).
+fn view_changes(snapshot: &Snapshot, prev: &Seen, next: &Seen, events: &Events) {
+    let added: Vec<&str> = next
+        .nodes
+        .keys()
+        .filter(|id| !prev.nodes.contains_key(*id))
+        .map(|id| &**id)
+        .collect();
+    let removed: Vec<&str> = prev
+        .nodes
+        .keys()
+        .filter(|id| !next.nodes.contains_key(*id))
+        .map(|id| &**id)
+        .collect();
+    let unroutable: Vec<Value> = next
+        .unroutable
+        .iter()
+        .filter(|(id, why)| prev.unroutable.get(*id) != Some(why))
+        .map(|(id, why)| json!({"id": &**id, "reason": why}))
+        .collect();
+    let mut parts = Vec::new();
+    for (what, ids) in [("added", &added), ("removed", &removed)] {
+        if !ids.is_empty() {
+            let labels: Vec<String> = ids.iter().map(|id| label(prev, next, id)).collect();
+            parts.push(format!("{what} {}", labels.join(", ")));
+        }
+    }
+    if !unroutable.is_empty() {
+        parts.push(format!("{} node(s) not routable", unroutable.len()));
+    }
+    if prev.stale != next.stale {
+        parts.push(if next.stale { "stale" } else { "fresh again" }.to_owned());
+    }
+    if !parts.is_empty() {
+        events.record(
+            Kind::View,
+            format!("view v{}: {}", next.version, parts.join("; ")),
+            json!({"version": next.version, "source": snapshot.view.source,
+                   "added": added, "removed": removed, "unroutable": unroutable,
+                   "stale": next.stale}),
+        );
+    }
+}
+
+/// A node as events name it: `id (host:port)`, from the newer snapshot if
+/// it is still there.
+fn label(prev: &Seen, next: &Seen, id: &str) -> String {
+    next.nodes
+        .get(id)
+        .or_else(|| prev.nodes.get(id))
+        .map(|l| format!("{id} ({l})"))
+        .unwrap_or_else(|| id.to_owned())
 }
 
 fn human(ms: u64) -> String {
