@@ -415,139 +415,154 @@ where
 }
 
 fn discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
-    let address_map = raw.address_map.clone().unwrap_or_default();
     match raw.kind.as_deref().unwrap_or("static") {
-        "static" => {
-            for (key, set) in [
-                ("connect", raw.connect.is_some()),
-                ("metadata_prefix", raw.metadata_prefix.is_some()),
-                ("base_path", raw.base_path.is_some()),
-                ("kylin5_base_path", raw.kylin5_base_path.is_some()),
-                ("layout", raw.layout.is_some()),
-                ("kylin_properties", raw.kylin_properties.is_some()),
-            ] {
-                if set {
-                    return Err(ConfigError::new(
-                        format!("discovery.{key}"),
-                        "only valid with kind = \"zookeeper\"",
-                    ));
-                }
-            }
-            let raw_nodes = raw.nodes.unwrap_or_default();
-            if raw_nodes.is_empty() {
-                return Err(ConfigError::new(
-                    "discovery.nodes",
-                    "static discovery needs at least one node",
-                ));
-            }
-            let mut nodes = Vec::with_capacity(raw_nodes.len());
-            for (i, n) in raw_nodes.into_iter().enumerate() {
-                let key = format!("discovery.nodes[{i}]");
-                if crate::discovery::split_host_port(&n.address).is_none() {
-                    return Err(ConfigError::new(
-                        format!("{key}.address"),
-                        format!("'{}' is not host:port", n.address),
-                    ));
-                }
-                let modes = modes(&format!("{key}.mode"), n.mode.as_deref())?;
-                let leader = n.leader.unwrap_or(false);
-                if leader && !modes.job {
-                    return Err(ConfigError::new(
-                        format!("{key}.leader"),
-                        "a query-only node cannot lead the job engine",
-                    ));
-                }
-                if n.ssl_port == Some(0) {
-                    return Err(ConfigError::new(
-                        format!("{key}.ssl_port"),
-                        "must be a port from 1 to 65535",
-                    ));
-                }
-                nodes.push(StaticNode {
-                    ssl_port: n.ssl_port,
-                    id: n.id.unwrap_or_else(|| n.address.clone()),
-                    address: n.address,
-                    modes,
-                    leader,
-                    enabled: n.enabled.unwrap_or(true),
-                });
-            }
-            if nodes.iter().filter(|n| n.leader).count() > 1 {
-                return Err(ConfigError::new(
-                    "discovery.nodes",
-                    "more than one node has leader = true",
-                ));
-            }
-            Ok(Discovery::Static(StaticDiscovery { nodes, address_map }))
-        }
-        "zookeeper" => {
-            if raw.nodes.is_some() {
-                return Err(ConfigError::new(
-                    "discovery.nodes",
-                    "only valid with kind = \"static\"",
-                ));
-            }
-            let connect = raw.connect.clone().unwrap_or_default();
-            if connect.trim().is_empty() && raw.kylin_properties.is_none() {
-                return Err(ConfigError::new(
-                    "discovery.connect",
-                    "zookeeper discovery needs a connect string (or discovery.kylin_properties)",
-                ));
-            }
-            let (hosts, chroot) = kylin_properties::split_connect(&connect)
-                .map_err(|p| ConfigError::new("discovery.connect", p))?;
-            let base_path = base_path(&raw)?;
-            let layout = layout(raw.layout.as_deref())?;
-            let kylin5_base_path = match &raw.kylin5_base_path {
-                Some(path) => absolute_path("discovery.kylin5_base_path", path)?,
-                None => base_path.clone(),
-            };
-            if raw.kylin5_base_path.is_some() && !matches!(layout, Layout::Auto | Layout::Kylin5) {
-                return Err(ConfigError::new(
-                    "discovery.kylin5_base_path",
-                    "only valid with layout \"auto\" or \"kylin-5\"",
-                ));
-            }
-            let digest_auth = digest_auth("discovery.auth", raw.auth.as_deref())?;
-            Ok(Discovery::Zookeeper(ZookeeperSettings {
-                hosts,
-                chroot,
-                base_path,
-                kylin5_base_path,
-                layout,
-                session_timeout: ms(
-                    "discovery.session_timeout_ms",
-                    raw.session_timeout_ms,
-                    10_000,
-                    1_000,
-                )?,
-                connect_timeout: ms(
-                    "discovery.connect_timeout_ms",
-                    raw.connect_timeout_ms,
-                    5_000,
-                    100,
-                )?,
-                digest_auth,
-                default_mode: modes("discovery.default_mode", raw.default_mode.as_deref())?,
-                leader_address: raw.leader_address.clone(),
-                leader_check_interval: ms(
-                    "discovery.leader_check_interval_ms",
-                    raw.leader_check_interval_ms,
-                    10_000,
-                    0,
-                )?,
-                removal_grace: removal_grace(raw.removal_grace_ms)?,
-                address_map,
-                kylin_properties: raw.kylin_properties.clone().map(Into::into),
-                base_path_explicit: raw.base_path.is_some() || raw.metadata_prefix.is_some(),
-                kylin5_base_path_explicit: raw.kylin5_base_path.is_some(),
-            }))
-        }
+        "static" => static_discovery(raw),
+        "zookeeper" => zookeeper_discovery(raw),
         other => Err(ConfigError::new(
             "discovery.kind",
             format!("unknown kind '{other}' (expected static or zookeeper)"),
         )),
     }
+}
+
+/// `kind = "static"`: the nodes listed, at most one of them the leader.
+fn static_discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
+    for (key, set) in [
+        ("connect", raw.connect.is_some()),
+        ("metadata_prefix", raw.metadata_prefix.is_some()),
+        ("base_path", raw.base_path.is_some()),
+        ("kylin5_base_path", raw.kylin5_base_path.is_some()),
+        ("layout", raw.layout.is_some()),
+        ("kylin_properties", raw.kylin_properties.is_some()),
+    ] {
+        if set {
+            return Err(ConfigError::new(
+                format!("discovery.{key}"),
+                "only valid with kind = \"zookeeper\"",
+            ));
+        }
+    }
+    let raw_nodes = raw.nodes.unwrap_or_default();
+    if raw_nodes.is_empty() {
+        return Err(ConfigError::new(
+            "discovery.nodes",
+            "static discovery needs at least one node",
+        ));
+    }
+    let nodes = raw_nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, node)| static_node(i, node))
+        .collect::<Result<Vec<_>, _>>()?;
+    if nodes.iter().filter(|n| n.leader).count() > 1 {
+        return Err(ConfigError::new(
+            "discovery.nodes",
+            "more than one node has leader = true",
+        ));
+    }
+    Ok(Discovery::Static(StaticDiscovery {
+        nodes,
+        address_map: raw.address_map.unwrap_or_default(),
+    }))
+}
+
+/// `discovery.nodes[i]`.
+fn static_node(i: usize, n: RawStaticNode) -> Result<StaticNode, ConfigError> {
+    let key = format!("discovery.nodes[{i}]");
+    if crate::discovery::split_host_port(&n.address).is_none() {
+        return Err(ConfigError::new(
+            format!("{key}.address"),
+            format!("'{}' is not host:port", n.address),
+        ));
+    }
+    let modes = modes(&format!("{key}.mode"), n.mode.as_deref())?;
+    let leader = n.leader.unwrap_or(false);
+    if leader && !modes.job {
+        return Err(ConfigError::new(
+            format!("{key}.leader"),
+            "a query-only node cannot lead the job engine",
+        ));
+    }
+    if n.ssl_port == Some(0) {
+        return Err(ConfigError::new(
+            format!("{key}.ssl_port"),
+            "must be a port from 1 to 65535",
+        ));
+    }
+    Ok(StaticNode {
+        ssl_port: n.ssl_port,
+        id: n.id.unwrap_or_else(|| n.address.clone()),
+        address: n.address,
+        modes,
+        leader,
+        enabled: n.enabled.unwrap_or(true),
+    })
+}
+
+/// `kind = "zookeeper"`: where to connect, which layouts to read, the
+/// timeouts.
+fn zookeeper_discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
+    if raw.nodes.is_some() {
+        return Err(ConfigError::new(
+            "discovery.nodes",
+            "only valid with kind = \"static\"",
+        ));
+    }
+    let connect = raw.connect.clone().unwrap_or_default();
+    if connect.trim().is_empty() && raw.kylin_properties.is_none() {
+        return Err(ConfigError::new(
+            "discovery.connect",
+            "zookeeper discovery needs a connect string (or discovery.kylin_properties)",
+        ));
+    }
+    let (hosts, chroot) = kylin_properties::split_connect(&connect)
+        .map_err(|p| ConfigError::new("discovery.connect", p))?;
+    let base_path = base_path(&raw)?;
+    let layout = layout(raw.layout.as_deref())?;
+    let kylin5_base_path = match &raw.kylin5_base_path {
+        Some(path) => absolute_path("discovery.kylin5_base_path", path)?,
+        None => base_path.clone(),
+    };
+    if raw.kylin5_base_path.is_some() && !matches!(layout, Layout::Auto | Layout::Kylin5) {
+        return Err(ConfigError::new(
+            "discovery.kylin5_base_path",
+            "only valid with layout \"auto\" or \"kylin-5\"",
+        ));
+    }
+    let digest_auth = digest_auth("discovery.auth", raw.auth.as_deref())?;
+    Ok(Discovery::Zookeeper(ZookeeperSettings {
+        hosts,
+        chroot,
+        base_path,
+        kylin5_base_path,
+        layout,
+        session_timeout: ms(
+            "discovery.session_timeout_ms",
+            raw.session_timeout_ms,
+            10_000,
+            1_000,
+        )?,
+        connect_timeout: ms(
+            "discovery.connect_timeout_ms",
+            raw.connect_timeout_ms,
+            5_000,
+            100,
+        )?,
+        digest_auth,
+        default_mode: modes("discovery.default_mode", raw.default_mode.as_deref())?,
+        leader_address: raw.leader_address.clone(),
+        leader_check_interval: ms(
+            "discovery.leader_check_interval_ms",
+            raw.leader_check_interval_ms,
+            10_000,
+            0,
+        )?,
+        removal_grace: removal_grace(raw.removal_grace_ms)?,
+        address_map: raw.address_map.clone().unwrap_or_default(),
+        kylin_properties: raw.kylin_properties.clone().map(Into::into),
+        base_path_explicit: raw.base_path.is_some() || raw.metadata_prefix.is_some(),
+        kylin5_base_path_explicit: raw.kylin5_base_path.is_some(),
+    }))
 }
 
 /// `discovery.base_path`, or `/kylin/<metadata_prefix>` (not both).
