@@ -441,13 +441,6 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
         );
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_rx_for_tasks = stop_rx.clone();
-    let stopped = move || {
-        let mut rx = stop_rx_for_tasks.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
 
     let plugins = load_plugins(&config).await?;
     let (fleet, fleet_task) = start_fleet(&config, plugins.clone(), stop_rx.clone()).await;
@@ -488,18 +481,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
         quotas: proxy.quotas().clone(),
     };
     let _cert_file_watch = watch_certificates(&config, cert_store)?;
-    let _plugin_file_watch = match &plugins {
-        Some(chain) => {
-            plugin::reload_on_sighup(chain.clone()).context("SIGHUP handler")?;
-            if config.plugin_runtime.watch_files {
-                Some(plugin::watch_files(chain.clone()).context("watching plugin files")?)
-            } else {
-                None
-            }
-        }
-        None => None,
-    };
-    let mut tasks = tokio::task::JoinSet::new();
+    let _plugin_file_watch = watch_plugins(&config, plugins.as_ref())?;
     let _events_task = tokio::spawn(kylin_gateway::events::watch_views(views.clone()));
     let discovery_task = tokio::spawn(discovery::run(
         config.discovery.clone(),
@@ -508,47 +490,7 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
         tls.upstream.clone(),
     ));
 
-    let mut listeners = Vec::new();
-    if let Some(address) = config.listen.http {
-        listeners.push(("listen.http", address, None));
-    }
-    if let (Some(address), Some(termination)) = (config.listen.https, &tls.termination) {
-        listeners.push(("listen.https", address, Some(termination.store.clone())));
-    }
-    for (key, address, acceptor) in listeners {
-        let scheme = if acceptor.is_some() { "HTTPS" } else { "HTTP" };
-        match per_core {
-            None => {
-                let listener = TcpListener::bind(address)
-                    .await
-                    .with_context(|| format!("{key}: cannot bind {address}"))?;
-                tasks.spawn(server::serve(
-                    listener,
-                    proxy.clone(),
-                    acceptor,
-                    stopped(),
-                    config.drain_timeout,
-                    config.limits.clone(),
-                ));
-            }
-            Some(threads) => {
-                let limits = config.limits.clone();
-                let served = server::serve_per_core(
-                    address,
-                    threads,
-                    proxy.clone(),
-                    acceptor,
-                    stop_rx.clone(),
-                    config.drain_timeout,
-                    limits,
-                )
-                .await
-                .with_context(|| format!("{key}: cannot bind {address}"))?;
-                tasks.spawn(served);
-            }
-        }
-        tracing::info!(%address, threads = per_core.unwrap_or(0), "serving {scheme}");
-    }
+    let listeners = serve_proxy_listeners(&config, per_core, &proxy, &tls, &stop_rx).await?;
     // The admin listener starts last, so /readyz answers only once every
     // proxy listener is bound, and outlives them: it reports `draining`
     // until every open request has finished.
@@ -561,20 +503,123 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
-    let _ = admin_stop_tx.send(());
-    let _ = admin_task.await;
-    // Discovery goes before the runtime does, in one piece: dropped with
-    // the runtime, zookeeper-client's session task can go first and its
-    // pending watches then panic on a cancelled channel.
-    discovery_task.abort();
-    idle_reaper.abort();
-    let _ = discovery_task.await;
-    if let Some(task) = fleet_task {
-        let _ = task.await;
+    Running {
+        listeners,
+        admin_stop: admin_stop_tx,
+        admin: admin_task,
+        discovery: discovery_task,
+        idle_reaper,
+        fleet: fleet_task,
     }
+    .stop()
+    .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What `run` started and stops, in order, once the stop signal is sent.
+struct Running {
+    listeners: tokio::task::JoinSet<()>,
+    admin_stop: tokio::sync::oneshot::Sender<()>,
+    admin: tokio::task::JoinHandle<()>,
+    discovery: tokio::task::JoinHandle<()>,
+    idle_reaper: tokio::task::JoinHandle<()>,
+    fleet: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The listeners drain first; the admin API (reporting `draining` until
+    /// then) after them.
+    async fn stop(mut self) {
+        while self.listeners.join_next().await.is_some() {}
+        let _ = self.admin_stop.send(());
+        let _ = self.admin.await;
+        // Discovery goes before the runtime does, in one piece: dropped with
+        // the runtime, zookeeper-client's session task can go first and its
+        // pending watches then panic on a cancelled channel.
+        self.discovery.abort();
+        self.idle_reaper.abort();
+        let _ = self.discovery.await;
+        if let Some(task) = self.fleet {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Binds `listen.http` and `listen.https` (on the serving threads of their
+/// own with a current-thread runtime, else on this runtime) and serves
+/// them until `stop` turns true; the set ends when all have drained.
+async fn serve_proxy_listeners(
+    config: &Config,
+    per_core: Option<usize>,
+    proxy: &Arc<Proxy>,
+    tls: &TlsSetup,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinSet<()>> {
+    let mut listeners = Vec::new();
+    if let Some(address) = config.listen.http {
+        listeners.push(("listen.http", address, None));
+    }
+    if let (Some(address), Some(termination)) = (config.listen.https, &tls.termination) {
+        listeners.push(("listen.https", address, Some(termination.store.clone())));
+    }
+    let mut served = tokio::task::JoinSet::new();
+    for (key, address, acceptor) in listeners {
+        let scheme = if acceptor.is_some() { "HTTPS" } else { "HTTP" };
+        let limits = config.limits.clone();
+        match per_core {
+            None => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("{key}: cannot bind {address}"))?;
+                let mut stop = stop.clone();
+                let stopped = async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                };
+                served.spawn(server::serve(
+                    listener,
+                    proxy.clone(),
+                    acceptor,
+                    stopped,
+                    config.drain_timeout,
+                    limits,
+                ));
+            }
+            Some(threads) => {
+                let serving = server::serve_per_core(
+                    address,
+                    threads,
+                    proxy.clone(),
+                    acceptor,
+                    stop.clone(),
+                    config.drain_timeout,
+                    limits,
+                )
+                .await
+                .with_context(|| format!("{key}: cannot bind {address}"))?;
+                served.spawn(serving);
+            }
+        }
+        tracing::info!(%address, threads = per_core.unwrap_or(0), "serving {scheme}");
+    }
+    Ok(served)
+}
+
+/// Plugin reloads on SIGHUP and (with `plugin_runtime.watch_files`) on
+/// file changes. The returned watch must be kept alive.
+fn watch_plugins(
+    config: &Config,
+    plugins: Option<&PluginChain>,
+) -> anyhow::Result<Option<plugin::FileWatch>> {
+    let Some(chain) = plugins else {
+        return Ok(None);
+    };
+    plugin::reload_on_sighup(chain.clone()).context("SIGHUP handler")?;
+    if !config.plugin_runtime.watch_files {
+        return Ok(None);
+    }
+    let watch = plugin::watch_files(chain.clone()).context("watching plugin files")?;
+    Ok(Some(watch))
 }
 
 /// Certificate reloads on SIGHUP and (with `tls.watch_files`) on file
