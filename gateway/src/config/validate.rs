@@ -109,23 +109,7 @@ fn modes(key: &str, value: Option<&str>) -> Result<Modes, ConfigError> {
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let listen = Listen {
-        http: match raw.listen.http.as_deref() {
-            Some(v) => Some(addr("listen.http", v)?),
-            None if raw.listen.https.is_none() => Some(addr("listen.http", "127.0.0.1:7070")?),
-            None => None,
-        },
-        https: raw
-            .listen
-            .https
-            .as_deref()
-            .map(|v| addr("listen.https", v))
-            .transpose()?,
-        admin: addr(
-            "listen.admin",
-            raw.listen.admin.as_deref().unwrap_or("127.0.0.1:7071"),
-        )?,
-    };
+    let listen = listen(raw.listen)?;
     let tls = raw.tls.map(tls).transpose()?;
     if listen.https.is_some() && tls.is_none() {
         return Err(ConfigError::new(
@@ -144,16 +128,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         fleet,
         routing: routing(raw.routing)?,
         upstream: upstream(raw.upstream)?,
-        health: Ejection {
-            threshold: match raw.health.eject_after {
-                Some(0) => {
-                    return Err(ConfigError::new("health.eject_after", "must be at least 1"));
-                }
-                v => v.unwrap_or(3),
-            },
-            base: ms("health.eject_base_ms", raw.health.eject_base_ms, 5_000, 1)?,
-            max: ms("health.eject_max_ms", raw.health.eject_max_ms, 300_000, 1)?,
-        },
+        health: health(raw.health)?,
         drain_timeout: ms(
             "shutdown.drain_timeout_ms",
             raw.shutdown.drain_timeout_ms,
@@ -162,31 +137,66 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )?,
         runtime: runtime(raw.runtime)?,
         plugins: plugins(raw.plugins, fleet_zookeeper)?,
-        plugin_runtime: PluginRuntime {
-            deadline: ms(
-                "plugin_runtime.deadline_ms",
-                raw.plugin_runtime.deadline_ms,
-                2,
-                1,
-            )?,
-            memory_bytes: match raw.plugin_runtime.memory_mb {
-                Some(0) => {
-                    return Err(ConfigError::new(
-                        "plugin_runtime.memory_mb",
-                        "must be at least 1",
-                    ));
-                }
-                v => v.unwrap_or(16) << 20,
-            },
-            cache_dir: raw.plugin_runtime.cache_dir.map(Into::into),
-            watch_files: raw.plugin_runtime.watch_files.unwrap_or(true),
-            idle_instances: idle_instances(raw.plugin_runtime.idle_instances)?,
-        },
+        plugin_runtime: plugin_runtime(raw.plugin_runtime)?,
         admin: AdminSettings {
             token_file: raw.admin.token_file.map(Into::into),
             public_metrics: raw.admin.public_metrics.unwrap_or(true),
         },
         limits: limits(raw.limits)?,
+    })
+}
+
+/// `[listen]`: plain HTTP on 127.0.0.1:7070 unless only HTTPS is set.
+fn listen(raw: RawListen) -> Result<Listen, ConfigError> {
+    Ok(Listen {
+        http: match raw.http.as_deref() {
+            Some(v) => Some(addr("listen.http", v)?),
+            None if raw.https.is_none() => Some(addr("listen.http", "127.0.0.1:7070")?),
+            None => None,
+        },
+        https: raw
+            .https
+            .as_deref()
+            .map(|v| addr("listen.https", v))
+            .transpose()?,
+        admin: addr(
+            "listen.admin",
+            raw.admin.as_deref().unwrap_or("127.0.0.1:7071"),
+        )?,
+    })
+}
+
+/// `[health]`: when a node is ejected, and for how long.
+fn health(raw: RawHealth) -> Result<Ejection, ConfigError> {
+    Ok(Ejection {
+        threshold: match raw.eject_after {
+            Some(0) => {
+                return Err(ConfigError::new("health.eject_after", "must be at least 1"));
+            }
+            v => v.unwrap_or(3),
+        },
+        base: ms("health.eject_base_ms", raw.eject_base_ms, 5_000, 1)?,
+        max: ms("health.eject_max_ms", raw.eject_max_ms, 300_000, 1)?,
+    })
+}
+
+/// `[plugin_runtime]`: the deadline and memory of a call, the compile
+/// cache, reloads, the instance pool.
+fn plugin_runtime(raw: RawPluginRuntime) -> Result<PluginRuntime, ConfigError> {
+    Ok(PluginRuntime {
+        deadline: ms("plugin_runtime.deadline_ms", raw.deadline_ms, 2, 1)?,
+        memory_bytes: match raw.memory_mb {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "plugin_runtime.memory_mb",
+                    "must be at least 1",
+                ));
+            }
+            v => v.unwrap_or(16) << 20,
+        },
+        cache_dir: raw.cache_dir.map(Into::into),
+        watch_files: raw.watch_files.unwrap_or(true),
+        idle_instances: idle_instances(raw.idle_instances)?,
     })
 }
 
@@ -614,19 +624,7 @@ fn routing(raw: RawRouting) -> Result<Routing, ConfigError> {
     if !api_base.starts_with('/') {
         return Err(ConfigError::new("routing.api_base", "must start with '/'"));
     }
-    let balance = match raw.balance.as_deref().unwrap_or("p2c") {
-        "p2c" | "power-of-two-choices" => BalanceKind::PowerOfTwoChoices,
-        "round-robin" => BalanceKind::RoundRobin,
-        "consistent-hash" => BalanceKind::ConsistentHash,
-        other => {
-            return Err(ConfigError::new(
-                "routing.balance",
-                format!(
-                    "unknown balancer '{other}' (expected p2c, round-robin or consistent-hash)"
-                ),
-            ));
-        }
-    };
+    let balance = balance_kind(raw.balance.as_deref())?;
     let hash_key = raw.hash_key.as_deref().map(parse_hash_key).transpose()?;
     if balance == BalanceKind::ConsistentHash && hash_key.is_none() {
         return Err(ConfigError::new(
@@ -641,56 +639,19 @@ fn routing(raw: RawRouting) -> Result<Routing, ConfigError> {
             "must be a number >= 1.0",
         ));
     }
-    let mut rules = Vec::with_capacity(raw.rules.len());
-    for (i, r) in raw.rules.into_iter().enumerate() {
-        let key = format!("routing.rules[{i}]");
-        let class = TrafficClass::parse(&r.class).ok_or_else(|| {
-            ConfigError::new(
-                format!("{key}.class"),
-                format!("unknown class '{}' (expected query, job or other)", r.class),
-            )
-        })?;
-        let path = PathPattern::parse(&r.path)
-            .map_err(|e| ConfigError::new(format!("{key}.path"), e.to_string()))?;
-        let methods = r
-            .methods
-            .iter()
-            .map(|m| {
-                Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                    ConfigError::new(
-                        format!("{key}.methods"),
-                        format!("'{m}' is not an HTTP method"),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        rules.push(Rule {
-            methods,
-            path,
-            class,
-        });
-    }
-    let cookie = |key: &str, value: Option<String>, default: &str| -> Result<String, ConfigError> {
-        let v = value.unwrap_or_else(|| default.to_string());
-        if v.is_empty()
-            || !v
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
-        {
-            return Err(ConfigError::new(
-                key,
-                format!("'{v}' is not a valid cookie name"),
-            ));
-        }
-        Ok(v)
-    };
+    let rules = raw
+        .rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, rule)| routing_rule(i, rule))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Routing {
         api_base,
         balance,
         hash_key,
         load_factor,
-        session_cookie: cookie("routing.session_cookie", raw.session_cookie, "JSESSIONID")?,
-        affinity_cookie: cookie(
+        session_cookie: cookie_name("routing.session_cookie", raw.session_cookie, "JSESSIONID")?,
+        affinity_cookie: cookie_name(
             "routing.affinity_cookie",
             raw.affinity_cookie,
             "KYLIN_GW_NODE",
@@ -700,6 +661,65 @@ fn routing(raw: RawRouting) -> Result<Routing, ConfigError> {
         retry_after_s: raw.retry_after_s.unwrap_or(5).max(1),
         rules,
     })
+}
+
+/// `routing.balance`.
+fn balance_kind(name: Option<&str>) -> Result<BalanceKind, ConfigError> {
+    match name.unwrap_or("p2c") {
+        "p2c" | "power-of-two-choices" => Ok(BalanceKind::PowerOfTwoChoices),
+        "round-robin" => Ok(BalanceKind::RoundRobin),
+        "consistent-hash" => Ok(BalanceKind::ConsistentHash),
+        other => Err(ConfigError::new(
+            "routing.balance",
+            format!("unknown balancer '{other}' (expected p2c, round-robin or consistent-hash)"),
+        )),
+    }
+}
+
+/// `routing.rules[i]`.
+fn routing_rule(i: usize, r: RawRule) -> Result<Rule, ConfigError> {
+    let key = format!("routing.rules[{i}]");
+    let class = TrafficClass::parse(&r.class).ok_or_else(|| {
+        ConfigError::new(
+            format!("{key}.class"),
+            format!("unknown class '{}' (expected query, job or other)", r.class),
+        )
+    })?;
+    let path = PathPattern::parse(&r.path)
+        .map_err(|e| ConfigError::new(format!("{key}.path"), e.to_string()))?;
+    let methods = r
+        .methods
+        .iter()
+        .map(|m| {
+            Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                ConfigError::new(
+                    format!("{key}.methods"),
+                    format!("'{m}' is not an HTTP method"),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Rule {
+        methods,
+        path,
+        class,
+    })
+}
+
+/// A cookie name setting (`key`), `default` when unset.
+fn cookie_name(key: &str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
+    let v = value.unwrap_or_else(|| default.to_string());
+    if v.is_empty()
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+    {
+        return Err(ConfigError::new(
+            key,
+            format!("'{v}' is not a valid cookie name"),
+        ));
+    }
+    Ok(v)
 }
 
 fn parse_hash_key(text: &str) -> Result<HashKey, ConfigError> {
