@@ -172,42 +172,47 @@ fn main() -> ExitCode {
         Some(Command::Plugin(PluginCommand::List { store })) => {
             run_store_command(fleet::commands::list(&store.target()))
         }
-        None => {
-            let Some(file) = cli.config else {
-                eprintln!("kylin-gateway: --config FILE is required (see --help)");
-                return ExitCode::from(2);
-            };
-            let config = match load_config(&file, cli.kylin_properties.as_deref()) {
-                Ok(config) => config,
-                Err(error) => return config_failure(&error),
-            };
-            let admin_token = match load_admin_token(&config) {
-                Ok(token) => token,
-                Err(error) => return config_failure(&error),
-            };
-            let tls = match load_tls(&config) {
-                Ok(tls) => tls,
-                Err(error) => return config_failure(&error),
-            };
-            let _log_writer = init_tracing();
-            // After the filter is installed (it decides whether the access
-            // log is on); dropped before `_log_writer`, flushing its lines.
-            let _access_log = kylin_gateway::access_log::install_if_enabled();
-            let runtime = match build_runtime(config.runtime) {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("kylin-gateway: runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(run(config, admin_token, tls)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!("{error:#}");
-                    eprintln!("kylin-gateway: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        None => serve(cli.config, cli.kylin_properties.as_deref()),
+    }
+}
+
+/// Runs the gateway with its config file until SIGTERM/SIGINT: config,
+/// admin token and TLS files read first (a bad one is one line naming the
+/// key), then logging, then the runtime.
+fn serve(config_file: Option<PathBuf>, kylin_properties: Option<&Path>) -> ExitCode {
+    let Some(file) = config_file else {
+        eprintln!("kylin-gateway: --config FILE is required (see --help)");
+        return ExitCode::from(2);
+    };
+    let config = match load_config(&file, kylin_properties) {
+        Ok(config) => config,
+        Err(error) => return config_failure(&error),
+    };
+    let admin_token = match load_admin_token(&config) {
+        Ok(token) => token,
+        Err(error) => return config_failure(&error),
+    };
+    let tls = match load_tls(&config) {
+        Ok(tls) => tls,
+        Err(error) => return config_failure(&error),
+    };
+    let _log_writer = init_tracing();
+    // After the filter is installed (it decides whether the access log is
+    // on); dropped before `_log_writer`, flushing its lines.
+    let _access_log = kylin_gateway::access_log::install_if_enabled();
+    let runtime = match build_runtime(config.runtime) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kylin-gateway: runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, admin_token, tls)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("kylin-gateway: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }
