@@ -113,8 +113,11 @@ async fn start_node() -> SocketAddr {
     addr
 }
 
-/// The gateway's proxy and accept loop, with one static node.
+/// The gateway's proxy and accept loop, with one static node, and the
+/// metrics recorder installed as the binary installs it (without it, every
+/// metric is a no-op and what a metric allocates goes uncounted).
 async fn start_gateway(node: SocketAddr) -> SocketAddr {
+    let _metrics = kylin_gateway::admin::install_recorder();
     let config = kylin_gateway::config::parse(&format!(
         "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
          [discovery]\nkind = \"static\"\n[[discovery.nodes]]\naddress = \"{node}\"\nmode = \"all\"\nleader = true\n"
