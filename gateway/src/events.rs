@@ -318,18 +318,8 @@ impl ViewDiff {
 /// Nodes added, removed or newly unroutable, and the view going stale or
 /// fresh again, as one view event (none if nothing of that changed).
 fn view_changes(snapshot: &Snapshot, prev: &Seen, next: &Seen, events: &Events) {
-    let added: Vec<&str> = next
-        .nodes
-        .keys()
-        .filter(|id| !prev.nodes.contains_key(*id))
-        .map(|id| &**id)
-        .collect();
-    let removed: Vec<&str> = prev
-        .nodes
-        .keys()
-        .filter(|id| !next.nodes.contains_key(*id))
-        .map(|id| &**id)
-        .collect();
+    let added = only_in(next, prev);
+    let removed = only_in(prev, next);
     let unroutable: Vec<Value> = next
         .unroutable
         .iter()
@@ -358,6 +348,15 @@ fn view_changes(snapshot: &Snapshot, prev: &Seen, next: &Seen, events: &Events) 
                    "stale": next.stale}),
         );
     }
+}
+
+/// Ids of the nodes `this` holds and `other` does not.
+fn only_in<'a>(this: &'a Seen, other: &Seen) -> Vec<&'a str> {
+    this.nodes
+        .keys()
+        .filter(|id| !other.nodes.contains_key(*id))
+        .map(|id| &**id)
+        .collect()
 }
 
 /// A node as events name it: `id (host:port)`, from the newer snapshot if
