@@ -87,47 +87,22 @@ impl Admin {
 
     pub async fn handle(&self, request: Request<Incoming>) -> AdminResponse {
         if !self.authorized(&request) {
-            metrics::counter!("kgw_admin_unauthorized_total").increment(1);
-            let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return response;
+            return unauthorized();
         }
         let snapshot = self.views.snapshot();
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-            (&Method::GET, "/readyz") => {
-                if *self.draining.borrow() {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else if snapshot.ready() {
-                    text(StatusCode::OK, "ready\n")
-                } else if !snapshot.has_view {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "no cluster view yet\n")
-                } else {
-                    text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no routable query-serving node\n",
-                    )
-                }
-            }
+            (&Method::GET, "/readyz") => self.readiness(&snapshot),
             (&Method::GET, "/admin/nodes") => {
                 json_response(StatusCode::OK, &nodes_json(&snapshot, self.upstream_tls))
             }
             (&Method::GET, "/admin/tls") => match &self.tls {
                 Some(store) => json_response(StatusCode::OK, &store.status()),
-                None => json_response(
-                    StatusCode::NOT_FOUND,
-                    &json!({"error": "no [tls] configured"}),
-                ),
+                None => no_tls(),
             },
             (&Method::POST, "/admin/tls/reload") => match &self.tls {
                 Some(store) => json_response(StatusCode::OK, &store.reload("admin").await),
-                None => json_response(
-                    StatusCode::NOT_FOUND,
-                    &json!({"error": "no [tls] configured"}),
-                ),
+                None => no_tls(),
             },
             (&Method::GET, "/admin/leader") => {
                 let mut leader = leader_json(&snapshot);
@@ -152,35 +127,73 @@ impl Admin {
                 Some(p) => json_response(StatusCode::OK, &p.reload().await),
                 None => json_response(StatusCode::OK, &json!([])),
             },
-            (&Method::GET, "/metrics") => match &self.metrics {
-                Some(handle) => {
-                    export_node_gauges(&snapshot);
-                    if let Some(store) = &self.tls {
-                        store.export_gauges();
-                    }
-                    self.quotas.export_gauges();
-                    let mut body = handle.render();
-                    crate::proxy::durations::render(&mut body);
-                    let mut response = text(StatusCode::OK, body);
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        header::HeaderValue::from_static("text/plain; version=0.0.4"),
-                    );
-                    response
-                }
-                None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
-            },
+            (&Method::GET, "/metrics") => self.metrics(&snapshot),
             (&Method::GET, path) if let Some(asset) = status_page::asset(path) => {
-                let mut response = text(StatusCode::OK, asset.body);
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(asset.content_type),
-                );
-                response
+                with_content_type(text(StatusCode::OK, asset.body), asset.content_type)
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
+
+    /// `/readyz`: ready once a view has a routable query-serving node, and
+    /// until the gateway drains.
+    fn readiness(&self, snapshot: &Snapshot) -> AdminResponse {
+        if *self.draining.borrow() {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        } else if snapshot.ready() {
+            text(StatusCode::OK, "ready\n")
+        } else if !snapshot.has_view {
+            text(StatusCode::SERVICE_UNAVAILABLE, "no cluster view yet\n")
+        } else {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no routable query-serving node\n",
+            )
+        }
+    }
+
+    /// `/metrics`: the gauges read from live state are set just before the
+    /// exporter renders; the request-duration histogram is the gateway's
+    /// own and is appended.
+    fn metrics(&self, snapshot: &Snapshot) -> AdminResponse {
+        let Some(handle) = &self.metrics else {
+            return text(StatusCode::NOT_FOUND, "metrics are not enabled\n");
+        };
+        export_node_gauges(snapshot);
+        if let Some(store) = &self.tls {
+            store.export_gauges();
+        }
+        self.quotas.export_gauges();
+        let mut body = handle.render();
+        crate::proxy::durations::render(&mut body);
+        with_content_type(text(StatusCode::OK, body), "text/plain; version=0.0.4")
+    }
+}
+
+/// 401, with the scheme the client should use.
+fn unauthorized() -> AdminResponse {
+    metrics::counter!("kgw_admin_unauthorized_total").increment(1);
+    let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+fn no_tls() -> AdminResponse {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"error": "no [tls] configured"}),
+    )
+}
+
+fn with_content_type(mut response: AdminResponse, content_type: &'static str) -> AdminResponse {
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 impl Admin {
@@ -301,10 +314,5 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
-    let mut response = text(status, value.to_string());
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    response
+    with_content_type(text(status, value.to_string()), "application/json")
 }
