@@ -433,69 +433,41 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
 
 async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> anyhow::Result<()> {
     let metrics = admin::install_recorder();
-    // Before the first view: each serving thread gets its own idle list
-    // in every node's connection pool.
-    let per_core = per_core_threads(config.runtime);
-    if let Some(threads) = per_core {
-        upstream::set_shards(threads);
-    }
-    let views = ViewPublisher::with_upstream_tls(config.upstream.tls);
-    if tls.upstream.verification() == Verification::Insecure {
-        tracing::warn!(
-            "upstream.tls_insecure = true: certificates of TLS nodes are NOT verified; anyone on the path to a node can read and change its traffic"
-        );
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
-
-    let plugins = load_plugins(&config).await?;
-    let (fleet, fleet_task) = start_fleet(&config, plugins.clone(), stop_rx.clone()).await;
-    let policy = plugins
-        .clone()
-        .map(|chain| Arc::new(chain) as Arc<dyn RoutingPolicy>);
-    let proxy = Arc::new(Proxy::new(
-        &config,
-        views.clone(),
-        policy,
-        tls.upstream.clone(),
-    ));
-    let idle_reaper = tokio::spawn(proxy.upstreams().clone().reap_idle(views.clone()));
-    if let Some(fleet) = &fleet {
-        tokio::spawn(fleet::share_limits(
-            fleet.gateways(),
-            proxy.quotas().clone(),
-        ));
-    }
-    let cert_store = tls.termination.as_ref().map(|t| t.store.clone());
+    let core = start_core(&config, &tls, &stop_rx).await?;
     let admin_listener = TcpListener::bind(config.listen.admin)
         .await
         .with_context(|| format!("listen.admin: cannot bind {}", config.listen.admin))?;
     let leader_check = LeaderCheckStatus::default();
+    let cert_store = tls.termination.as_ref().map(|t| t.store.clone());
     let admin = Admin {
-        views: views.clone(),
+        views: core.views.clone(),
         leader_check: leader_check.clone(),
         metrics,
         draining: stop_rx.clone(),
-        plugins: plugins
+        plugins: core
+            .plugins
             .clone()
             .map(|chain| Arc::new(chain) as Arc<dyn PluginControl>),
         token: admin_token,
         public_metrics: config.admin.public_metrics,
         tls: cert_store.clone(),
         upstream_tls: tls.upstream.verification(),
-        fleet: fleet.clone(),
-        quotas: proxy.quotas().clone(),
+        fleet: core.fleet.clone(),
+        quotas: core.proxy.quotas().clone(),
     };
     let _cert_file_watch = watch_certificates(&config, cert_store)?;
-    let _plugin_file_watch = watch_plugins(&config, plugins.as_ref())?;
-    let _events_task = tokio::spawn(kylin_gateway::events::watch_views(views.clone()));
+    let _plugin_file_watch = watch_plugins(&config, core.plugins.as_ref())?;
+    let _events_task = tokio::spawn(kylin_gateway::events::watch_views(core.views.clone()));
     let discovery_task = tokio::spawn(discovery::run(
         config.discovery.clone(),
-        views.clone(),
-        leader_check.clone(),
+        core.views.clone(),
+        leader_check,
         tls.upstream.clone(),
     ));
 
-    let listeners = serve_proxy_listeners(&config, per_core, &proxy, &tls, &stop_rx).await?;
+    let listeners =
+        serve_proxy_listeners(&config, core.per_core, &core.proxy, &tls, &stop_rx).await?;
     // The admin listener starts last, so /readyz answers only once every
     // proxy listener is bound, and outlives them: it reports `draining`
     // until every open request has finished.
@@ -513,13 +485,74 @@ async fn run(config: Config, admin_token: Option<AdminToken>, tls: TlsSetup) -> 
         admin_stop: admin_stop_tx,
         admin: admin_task,
         discovery: discovery_task,
-        idle_reaper,
-        fleet: fleet_task,
+        idle_reaper: core.idle_reaper,
+        fleet: core.fleet_task,
     }
     .stop()
     .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The data plane `run` serves and the admin API reports on: the view
+/// publisher, the plugin chain, the fleet and the proxy over them.
+struct Core {
+    views: ViewPublisher,
+    plugins: Option<PluginChain>,
+    fleet: Option<Arc<fleet::Fleet>>,
+    fleet_task: Option<tokio::task::JoinHandle<()>>,
+    proxy: Arc<Proxy>,
+    idle_reaper: tokio::task::JoinHandle<()>,
+    /// Serving threads of their own, with a current-thread runtime.
+    per_core: Option<usize>,
+}
+
+/// Loads the plugins, joins the fleet and builds the proxy, with the tasks
+/// that keep its connection pools and shared limits up to date.
+async fn start_core(
+    config: &Config,
+    tls: &TlsSetup,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Core> {
+    // Before the first view: each serving thread gets its own idle list
+    // in every node's connection pool.
+    let per_core = per_core_threads(config.runtime);
+    if let Some(threads) = per_core {
+        upstream::set_shards(threads);
+    }
+    let views = ViewPublisher::with_upstream_tls(config.upstream.tls);
+    if tls.upstream.verification() == Verification::Insecure {
+        tracing::warn!(
+            "upstream.tls_insecure = true: certificates of TLS nodes are NOT verified; anyone on the path to a node can read and change its traffic"
+        );
+    }
+    let plugins = load_plugins(config).await?;
+    let (fleet, fleet_task) = start_fleet(config, plugins.clone(), stop.clone()).await;
+    let policy = plugins
+        .clone()
+        .map(|chain| Arc::new(chain) as Arc<dyn RoutingPolicy>);
+    let proxy = Arc::new(Proxy::new(
+        config,
+        views.clone(),
+        policy,
+        tls.upstream.clone(),
+    ));
+    let idle_reaper = tokio::spawn(proxy.upstreams().clone().reap_idle(views.clone()));
+    if let Some(fleet) = &fleet {
+        tokio::spawn(fleet::share_limits(
+            fleet.gateways(),
+            proxy.quotas().clone(),
+        ));
+    }
+    Ok(Core {
+        views,
+        plugins,
+        fleet,
+        fleet_task,
+        proxy,
+        idle_reaper,
+        per_core,
+    })
 }
 
 /// What `run` started and stops, in order, once the stop signal is sent.
