@@ -71,6 +71,40 @@ impl Snapshot {
         }
     }
 
+    /// The routing table of `view`, whose nodes are `nodes` (same order):
+    /// which serve queries and jobs, the routable leader, the hash ring.
+    fn index(version: u64, view: ClusterView, nodes: Vec<RoutableNode>) -> Snapshot {
+        let serving = |serves: fn(&Node) -> bool| -> Vec<usize> {
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.node.routable() && serves(&n.node))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let query_nodes = serving(|n| n.modes.query);
+        let job_nodes = serving(|n| n.modes.job);
+        let leader = view
+            .leader
+            .node_id
+            .as_deref()
+            .and_then(|id| nodes.iter().position(|n| &*n.node.id == id))
+            .filter(|&i| nodes[i].node.routable());
+        let ring_ids: Vec<&str> = query_nodes.iter().map(|&i| &*nodes[i].node.id).collect();
+        let ring = HashRing::build(&ring_ids, &query_nodes);
+        Snapshot {
+            version,
+            view: Arc::new(view),
+            nodes,
+            query_nodes,
+            leader,
+            job_nodes,
+            ring,
+            has_view: true,
+            published_at: SystemTime::now(),
+        }
+    }
+
     /// Ready to serve: at least one routable node serves queries.
     pub fn ready(&self) -> bool {
         !self.query_nodes.is_empty()
@@ -96,6 +130,50 @@ impl Snapshot {
 struct Carried {
     states: HashMap<Arc<str>, Arc<NodeState>>,
     pools: HashMap<Target, Arc<NodePool>>,
+}
+
+impl Carried {
+    /// `view`'s nodes with their state and connection pool: carried over
+    /// by node id and endpoint, new for newcomers; those of nodes that left
+    /// are dropped.
+    fn routable_nodes(&mut self, view: &ClusterView, tls_everywhere: bool) -> Vec<RoutableNode> {
+        let Carried { states, pools } = self;
+        let nodes: Vec<RoutableNode> = view
+            .nodes
+            .iter()
+            .map(|node| {
+                let state = states
+                    .entry(node.id.clone())
+                    .or_insert_with(|| Arc::new(NodeState::default()))
+                    .clone();
+                let label: Arc<str> = node.advertised().into();
+                let endpoint = endpoint(node, tls_everywhere);
+                let pool = endpoint.as_ref().map(|e| {
+                    pools
+                        .entry(e.target.clone())
+                        .or_insert_with(|| Arc::new(NodePool::new(e.target.clone())))
+                        .clone()
+                });
+                RoutableNode {
+                    pool,
+                    tls: endpoint.as_ref().is_some_and(|e| e.tls),
+                    authority: endpoint.map(|e| e.authority),
+                    requests: Arc::new(RequestCounters::new(label.clone())),
+                    label,
+                    affinity_tag: affinity_tag(&node.id).into(),
+                    node: node.clone(),
+                    state,
+                }
+            })
+            .collect();
+        states.retain(|id, _| view.nodes.iter().any(|n| &n.id == id));
+        pools.retain(|target, _| {
+            nodes
+                .iter()
+                .any(|n| n.pool.as_ref().is_some_and(|p| p.target() == target))
+        });
+        nodes
+    }
 }
 
 /// Receives a notification whenever a new snapshot is published.
@@ -158,73 +236,11 @@ impl ViewPublisher {
     /// (closing their idle connections).
     pub fn publish(&self, view: ClusterView) {
         let mut carried = self.inner.carried.lock().unwrap_or_else(|e| e.into_inner());
-        let Carried { states, pools } = &mut *carried;
-        let previous = self.inner.current.load();
-        let nodes: Vec<RoutableNode> = view
-            .nodes
-            .iter()
-            .map(|node| {
-                let state = states
-                    .entry(node.id.clone())
-                    .or_insert_with(|| Arc::new(NodeState::default()))
-                    .clone();
-                let label: Arc<str> = node.advertised().into();
-                let endpoint = endpoint(node, self.inner.tls_everywhere);
-                let pool = endpoint.as_ref().map(|e| {
-                    pools
-                        .entry(e.target.clone())
-                        .or_insert_with(|| Arc::new(NodePool::new(e.target.clone())))
-                        .clone()
-                });
-                RoutableNode {
-                    pool,
-                    tls: endpoint.as_ref().is_some_and(|e| e.tls),
-                    authority: endpoint.map(|e| e.authority),
-                    requests: Arc::new(RequestCounters::new(label.clone())),
-                    label,
-                    affinity_tag: affinity_tag(&node.id).into(),
-                    node: node.clone(),
-                    state,
-                }
-            })
-            .collect();
-        states.retain(|id, _| view.nodes.iter().any(|n| &n.id == id));
-        pools.retain(|target, _| {
-            nodes
-                .iter()
-                .any(|n| n.pool.as_ref().is_some_and(|p| p.target() == target))
-        });
-        let serving = |serves: fn(&Node) -> bool| -> Vec<usize> {
-            nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.node.routable() && serves(&n.node))
-                .map(|(i, _)| i)
-                .collect()
-        };
-        let query_nodes = serving(|n| n.modes.query);
-        let job_nodes = serving(|n| n.modes.job);
-        let leader = view
-            .leader
-            .node_id
-            .as_deref()
-            .and_then(|id| nodes.iter().position(|n| &*n.node.id == id))
-            .filter(|&i| nodes[i].node.routable());
-        let ring_ids: Vec<&str> = query_nodes.iter().map(|&i| &*nodes[i].node.id).collect();
-        let ring = HashRing::build(&ring_ids, &query_nodes);
-        let version = previous.version + 1;
-        let snapshot = Snapshot {
-            version,
-            view: Arc::new(view),
-            nodes,
-            query_nodes,
-            leader,
-            job_nodes,
-            ring,
-            has_view: true,
-            published_at: SystemTime::now(),
-        };
-        self.inner.current.store(Arc::new(snapshot));
+        let nodes = carried.routable_nodes(&view, self.inner.tls_everywhere);
+        let version = self.inner.current.load().version + 1;
+        self.inner
+            .current
+            .store(Arc::new(Snapshot::index(version, view, nodes)));
         drop(carried);
         metrics::counter!("kgw_view_updates_total").increment(1);
         self.inner.changed.send_replace(version);
