@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Request;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -26,7 +26,7 @@ use super::h1;
 use super::idle::{Activity, Counted, IdleWatch};
 use super::limits::{FirstRequest, first_request_within};
 use super::release::{self, Release};
-use super::{ClientBody, Downstream, Proxy};
+use super::{ClientBody, Downstream, Proxy, ResponseBody};
 use crate::config::Limits;
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and
@@ -137,42 +137,18 @@ pub async fn serve_per_core(
     for index in 0..threads {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         bound.push(bound_rx);
-        let (proxy, tls, mut stop, drained, limits, open) = (
-            proxy.clone(),
-            tls.clone(),
-            stop.clone(),
-            drained.clone(),
-            limits.clone(),
-            open.clone(),
-        );
-        let serve_thread = move || {
-            crate::upstream::enter_shard(index);
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    let _ = bound_tx.send(Err(error));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                match reuseport_listener(address) {
-                    Ok(listener) => {
-                        let _ = bound_tx.send(Ok(()));
-                        let shutdown = async move {
-                            let _ = stop.wait_for(|stop| *stop).await;
-                        };
-                        serve_capped(listener, proxy, tls, shutdown, drain, limits, open).await;
-                    }
-                    Err(error) => {
-                        let _ = bound_tx.send(Err(error));
-                    }
-                }
-                drained.wait().await;
-            });
+        let serving = ServingThread {
+            index,
+            address,
+            proxy: proxy.clone(),
+            tls: tls.clone(),
+            stop: stop.clone(),
+            drain,
+            limits: limits.clone(),
+            open: open.clone(),
+            drained: drained.clone(),
         };
+        let serve_thread = move || serving.run(bound_tx);
         handles.push(
             std::thread::Builder::new()
                 .name(format!("kgw-serve-{index}"))
@@ -189,6 +165,63 @@ pub async fn serve_per_core(
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     })
+}
+
+/// One thread of [`serve_per_core`] and what it serves with.
+struct ServingThread {
+    index: usize,
+    address: SocketAddr,
+    proxy: Arc<Proxy>,
+    tls: Option<Arc<CertStore>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
+    limits: Limits,
+    open: Arc<Semaphore>,
+    drained: Arc<tokio::sync::Barrier>,
+}
+
+impl ServingThread {
+    /// Runs a current-thread runtime that binds its own socket (reporting
+    /// the outcome on `bound`), serves it until `stop` and then waits for
+    /// the other threads to drain.
+    fn run(self, bound: tokio::sync::oneshot::Sender<std::io::Result<()>>) {
+        crate::upstream::enter_shard(self.index);
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                let _ = bound.send(Err(error));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match reuseport_listener(self.address) {
+                Ok(listener) => {
+                    let _ = bound.send(Ok(()));
+                    let mut stop = self.stop;
+                    let shutdown = async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    };
+                    serve_capped(
+                        listener,
+                        self.proxy,
+                        self.tls,
+                        shutdown,
+                        self.drain,
+                        self.limits,
+                        self.open,
+                    )
+                    .await;
+                }
+                Err(error) => {
+                    let _ = bound.send(Err(error));
+                }
+            }
+            self.drained.wait().await;
+        });
+    }
 }
 
 /// Fails with `AddrInUse` when another socket listens on `address`.
@@ -364,15 +397,75 @@ fn serve_one(
         tls: tls.is_some(),
     };
     let first = FirstRequest::default();
-    let arrived = first.clone();
-    let io_first = first.clone();
     let activity = Arc::new(Activity::default());
-    let counted = activity.clone();
-    let own_proxy = proxy.clone();
-    let proxy = proxy.clone();
-    let service = service_fn(move |request: Request<Incoming>| {
+    let service = proxy_service(proxy.clone(), downstream, first.clone(), activity.clone());
+    let watcher = drain.graceful.watcher();
+    let client_connection = ClientConnection {
+        proxy: proxy.clone(),
+        downstream,
+        first: first.clone(),
+        activity,
+        builders,
+        draining: drain.draining.clone(),
+    };
+    // HTTP/1 is served inline; h2c and TLS connections (rare: BI tools and
+    // the JDBC driver speak plaintext HTTP/1.1) are boxed, so their larger
+    // state does not size every connection's task.
+    let future = async move {
+        let _permit = permit;
+        // Counted by the drain until the connection ends.
+        let _watcher = watcher;
+        let result = match tls {
+            None => client_connection.serve_plaintext(stream, service).await,
+            Some(certs) => Box::pin(client_connection.serve_tls(&certs, stream, service)).await,
+        };
+        if let Err(error) = result {
+            tracing::debug!(%client, error = %error, "connection ended with an error");
+        }
+    };
+    Connection { first, future }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The service hyper's servers call for each request of a connection.
+trait ProxyService:
+    Service<
+        Request<Incoming>,
+        Response = Response<Counted<ResponseBody>>,
+        Error = Infallible,
+        Future: Send + Unpin + 'static,
+    > + Clone
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<S> ProxyService for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Counted<ResponseBody>>,
+            Error = Infallible,
+            Future: Send + Unpin + 'static,
+        > + Clone
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
+/// Hands each request to `proxy`, marking the connection's first request
+/// arrived and counting the request open until its response body ends.
+fn proxy_service(
+    proxy: Arc<Proxy>,
+    downstream: Downstream,
+    arrived: FirstRequest,
+    activity: Arc<Activity>,
+) -> impl ProxyService {
+    service_fn(move |request: Request<Incoming>| {
         arrived.arrived();
-        let open = counted.open();
+        let open = activity.open();
         let proxy = proxy.clone();
         // Boxed: hyper keeps one slot the size of this future per
         // connection for the connection's life (about 6 KB of request-path
@@ -384,66 +477,73 @@ fn serve_one(
                 .into_response();
             Ok::<_, Infallible>(response.map(|body| Counted::new(body, open)))
         })
-    });
-    let watcher = drain.graceful.watcher();
-    let draining = drain.draining.clone();
-    // HTTP/1 is served inline; h2c and TLS connections (rare: BI tools and
-    // the JDBC driver speak plaintext HTTP/1.1) are boxed, so their larger
-    // state does not size every connection's task.
-    let future = async move {
-        let _permit = permit;
-        // Counted by the drain until the connection ends.
-        let _watcher = watcher;
-        let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match tls {
-            None => match speaks_h2c(&stream).await {
-                Ok(false) => {
-                    let io = ClientIo::new(stream, io_first.clone(), activity.clone());
-                    let mut own_draining = draining.clone();
-                    let drain = std::pin::pin!(own_draining.wait_for(|draining| *draining));
-                    let release = builders.release;
-                    let hyper = |io| async {
-                        release::serve(&builders.http1, io, service, &activity, release, draining)
-                            .await
-                            .map_err(Into::into)
-                    };
-                    h1::serve(
-                        io,
-                        &own_proxy,
-                        downstream,
-                        io_first,
-                        builders.own,
-                        drain,
-                        hyper,
-                    )
-                    .await
-                }
-                Ok(true) => {
-                    let io = TokioIo::new(ClientIo::new(stream, io_first, activity.clone()));
-                    let idle = IdleWatch::new(activity, builders.idle_timeout, draining);
-                    let connection = builders.http2.serve_connection(io, service);
-                    Box::pin(idle.serve(connection)).await.map_err(Into::into)
-                }
-                Err(error) => Err(error.into()),
-            },
-            Some(certs) => {
-                Box::pin(async move {
-                    let Some(stream) = handshake(&certs.acceptor(), stream, client).await else {
-                        return Ok(());
-                    };
-                    let idle = IdleWatch::new(activity, builders.idle_timeout, draining);
-                    let connection = builders
-                        .auto
-                        .serve_connection(TokioIo::new(stream), service);
-                    idle.serve(connection.into_owned()).await
-                })
-                .await
-            }
-        };
-        if let Err(error) = result {
-            tracing::debug!(%client, error = %error, "connection ended with an error");
+    })
+}
+
+/// One client connection and what serving it takes, whichever protocol it
+/// speaks.
+struct ClientConnection {
+    proxy: Arc<Proxy>,
+    downstream: Downstream,
+    first: FirstRequest,
+    activity: Arc<Activity>,
+    builders: Arc<Builders>,
+    draining: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ClientConnection {
+    /// Plaintext: HTTP/1.1 on the gateway's own server (handing over to
+    /// hyper's for what it leaves), or h2c with prior knowledge.
+    async fn serve_plaintext(
+        self,
+        stream: TcpStream,
+        service: impl ProxyService,
+    ) -> Result<(), BoxError> {
+        let ClientConnection {
+            proxy,
+            downstream,
+            first,
+            activity,
+            builders,
+            draining,
+        } = self;
+        if speaks_h2c(&stream).await? {
+            let io = TokioIo::new(ClientIo::new(stream, first, activity.clone()));
+            let idle = IdleWatch::new(activity, builders.idle_timeout, draining);
+            let connection = builders.http2.serve_connection(io, service);
+            return Box::pin(idle.serve(connection)).await.map_err(Into::into);
         }
-    };
-    Connection { first, future }
+        let io = ClientIo::new(stream, first.clone(), activity.clone());
+        let mut own_draining = draining.clone();
+        let drain = std::pin::pin!(own_draining.wait_for(|draining| *draining));
+        let release = builders.release;
+        let hyper = |io| async {
+            release::serve(&builders.http1, io, service, &activity, release, draining)
+                .await
+                .map_err(Into::into)
+        };
+        h1::serve(io, &proxy, downstream, first, builders.own, drain, hyper).await
+    }
+
+    /// TLS: the handshake, then HTTP/1.1 or HTTP/2 as ALPN or the client's
+    /// first bytes say.
+    async fn serve_tls(
+        self,
+        certs: &CertStore,
+        stream: TcpStream,
+        service: impl ProxyService,
+    ) -> Result<(), BoxError> {
+        let client = self.downstream.client;
+        let Some(stream) = handshake(&certs.acceptor(), stream, client).await else {
+            return Ok(());
+        };
+        let idle = IdleWatch::new(self.activity, self.builders.idle_timeout, self.draining);
+        let connection = self
+            .builders
+            .auto
+            .serve_connection(TokioIo::new(stream), service);
+        idle.serve(connection.into_owned()).await
+    }
 }
 
 async fn handshake(
