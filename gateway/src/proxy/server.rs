@@ -39,41 +39,39 @@ pub async fn serve(
     drain: Duration,
     limits: Limits,
 ) {
-    let open = Arc::new(Semaphore::new(limits.max_connections));
-    serve_capped(listener, proxy, tls, shutdown, drain, limits, open).await;
+    let serving = Serving {
+        open: Arc::new(Semaphore::new(limits.max_connections)),
+        proxy,
+        tls,
+        drain,
+        limits,
+    };
+    serve_capped(listener, serving, shutdown).await;
 }
 
-/// [`serve`], with the places under `limits.max_connections` in `open`,
-/// which several listeners may share.
-async fn serve_capped(
-    listener: TcpListener,
+/// What the listeners of one address serve with.
+#[derive(Clone)]
+struct Serving {
     proxy: Arc<Proxy>,
     tls: Option<Arc<CertStore>>,
-    shutdown: impl Future<Output = ()>,
+    /// How long open connections may finish their requests on shutdown.
     drain: Duration,
     limits: Limits,
+    /// The places under `limits.max_connections`, which several listeners
+    /// may share.
     open: Arc<Semaphore>,
-) {
+}
+
+/// [`serve`], with connections capped by `serving.open`.
+async fn serve_capped(listener: TcpListener, serving: Serving, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
     let (draining_tx, draining) = tokio::sync::watch::channel(false);
-    let builders = Arc::new(Builders::new(&limits));
+    let builders = Arc::new(Builders::new(&serving.limits));
     let refused = metrics::counter!("kgw_connections_refused_total");
     tokio::pin!(shutdown);
-    loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // EMFILE and friends: back off briefly rather than spin.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    while let Some((stream, client)) = accept(&listener, shutdown.as_mut()).await {
         // Past the cap, closed at once (not left in the backlog).
-        let Ok(permit) = open.clone().try_acquire_owned() else {
+        let Ok(permit) = serving.open.clone().try_acquire_owned() else {
             refused.increment(1);
             drop(stream);
             continue;
@@ -88,9 +86,15 @@ async fn serve_capped(
             graceful: &graceful,
             draining: &draining,
         };
-        let connection = serve_one(accepted, &proxy, tls.clone(), builders.clone(), drain);
+        let connection = serve_one(
+            accepted,
+            &serving.proxy,
+            serving.tls.clone(),
+            builders.clone(),
+            drain,
+        );
         tokio::spawn(first_request_within(
-            limits.header_read_timeout,
+            serving.limits.header_read_timeout,
             connection.first,
             connection.future,
         ));
@@ -98,14 +102,34 @@ async fn serve_capped(
     drop(listener);
     tracing::info!("stopped accepting; draining open connections");
     let _ = draining_tx.send(true);
-    if tokio::time::timeout(drain, graceful.shutdown())
+    if tokio::time::timeout(serving.drain, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
-            ?drain,
+            drain = ?serving.drain,
             "drain deadline passed; closing remaining connections"
         );
+    }
+}
+
+/// The next connection, or `None` once `shutdown` resolved.
+async fn accept(
+    listener: &TcpListener,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => return Some(pair),
+                Err(error) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut shutdown => return None,
+        }
     }
 }
 
@@ -130,25 +154,27 @@ pub async fn serve_per_core(
     // One cap for all threads: the kernel's spread of connections over the
     // sockets is uneven, so a per-thread share would refuse some before the
     // total is reached.
-    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let serving = Serving {
+        open: Arc::new(Semaphore::new(limits.max_connections)),
+        proxy,
+        tls,
+        drain,
+        limits,
+    };
     ensure_unshared(address)?;
     let mut bound = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
     for index in 0..threads {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         bound.push(bound_rx);
-        let serving = ServingThread {
+        let thread = ServingThread {
             index,
             address,
-            proxy: proxy.clone(),
-            tls: tls.clone(),
+            serving: serving.clone(),
             stop: stop.clone(),
-            drain,
-            limits: limits.clone(),
-            open: open.clone(),
             drained: drained.clone(),
         };
-        let serve_thread = move || serving.run(bound_tx);
+        let serve_thread = move || thread.run(bound_tx);
         handles.push(
             std::thread::Builder::new()
                 .name(format!("kgw-serve-{index}"))
@@ -171,12 +197,9 @@ pub async fn serve_per_core(
 struct ServingThread {
     index: usize,
     address: SocketAddr,
-    proxy: Arc<Proxy>,
-    tls: Option<Arc<CertStore>>,
+    serving: Serving,
     stop: tokio::sync::watch::Receiver<bool>,
-    drain: Duration,
-    limits: Limits,
-    open: Arc<Semaphore>,
+    /// Passed once every thread has drained.
     drained: Arc<tokio::sync::Barrier>,
 }
 
@@ -204,16 +227,7 @@ impl ServingThread {
                     let shutdown = async move {
                         let _ = stop.wait_for(|stop| *stop).await;
                     };
-                    serve_capped(
-                        listener,
-                        self.proxy,
-                        self.tls,
-                        shutdown,
-                        self.drain,
-                        self.limits,
-                        self.open,
-                    )
-                    .await;
+                    serve_capped(listener, self.serving, shutdown).await;
                 }
                 Err(error) => {
                     let _ = bound.send(Err(error));
