@@ -52,6 +52,10 @@ fn errors_name_the_key_and_the_problem_in_one_line() {
             "discovery.nodes[0].address: 'a' is not host:port",
         ),
         (
+            "[[discovery.nodes]]\naddress = \"a:0\"\n",
+            "discovery.nodes[0].address: 'a:0' is not host:port",
+        ),
+        (
             "[discovery]\nkind = \"etcd\"\n",
             "discovery.kind: unknown kind 'etcd'",
         ),

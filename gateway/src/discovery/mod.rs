@@ -48,7 +48,8 @@ pub async fn run(
     }
 }
 
-/// Splits `host:port` (or `[v6]:port`) into host and port.
+/// Splits `host:port` (or `[v6]:port`) into host and port. Port 0 is no
+/// port: nothing can be reached there.
 pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
     let (host, port) = address.rsplit_once(':')?;
     let host = host
@@ -58,5 +59,6 @@ pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
     if host.is_empty() || host.contains(':') && !address.starts_with('[') {
         return None;
     }
-    Some((host, port.parse().ok()?))
+    let port = port.parse().ok().filter(|&port| port != 0)?;
+    Some((host, port))
 }

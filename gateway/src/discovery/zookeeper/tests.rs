@@ -160,6 +160,13 @@ fn missing_fields_fall_back_to_description_or_fail() {
         Err(MalformedInstance::NoPort)
     );
     assert_eq!(parse(r#"{"port":7070}"#), Err(MalformedInstance::NoAddress));
+    // A description's port 0 is no port either (found by the property
+    // test `instance_parser_survives_wrongly_typed_fields`).
+    assert!(parse(r#"{"payload":{"description":"a:0"}}"#).is_err());
+    assert_eq!(
+        parse(r#"{"address":"a","payload":{"description":"a:0:query"}}"#),
+        Err(MalformedInstance::NoPort)
+    );
     assert_eq!(
         parse(r#"{"address":"","port":7070}"#),
         Err(MalformedInstance::NoAddress)
