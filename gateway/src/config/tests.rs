@@ -56,6 +56,14 @@ fn errors_name_the_key_and_the_problem_in_one_line() {
             "discovery.nodes[0].address: 'a:0' is not host:port",
         ),
         (
+            "[[discovery.nodes]]\naddress = \"a:1\"\n[discovery.address_map]\n\"k:7070\" = \"10.0.0.1:0\"\n",
+            "discovery.address_map.\"k:7070\": '10.0.0.1:0' is not host or host:port",
+        ),
+        (
+            "[[discovery.nodes]]\naddress = \"a:1\"\n[discovery.address_map]\n\"k\" = \"\"\n",
+            "discovery.address_map.\"k\": '' is not host or host:port",
+        ),
+        (
             "[discovery]\nkind = \"etcd\"\n",
             "discovery.kind: unknown kind 'etcd'",
         ),

@@ -472,8 +472,30 @@ fn static_discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
     }
     Ok(Discovery::Static(StaticDiscovery {
         nodes,
-        address_map: raw.address_map.unwrap_or_default(),
+        address_map: address_map(raw.address_map)?,
     }))
+}
+
+/// `discovery.address_map`: every target is a host, or host:port with a
+/// port there is (a typo would otherwise be looked up as a host name).
+fn address_map(
+    raw: Option<BTreeMap<String, String>>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let map = raw.unwrap_or_default();
+    for (from, to) in &map {
+        let bare_host = !to.is_empty()
+            && (to.parse::<std::net::IpAddr>().is_ok()
+                || to
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+        if !bare_host && crate::discovery::split_host_port(to).is_none() {
+            return Err(ConfigError::new(
+                format!("discovery.address_map.\"{from}\""),
+                format!("'{to}' is not host or host:port"),
+            ));
+        }
+    }
+    Ok(map)
 }
 
 /// `discovery.nodes[i]`.
@@ -568,7 +590,7 @@ fn zookeeper_discovery(raw: RawDiscovery) -> Result<Discovery, ConfigError> {
             0,
         )?,
         removal_grace: removal_grace(raw.removal_grace_ms)?,
-        address_map: raw.address_map.clone().unwrap_or_default(),
+        address_map: address_map(raw.address_map.clone())?,
         kylin_properties: raw.kylin_properties.clone().map(Into::into),
         base_path_explicit: raw.base_path.is_some() || raw.metadata_prefix.is_some(),
         kylin5_base_path_explicit: raw.kylin5_base_path.is_some(),
