@@ -76,39 +76,15 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize) -> Head {
     // Not `with_capacity`: it returns the ~800-byte vector by value, a
     // copy; past 16 fields it spills to the heap either way.
     let mut fields = Fields::new();
-    for h in request.headers.iter() {
-        let name = h.name.as_bytes();
-        match fields::classify(name) {
-            Class::Expect => return Head::Elsewhere("expect"),
-            Class::EndToEnd(Kind::ContentLength) => facts.note_length(h.value),
-            Class::TransferEncoding => facts.note_coding(h.value),
-            Class::Connection => {
-                facts.note_connection(h.value);
-            }
-            Class::EndToEnd(_) | Class::HopByHop => {}
-        }
-        let Some(name) = common_name(name).or_else(|| HeaderName::from_bytes(name).ok()) else {
-            return Head::Elsewhere("header name");
-        };
-        fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+    if let Err(why) = note_fields(request.headers, base, &mut facts, &mut fields) {
+        return Head::Elsewhere(why);
     }
-    if facts.coding.is_some() {
-        return Head::Elsewhere("transfer coding");
-    }
-    let body_len = match facts.length {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(())) => return Head::Elsewhere("content-length"),
+    let body_len = match whole_body(&facts, head_len, buf.len()) {
+        Ok(len) => len,
+        Err(why) => return Head::Elsewhere(why),
     };
-    let whole = usize::try_from(body_len)
-        .ok()
-        .and_then(|n| n.checked_add(head_len))
-        .is_some_and(|end| end <= buf.len());
-    if !whole {
-        return Head::Elsewhere("body still on its way");
-    }
     let head = buf.split_to(head_len).freeze();
-    let body = buf.split_to(body_len as usize).freeze();
+    let body = buf.split_to(body_len).freeze();
     match request_parts(&head, method, path, &mut fields) {
         Some(parts) => Head::Ready(Request {
             parts,
@@ -120,6 +96,54 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize) -> Head {
             put_back(buf, &head, &body);
             Head::Elsewhere("request target or header value")
         }
+    }
+}
+
+/// Notes what the head's fields say about framing and the connection in
+/// `facts`, and each field's name and the place of its value (an offset
+/// from `base`, the buffer's start) in `fields`. Why the request is left
+/// to hyper, if it is.
+#[inline]
+fn note_fields(
+    headers: &[httparse::Header<'_>],
+    base: usize,
+    facts: &mut Facts,
+    fields: &mut Fields,
+) -> Result<(), &'static str> {
+    for h in headers {
+        let name = h.name.as_bytes();
+        match fields::classify(name) {
+            Class::Expect => return Err("expect"),
+            Class::EndToEnd(Kind::ContentLength) => facts.note_length(h.value),
+            Class::TransferEncoding => facts.note_coding(h.value),
+            Class::Connection => {
+                facts.note_connection(h.value);
+            }
+            Class::EndToEnd(_) | Class::HopByHop => {}
+        }
+        let Some(name) = common_name(name).or_else(|| HeaderName::from_bytes(name).ok()) else {
+            return Err("header name");
+        };
+        fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+    }
+    Ok(())
+}
+
+/// The body's length when all of it follows the `head_len`-byte head in
+/// the `buffered` bytes, or why the request is left to hyper.
+#[inline]
+fn whole_body(facts: &Facts, head_len: usize, buffered: usize) -> Result<usize, &'static str> {
+    if facts.coding.is_some() {
+        return Err("transfer coding");
+    }
+    let body_len = match facts.length {
+        None => 0,
+        Some(Ok(n)) => usize::try_from(n).map_err(|_| "body still on its way")?,
+        Some(Err(())) => return Err("content-length"),
+    };
+    match body_len.checked_add(head_len) {
+        Some(end) if end <= buffered => Ok(body_len),
+        _ => Err("body still on its way"),
     }
 }
 
