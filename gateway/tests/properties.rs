@@ -5,7 +5,8 @@
 //! config — is fed seeds of real shapes (from Kylin's and Curator's source,
 //! `../shared/kylin-zookeeper.md`), mutations of them and arbitrary input.
 //! It must never panic, and what it accepts must make sense. Bounded:
-//! `CASES` cases per property, a few seconds in all, run by `cargo test`.
+//! [`cases`] per property, a few seconds in all, run by `cargo test`; a
+//! longer hunt sets `KGW_PROPTEST_CASES` (e.g. 200000).
 //! A failing case is shrunk by proptest and printed; fix it, and keep it as
 //! a regression test beside the parser.
 
@@ -16,7 +17,13 @@ use kylin_gateway::discovery::zookeeper::instance::parse_instance;
 use kylin_gateway::view::Modes;
 use proptest::prelude::*;
 
-const CASES: u32 = 2000;
+/// Cases per property: `KGW_PROPTEST_CASES`, or 2,000.
+fn cases() -> u32 {
+    std::env::var("KGW_PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000)
+}
 
 /// Instance documents as the Kylin and Curator versions write them.
 const INSTANCE_SEEDS: &[&str] = &[
@@ -139,7 +146,7 @@ fn every_instance_seed_parses() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn instance_parser_survives_mutated_seeds(data in mutated(INSTANCE_SEEDS)) {
@@ -246,7 +253,7 @@ fn method() -> impl Strategy<Value = Method> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     /// Deterministic, and a request sent twice by a retry (replay-safe) is
     /// never one that starts or changes a job.
@@ -291,7 +298,7 @@ fn mutated_config() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES / 4))]
+    #![proptest_config(ProptestConfig::with_cases(cases() / 4))]
 
     /// A bad config is one line naming what is wrong; never a panic.
     #[test]
