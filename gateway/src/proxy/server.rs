@@ -5,13 +5,14 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::{Service, service_fn};
+use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -27,6 +28,7 @@ use super::idle::{Activity, Counted, IdleWatch};
 use super::limits::{FirstRequest, first_request_within};
 use super::release::{self, Release};
 use super::{ClientBody, Downstream, Proxy, ResponseBody};
+use crate::BoxError;
 use crate::config::Limits;
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and
@@ -116,7 +118,7 @@ async fn serve_capped(listener: TcpListener, serving: Serving, shutdown: impl Fu
 /// The next connection, or `None` once `shutdown` resolved.
 async fn accept(
     listener: &TcpListener,
-    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> Option<(TcpStream, SocketAddr)> {
     loop {
         tokio::select! {
@@ -411,14 +413,14 @@ fn serve_one(
         tls: tls.is_some(),
     };
     let first = FirstRequest::default();
-    let activity = Arc::new(Activity::default());
-    let service = proxy_service(proxy.clone(), downstream, first.clone(), activity.clone());
     let watcher = drain.graceful.watcher();
     let client_connection = ClientConnection {
-        proxy: proxy.clone(),
-        downstream,
-        first: first.clone(),
-        activity,
+        service: ProxyService {
+            proxy: proxy.clone(),
+            downstream,
+            first: first.clone(),
+            activity: Arc::new(Activity::default()),
+        },
         builders,
         draining: drain.draining.clone(),
     };
@@ -430,8 +432,8 @@ fn serve_one(
         // Counted by the drain until the connection ends.
         let _watcher = watcher;
         let result = match tls {
-            None => client_connection.serve_plaintext(stream, service).await,
-            Some(certs) => Box::pin(client_connection.serve_tls(&certs, stream, service)).await,
+            None => client_connection.serve_plaintext(stream).await,
+            Some(certs) => Box::pin(client_connection.serve_tls(&certs, stream)).await,
         };
         if let Err(error) = result {
             tracing::debug!(%client, error = %error, "connection ended with an error");
@@ -440,67 +442,46 @@ fn serve_one(
     Connection { first, future }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The service hyper's servers call for each request of a connection.
-trait ProxyService:
-    Service<
-        Request<Incoming>,
-        Response = Response<Counted<ResponseBody>>,
-        Error = Infallible,
-        Future: Send + Unpin + 'static,
-    > + Clone
-    + Send
-    + Unpin
-    + 'static
-{
-}
-
-impl<S> ProxyService for S where
-    S: Service<
-            Request<Incoming>,
-            Response = Response<Counted<ResponseBody>>,
-            Error = Infallible,
-            Future: Send + Unpin + 'static,
-        > + Clone
-        + Send
-        + Unpin
-        + 'static
-{
-}
-
-/// Hands each request to `proxy`, marking the connection's first request
-/// arrived and counting the request open until its response body ends.
-fn proxy_service(
+/// The service hyper's servers call for each request of a connection:
+/// hands it to `proxy`, marks the connection's first request arrived and
+/// counts the request open until its response body ends.
+#[derive(Clone)]
+struct ProxyService {
     proxy: Arc<Proxy>,
     downstream: Downstream,
-    arrived: FirstRequest,
+    first: FirstRequest,
     activity: Arc<Activity>,
-) -> impl ProxyService {
-    service_fn(move |request: Request<Incoming>| {
-        arrived.arrived();
-        let open = activity.open();
-        let proxy = proxy.clone();
-        // Boxed: hyper keeps one slot the size of this future per
-        // connection for the connection's life (about 6 KB of request-path
-        // state); boxed, an idle connection holds a pointer instead.
+}
+
+type ProxyResponse = Response<Counted<ResponseBody>>;
+
+impl Service<Request<Incoming>> for ProxyService {
+    type Response = ProxyResponse;
+    type Error = Infallible;
+    // Boxed: hyper keeps one slot the size of this future per connection
+    // for the connection's life (about 6 KB of request-path state); boxed,
+    // an idle connection holds a pointer instead.
+    type Future = Pin<Box<dyn Future<Output = Result<ProxyResponse, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.first.arrived();
+        let open = self.activity.open();
+        let proxy = self.proxy.clone();
+        let downstream = self.downstream;
         Box::pin(async move {
             let response = proxy
                 .handle(request.map(ClientBody::Streamed), downstream)
                 .await
                 .into_response();
-            Ok::<_, Infallible>(response.map(|body| Counted::new(body, open)))
+            Ok(response.map(|body| Counted::new(body, open)))
         })
-    })
+    }
 }
 
 /// One client connection and what serving it takes, whichever protocol it
 /// speaks.
 struct ClientConnection {
-    proxy: Arc<Proxy>,
-    downstream: Downstream,
-    first: FirstRequest,
-    activity: Arc<Activity>,
+    service: ProxyService,
     builders: Arc<Builders>,
     draining: tokio::sync::watch::Receiver<bool>,
 }
@@ -508,25 +489,21 @@ struct ClientConnection {
 impl ClientConnection {
     /// Plaintext: HTTP/1.1 on the gateway's own server (handing over to
     /// hyper's for what it leaves), or h2c with prior knowledge.
-    async fn serve_plaintext(
-        self,
-        stream: TcpStream,
-        service: impl ProxyService,
-    ) -> Result<(), BoxError> {
+    async fn serve_plaintext(self, stream: TcpStream) -> Result<(), BoxError> {
         let ClientConnection {
-            proxy,
-            downstream,
-            first,
-            activity,
+            service,
             builders,
             draining,
         } = self;
+        let first = service.first.clone();
+        let activity = service.activity.clone();
         if speaks_h2c(&stream).await? {
             let io = TokioIo::new(ClientIo::new(stream, first, activity.clone()));
             let idle = IdleWatch::new(activity, builders.idle_timeout, draining);
             let connection = builders.http2.serve_connection(io, service);
             return Box::pin(idle.serve(connection)).await.map_err(Into::into);
         }
+        let (proxy, downstream) = (service.proxy.clone(), service.downstream);
         let io = ClientIo::new(stream, first.clone(), activity.clone());
         let mut own_draining = draining.clone();
         let drain = std::pin::pin!(own_draining.wait_for(|draining| *draining));
@@ -541,19 +518,18 @@ impl ClientConnection {
 
     /// TLS: the handshake, then HTTP/1.1 or HTTP/2 as ALPN or the client's
     /// first bytes say.
-    async fn serve_tls(
-        self,
-        certs: &CertStore,
-        stream: TcpStream,
-        service: impl ProxyService,
-    ) -> Result<(), BoxError> {
-        let client = self.downstream.client;
+    async fn serve_tls(self, certs: &CertStore, stream: TcpStream) -> Result<(), BoxError> {
+        let ClientConnection {
+            service,
+            builders,
+            draining,
+        } = self;
+        let client = service.downstream.client;
         let Some(stream) = handshake(&certs.acceptor(), stream, client).await else {
             return Ok(());
         };
-        let idle = IdleWatch::new(self.activity, self.builders.idle_timeout, self.draining);
-        let connection = self
-            .builders
+        let idle = IdleWatch::new(service.activity.clone(), builders.idle_timeout, draining);
+        let connection = builders
             .auto
             .serve_connection(TokioIo::new(stream), service);
         idle.serve(connection.into_owned()).await
