@@ -25,3 +25,7 @@ pub mod tls;
 pub mod triggers;
 pub mod upstream;
 pub mod view;
+
+/// The error of a connection served or made, whatever its protocol layer
+/// (hyper's, rustls', the gateway's own HTTP/1.1 server).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

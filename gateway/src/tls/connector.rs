@@ -24,8 +24,7 @@ use tokio_rustls::client::TlsStream;
 use tower::Service;
 
 use super::client::UpstreamTls;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// Plain or TLS connections to nodes.
 #[derive(Clone)]

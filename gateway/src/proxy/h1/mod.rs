@@ -44,10 +44,9 @@ use super::limits::{FirstRequest, deadline};
 use super::release::ReleasedMark;
 use super::side_wake::SideWake;
 use super::{Answer, ClientBody, Downstream, Proxy, ResponseBody};
+use crate::BoxError;
 use crate::upstream::wire::{LAST_CHUNK, push_chunk_size};
 use head::{Framing, Head};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Connections handed to hyper, by why: how often the slower path serves.
 pub const HANDED_TO_HYPER_METRIC: &str = "kgw_http1_handed_to_hyper_total";
