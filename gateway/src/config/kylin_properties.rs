@@ -130,9 +130,7 @@ pub fn split_connect(connect: &str) -> Result<(String, Option<String>), String> 
     };
     for host in hosts.split(',').filter(|h| !h.is_empty()) {
         if crate::discovery::split_host_port(host).is_none()
-            && !host
-                .chars()
-                .all(|c| c.is_alphanumeric() || c == '.' || c == '-')
+            && !crate::discovery::is_host_name(host)
         {
             return Err(format!("'{host}' is not host or host:port"));
         }

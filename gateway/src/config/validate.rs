@@ -483,11 +483,8 @@ fn address_map(
 ) -> Result<BTreeMap<String, String>, ConfigError> {
     let map = raw.unwrap_or_default();
     for (from, to) in &map {
-        let bare_host = !to.is_empty()
-            && (to.parse::<std::net::IpAddr>().is_ok()
-                || to
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+        let bare_host =
+            crate::discovery::is_host_name(to) || to.parse::<std::net::IpAddr>().is_ok();
         if !bare_host && crate::discovery::split_host_port(to).is_none() {
             return Err(ConfigError::new(
                 format!("discovery.address_map.\"{from}\""),

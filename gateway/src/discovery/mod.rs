@@ -62,3 +62,12 @@ pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
     let port = port.parse().ok().filter(|&port| port != 0)?;
     Some((host, port))
 }
+
+/// Whether `host` is a plain host name or IPv4 address: ASCII letters and
+/// digits, dots and dashes, as DNS names are.
+pub fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+}
